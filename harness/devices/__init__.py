@@ -1,0 +1,1 @@
+"""Device models of the PC that WeensyOS expects, one module per device."""
