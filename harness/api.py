@@ -1,0 +1,24 @@
+"""The Python API: boot a kernel with programs in a few lines (used by the CLI and by tests).
+
+    tree = BuildTree(default_build_dir())
+    machine = boot_machine(tree.kernel, "hello", tree.programs())
+    stop = machine.run(max_time_ns=5_000_000_000)
+    assert "Hello" in machine.screen_text()
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .loader import Module, read_elf
+from .machine import Machine, MachineConfig
+
+
+def boot_machine(kernel: Path, command_line: str, programs: dict[str, Path],
+                 config: MachineConfig | None = None) -> Machine:
+    """A machine with `kernel` loaded, every program passed as a multiboot module, ready to `run()`."""
+    image = read_elf(kernel, "kernel")
+    modules = [Module(name, read_elf(path, f"program '{name}'")) for name, path in programs.items()]
+    machine = Machine(config)
+    machine.boot(image, command_line, modules)
+    return machine

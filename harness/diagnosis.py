@@ -1,0 +1,93 @@
+"""Human-readable accounts of a run: events, stop reasons, and the diagnosis of a guest that misbehaved."""
+
+from __future__ import annotations
+
+from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+
+from .cpu import vector_name
+from .events import Event, Kind
+from .machine import Machine, Stop, StopKind
+from .paging import PageFault, PhysicalFault, read_cstring
+from .syscalls import SyscallTable
+
+_disassembler = Cs(CS_ARCH_X86, CS_MODE_64)
+
+
+def format_time(ns: int) -> str:
+    return f"{ns / 1e9:.6f}"
+
+
+def format_event(machine: Machine, event: Event, syscalls: SyscallTable) -> str:
+    where = machine.symbols.describe(event.rip) if event.rip else ""
+    stamp = f"[{format_time(event.time_ns)}]"
+    if event.kind is Kind.SYSCALL:
+        spec = syscalls.by_number.get(event.number)
+        if spec is None:
+            args = ", ".join(f"{a:#x}" for a in event.args)
+            return f"{stamp} syscall {event.number}({args}) at {where}"
+        shown = []
+        for arg, value in zip(spec.args, event.args, strict=False):
+            if arg.type == "str":
+                text = read_cstring(machine.memory, event.cr3, value, 64)
+                shown.append(repr(text.decode("latin-1")) if text is not None else f"{value:#x}")
+            elif arg.type in ("ptr", "uint", "size") and arg.type != "size":
+                shown.append(f"{value:#x}")
+            else:
+                signed = value - (1 << 64) if value >= 1 << 63 else value
+                shown.append(str(signed))
+        return f"{stamp} syscall {spec.name}({', '.join(shown)}) at {where}"
+    if event.kind in (Kind.EXCEPTION, Kind.INTERRUPT):
+        what = vector_name(event.number) if event.kind is Kind.EXCEPTION else f"interrupt {event.number}"
+        if event.number == 32 and event.kind is Kind.INTERRUPT:
+            what = "timer interrupt (vector 32)"
+        extra = ""
+        if event.error_code is not None:
+            extra += f" error {event.error_code:#x}"
+        if event.address is not None:
+            extra += f" address {event.address:#x}"
+        return f"{stamp} {what}{extra} at {where}"
+    return f"{stamp} {event.kind.value}: {event.text}"
+
+
+def disassemble_at(machine: Machine, address: int) -> str | None:
+    try:
+        code = machine.read_virtual(address, 16)
+    except (PageFault, PhysicalFault):
+        return None
+    for insn in _disassembler.disasm(code, address):
+        return f"{insn.mnemonic} {insn.op_str}".strip()
+    return None
+
+
+def summary(machine: Machine, stop: Stop) -> str:
+    """One line: how the run ended and how long it took in virtual time."""
+    counts = machine.events.counts
+    return (f"{stop.kind.value} at {format_time(stop.time_ns)} s virtual time: {stop.message} "
+            f"[{machine.timer_ticks} timer ticks, {counts[Kind.SYSCALL]} system calls, "
+            f"{counts[Kind.EXCEPTION]} exceptions]")
+
+
+def diagnose(machine: Machine, stop: Stop, syscalls: SyscallTable, last: int = 12) -> str:
+    """What happened, where (by symbol), the instruction, the backtrace and the last events."""
+    lines = [summary(machine, stop)]
+    if stop.kind is StopKind.PANIC:
+        lines.append(f"  panic message: {stop.message}")
+    lines.append(f"  where: {machine.symbols.describe(stop.rip)}")
+    instruction = disassemble_at(machine, stop.rip)
+    if instruction:
+        lines.append(f"  instruction: {instruction}")
+    if stop.backtrace:
+        lines.append("  backtrace:")
+        lines.extend(f"    {machine.symbols.describe(address)}" for address in stop.backtrace)
+    regs = machine.registers()
+    lines.append("  registers: " + " ".join(f"{name}={regs[name]:#x}" for name in
+                                           ("rip", "rsp", "rbp", "rax", "rdi", "rsi", "cs", "rflags", "cr2", "cr3")))
+    events = machine.events.last(last)
+    if events:
+        lines.append(f"  last {len(events)} events:")
+        lines.extend(f"    {format_event(machine, event, syscalls)}" for event in events)
+    log_tail = machine.log.lines()[-5:]
+    if log_tail:
+        lines.append("  log tail:")
+        lines.extend(f"    {line}" for line in log_tail)
+    return "\n".join(lines)

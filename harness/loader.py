@@ -1,0 +1,224 @@
+"""ELF loading and the boot hand-off: the harness acting as the PC's boot loader.
+
+`read_elf` validates a kernel or program file and turns every problem into one clear `LoaderError` line.
+`prepare_boot` writes the kernel's segments into guest RAM, the boot page table and GDT the course's boot loader
+would have left, and a multiboot information block whose command line names the program(s) to run and whose
+modules are the user-program ELF files. `BootState` is the register state at the kernel's entry point.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from .errors import LoaderError
+
+PAGE = 0x1000
+DEFAULT_RAM_SIZE = 128 << 20  # what QEMU gives the course's q35 machine without -m
+DEVICE_HOLE = (0xA0000, 0x100000)  # VGA memory and BIOS ROM on a PC: no kernel segment may land there
+BOOT_PML4 = 0x1000
+BOOT_PDPT = 0x2000
+BOOT_GDT = 0x3000
+BOOT_AREA = (BOOT_PML4, BOOT_GDT + PAGE)  # written by the hand-off: kernel segments must not overlap it
+BOOT_STACK_TOP = 0x7C00  # the course's boot loader leaves RSP just below its boot sector
+BOOT_DATA_MIN = 0x200000  # multiboot info and modules start here or after the kernel, whichever is higher
+MULTIBOOT_MAGIC = 0x2BADB002
+MB_FLAG_MEMORY = 1 << 0
+MB_FLAG_CMDLINE = 1 << 2
+MB_FLAG_MODULES = 1 << 3
+KERNEL_CS = 0x08
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    index: int
+    vaddr: int
+    paddr: int
+    offset: int
+    filesz: int
+    memsz: int
+    flags: int  # PF_X 1, PF_W 2, PF_R 4
+
+    @property
+    def executable(self) -> bool:
+        return bool(self.flags & 1)
+
+
+@dataclass(frozen=True)
+class ElfImage:
+    """A validated x86-64 executable ELF file."""
+
+    path: Path
+    data: bytes = field(repr=False)
+    entry: int
+    segments: tuple[Segment, ...]
+
+
+def read_elf(path: Path | str, what: str = "kernel") -> ElfImage:
+    """Read and validate an x86-64 ELF executable; every failure is one clear LoaderError."""
+    path = Path(path)
+    label = f"{what} {path}"
+    if not path.exists():
+        raise LoaderError(f"{label}: no such file")
+    if not path.is_file():
+        raise LoaderError(f"{label}: not a file")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise LoaderError(f"{label}: cannot read ({e.strerror})") from None
+    if data[:4] != b"\x7fELF":
+        raise LoaderError(f"{label}: not an ELF file (bad magic number)")
+    if len(data) < 64:
+        raise LoaderError(f"{label}: truncated ELF header ({len(data)} bytes)")
+    if data[4] != 2:
+        bits = {1: "32-bit"}.get(data[4], f"class {data[4]}")
+        raise LoaderError(f"{label}: {bits} ELF, but the machine needs a 64-bit ELF")
+    if data[5] != 1:
+        raise LoaderError(f"{label}: big-endian ELF, but x86-64 is little-endian")
+    e_type, e_machine = struct.unpack_from("<HH", data, 16)
+    if e_machine != 62:
+        raise LoaderError(f"{label}: ELF for machine {e_machine}, not x86-64 (62)")
+    if e_type != 2:
+        kind = {0: "ET_NONE", 1: "a relocatable object (ET_REL)", 3: "a shared object or PIE (ET_DYN)",
+                4: "a core file (ET_CORE)"}.get(e_type, f"ELF type {e_type}")
+        raise LoaderError(f"{label}: {kind}, not an executable (ET_EXEC)")
+    try:
+        elf = ELFFile(io.BytesIO(data))
+        e_phoff, e_phentsize, e_phnum = elf["e_phoff"], elf["e_phentsize"], elf["e_phnum"]
+        if e_phnum and (e_phentsize < 56 or e_phoff + e_phentsize * e_phnum > len(data)):
+            raise LoaderError(f"{label}: truncated (program headers end at {e_phoff + e_phentsize * e_phnum:#x}"
+                              f" but the file has {len(data):#x} bytes)")
+        segments = []
+        for i, seg in enumerate(elf.iter_segments()):
+            if seg["p_type"] != "PT_LOAD" or seg["p_memsz"] == 0:
+                continue
+            segments.append(Segment(i, seg["p_vaddr"], seg["p_paddr"], seg["p_offset"], seg["p_filesz"],
+                                    seg["p_memsz"], seg["p_flags"]))
+        entry = elf["e_entry"]
+    except LoaderError:
+        raise
+    except (ELFError, struct.error, ValueError, KeyError, IndexError, OverflowError) as e:
+        raise LoaderError(f"{label}: malformed ELF ({e})") from None
+    if not segments:
+        raise LoaderError(f"{label}: no loadable segments")
+    for seg in segments:
+        if seg.filesz > seg.memsz:
+            raise LoaderError(f"{label}: segment {seg.index} has more file bytes ({seg.filesz:#x}) than memory"
+                              f" bytes ({seg.memsz:#x})")
+        if seg.offset + seg.filesz > len(data):
+            raise LoaderError(f"{label}: truncated (segment {seg.index} needs file bytes {seg.offset:#x}-"
+                              f"{seg.offset + seg.filesz:#x} but the file has {len(data):#x})")
+    if not any(s.executable and s.vaddr <= entry < s.vaddr + s.memsz for s in segments):
+        raise LoaderError(f"{label}: entry point {entry:#x} is not inside an executable segment")
+    return ElfImage(path, data, entry, tuple(segments))
+
+
+def check_kernel_placement(image: ElfImage, ram_size: int) -> None:
+    """Every kernel segment must land in RAM, outside the device hole and the hand-off's own pages."""
+    for seg in image.segments:
+        start, end = seg.paddr, seg.paddr + seg.memsz
+        where = f"kernel {image.path}: segment {seg.index} at physical {start:#x}-{end:#x}"
+        if end > ram_size or end < start:
+            raise LoaderError(f"{where} lies outside RAM (0x0-{ram_size:#x})")
+        if start < DEVICE_HOLE[1] and end > DEVICE_HOLE[0]:
+            raise LoaderError(f"{where} overlaps the device hole {DEVICE_HOLE[0]:#x}-{DEVICE_HOLE[1]:#x}")
+        if start < BOOT_AREA[1] and end > BOOT_AREA[0]:
+            raise LoaderError(f"{where} overlaps the boot page table and GDT at {BOOT_AREA[0]:#x}-"
+                              f"{BOOT_AREA[1]:#x}")
+        if start < PAGE:
+            raise LoaderError(f"{where} overlaps page 0, which the machine keeps unused")
+
+
+@dataclass(frozen=True)
+class Module:
+    """A user program handed to the kernel as a multiboot module."""
+
+    name: str
+    image: ElfImage
+
+
+@dataclass(frozen=True)
+class BootState:
+    """Where the kernel starts and what it finds there."""
+
+    entry: int
+    multiboot_info: int
+    stack_top: int
+    gdt_base: int
+    gdt_limit: int
+    page_table: int
+    boot_data_end: int
+
+
+def _align_up(value: int, align: int) -> int:
+    return (value + align - 1) & ~(align - 1)
+
+
+def write_boot_page_table(mem: memoryview) -> None:
+    """The course boot loader's page table: PA 0..1 GiB at VA 0, 0xFFFF8000_00000000 and 0xFFFFFFFF_80000000."""
+    mem[BOOT_PML4:BOOT_PDPT + PAGE] = bytes(2 * PAGE)
+    present_writable = 0x3
+    for slot in (0, 256, 511):
+        struct.pack_into("<Q", mem, BOOT_PML4 + 8 * slot, BOOT_PDPT | present_writable)
+    huge = 0x80
+    for slot in (0, 510):
+        struct.pack_into("<Q", mem, BOOT_PDPT + 8 * slot, 0 | present_writable | huge)
+
+
+def write_boot_gdt(mem: memoryview) -> int:
+    """Null descriptor and a 64-bit ring-0 code segment at selector 0x08; returns the GDT limit."""
+    code64 = (0xA << 40) | (1 << 44) | (1 << 47) | (1 << 53) | (1 << 55) | 0xFFFF | (0xF << 48)
+    struct.pack_into("<QQ", mem, BOOT_GDT, 0, code64)
+    return 15
+
+
+def prepare_boot(mem: memoryview, kernel: ElfImage, command_line: str, modules: list[Module]) -> BootState:
+    """Load the kernel and the boot data into `mem` (all of guest RAM); return the entry state."""
+    ram_size = len(mem)
+    check_kernel_placement(kernel, ram_size)
+    for seg in kernel.segments:
+        mem[seg.paddr:seg.paddr + seg.filesz] = kernel.data[seg.offset:seg.offset + seg.filesz]
+        mem[seg.paddr + seg.filesz:seg.paddr + seg.memsz] = bytes(seg.memsz - seg.filesz)
+    write_boot_page_table(mem)
+    gdt_limit = write_boot_gdt(mem)
+
+    kernel_end = max(seg.paddr + seg.memsz for seg in kernel.segments)
+    info = _align_up(max(BOOT_DATA_MIN, kernel_end), PAGE)
+    entries = info + 0x100
+    strings = entries + 16 * len(modules)
+    blob = bytearray()
+
+    def add_string(text: str) -> int:
+        address = strings + len(blob)
+        blob.extend(text.encode("utf-8") + b"\0")
+        return address
+
+    cmdline_address = add_string(command_line)
+    name_addresses = [add_string(module.name) for module in modules]
+    cursor = _align_up(strings + len(blob), PAGE)
+    placed = []
+    for module in modules:
+        size = len(module.image.data)
+        placed.append((cursor, cursor + size))
+        cursor = _align_up(cursor + size, PAGE)
+    if cursor > ram_size or cursor > 1 << 32:
+        raise LoaderError(f"the kernel and {len(modules)} program(s) need {cursor >> 20} MiB, more than the "
+                          f"{ram_size >> 20} MiB of RAM (multiboot addresses are 32-bit)")
+    mem[info:cursor] = bytes(cursor - info)
+    mem[strings:strings + len(blob)] = blob
+    for (start, end), module in zip(placed, modules, strict=True):
+        mem[start:end] = module.image.data
+    for i, ((start, end), name_address) in enumerate(zip(placed, name_addresses, strict=True)):
+        struct.pack_into("<IIII", mem, entries + 16 * i, start, end, name_address, 0)
+    flags = MB_FLAG_MEMORY | MB_FLAG_CMDLINE | MB_FLAG_MODULES
+    mem_lower_kib = 640
+    mem_upper_kib = (ram_size - 0x100000) // 1024
+    struct.pack_into("<IIIIIII", mem, info, flags, mem_lower_kib, mem_upper_kib, 0, cmdline_address,
+                     len(modules), entries)
+    return BootState(entry=kernel.entry, multiboot_info=info, stack_top=BOOT_STACK_TOP, gdt_base=BOOT_GDT,
+                     gdt_limit=gdt_limit, page_table=BOOT_PML4, boot_data_end=cursor)

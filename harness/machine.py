@@ -1,0 +1,419 @@
+"""The PC: one Unicorn CPU, guest RAM, the device bus, the virtual clock and the run loop.
+
+`Machine.boot()` plays the boot loader (see loader.py); `Machine.run()` executes the guest in slices. Each slice
+is one `emu_start` that ends when the C block clock reaches the next deadline (a timer expiry, the budget, a
+poll), when the guest halts, or when a device asks the machine to stop (power-off, reset). Between slices the
+machine delivers due interrupts through the guest IDT and jumps the clock over idle time. Nothing runs in Python
+per instruction; Python runs only per system call, exception, I/O access and slice.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import mmap
+from dataclasses import dataclass, field
+
+from unicorn import (
+    UC_ARCH_X86,
+    UC_HOOK_CODE,
+    UC_HOOK_INSN,
+    UC_HOOK_INSN_INVALID,
+    UC_HOOK_INTR,
+    UC_HOOK_MEM_FETCH_UNMAPPED,
+    UC_HOOK_MEM_READ_UNMAPPED,
+    UC_HOOK_MEM_WRITE_UNMAPPED,
+    UC_MEM_FETCH_UNMAPPED,
+    UC_MEM_WRITE_UNMAPPED,
+    UC_MODE_64,
+    UC_PROT_ALL,
+    Uc,
+    UcError,
+)
+from unicorn import x86_const as X
+
+from . import loader
+from .clock import DEFAULT_NS_PER_BLOCK, VirtualClock
+from .cpu import FLAG_IF, GP, NOT_AN_ADDRESS, RBP, RDI, RDX, RSI, Cpu, TripleFault
+from .devices.cga import CgaConsole
+from .devices.ioapic import IoApic
+from .devices.keyboard import Keyboard8042
+from .devices.lapic import APIC_BASE_MSR_VALUE, LocalApic
+from .devices.parallel import ParallelPort
+from .devices.pci import AcpiPm, HostBridge, Ich9Lpc, PciHost
+from .devices.pic import Pic8259
+from .devices.reset import SystemControlPortA
+from .events import Event, EventLog, Kind
+from .guestlog import GuestLog
+from .paging import PageFault, PhysicalFault, read_u64, read_virtual
+from .symbols import SymbolTable
+
+PANIC_PREFIXES = ("PANIC:", "USER PANIC:")
+PANIC_GRACE_NS = 5_000_000  # after a panic line in the log, let the kernel finish drawing for 5 ms
+POLL_MIN_NS = 256  # re-check an interrupt blocked by IF=0 this soon, then back off
+POLL_MAX_NS = 250_000
+MSR_IA32_APIC_BASE = 0x1B
+
+
+class StopKind(enum.Enum):
+    POWER_OFF = "power-off"
+    TICKS = "ticks reached"
+    PANIC = "kernel panic"
+    TRIPLE_FAULT = "triple fault"
+    BUDGET = "budget exhausted"
+    MACHINE_FAULT = "machine fault"
+    HANG = "hang"
+    RESET = "reset"
+
+
+@dataclass
+class Stop:
+    """Why a run ended, where, and what the harness could find out about it."""
+
+    kind: StopKind
+    message: str
+    time_ns: int
+    rip: int = 0
+    backtrace: list[int] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.kind in (StopKind.POWER_OFF, StopKind.TICKS)
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    ram_size: int = loader.DEFAULT_RAM_SIZE
+    ns_per_block: int = DEFAULT_NS_PER_BLOCK
+    event_capacity: int = 4096
+
+
+class Machine:
+    """A q35-like PC for WeensyOS: CPU, RAM, CGA console, 8042 keyboard, LAPIC/IOAPIC, 8259 PIC, LPT1 log,
+    PCI with an ICH9 LPC power-management function, and the port-0x92 reset line."""
+
+    def __init__(self, config: MachineConfig | None = None) -> None:
+        self.config = config = config or MachineConfig()
+        self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        self._ram = mmap.mmap(-1, config.ram_size)  # anonymous, zero-filled, backed lazily by the host
+        self._ram_anchor = ctypes.c_char.from_buffer(self._ram)
+        self.memory = memoryview(self._ram)
+        uc.mem_map_ptr(0, config.ram_size, UC_PROT_ALL, ctypes.addressof(self._ram_anchor))
+
+        self.events = EventLog(config.event_capacity)
+        self.clock = VirtualClock(uc, config.ns_per_block)
+        self.clock.on_deadlines_changed = self._rearm
+        self.cpu = Cpu(uc, self.memory)
+        self.cpu.on_delivery = self._record_delivery
+        self.cpu.on_syscall = self._record_syscall
+        self.log = GuestLog()
+        self.log.on_line = self._log_line
+
+        self.lapic = LocalApic(self.clock)
+        self.ioapic = IoApic(self.lapic)
+        self.console = CgaConsole(self.memory)
+        self.keyboard = Keyboard8042(irq=lambda: self.ioapic.raise_irq(1), board=self)
+        self.pic = Pic8259()
+        self.parallel = ParallelPort(self.log.write_byte)
+        self.pci = PciHost()
+        self.pci.add_function(0, 0, 0, HostBridge())
+        self.pci.add_function(0, 0x1F, 0, Ich9Lpc())
+        self.acpi_pm = AcpiPm(self.clock, self)
+        self.reset_port = SystemControlPortA(self)
+
+        from .bus import Bus
+
+        self.bus = Bus()
+        self.bus.on_unclaimed = lambda text: self._machine_event(text)
+        for device in (self.console, self.keyboard, self.pic, self.parallel, self.pci, self.acpi_pm,
+                       self.reset_port):
+            self.bus.add_device_ports(device)
+        for device in (self.lapic, self.ioapic):
+            self.bus.add_mmio(uc, device, device.MMIO_BASE, device.MMIO_SIZE)
+
+        uc.hook_add(UC_HOOK_INTR, self.cpu.hook_interrupt)
+        uc.hook_add(UC_HOOK_INSN_INVALID, self.cpu.hook_invalid_instruction)
+        uc.hook_add(UC_HOOK_INSN, self.cpu.hook_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
+        uc.hook_add(UC_HOOK_INSN, self._hook_in, None, 1, 0, X.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self._hook_out, None, 1, 0, X.UC_X86_INS_OUT)
+        uc.hook_add(UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED,
+                    self._hook_unmapped)
+
+        self.symbols = SymbolTable([])
+        self.stop: Stop | None = None  # set when the run must end
+        self.halted = False
+        self._slice_interrupted = False  # a hook stopped the current slice on purpose
+        self._pending_gp: int | None = None
+        self._unmapped_access: str | None = None
+        self._panic: Stop | None = None
+        self._panic_deadline: int | None = None
+        self._poll_ns = POLL_MIN_NS
+        self._budget_end: int | None = None
+        self._next_stop_ns: int | None = None
+
+    # -- boot ----------------------------------------------------------------------------------------------
+    def boot(self, kernel: loader.ElfImage, command_line: str = "", modules: list[loader.Module] | None = None,
+             symbols: SymbolTable | None = None) -> loader.BootState:
+        """Load `kernel` and its programs and set the CPU to the course boot loader's hand-off state."""
+        state = loader.prepare_boot(self.memory, kernel, command_line, modules or [])
+        self.symbols = symbols if symbols is not None else SymbolTable.from_elf(kernel.path)
+        uc = self.uc
+        uc.reg_write(X.UC_X86_REG_CR4, 0x30)  # PSE | PAE
+        uc.msr_write(0xC0000080, 0xD01)  # EFER: SCE | LME | LMA | NXE
+        uc.reg_write(X.UC_X86_REG_CR3, state.page_table)
+        uc.reg_write(X.UC_X86_REG_CR0, 0x80010011)  # PG | WP | ET | PE
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, state.gdt_base, state.gdt_limit, 0))
+        uc.reg_write(X.UC_X86_REG_IDTR, (0, 0, 0x3FF, 0))  # the real-mode IVT: faults now would triple-fault
+        for register, value in ((X.UC_X86_REG_RAX, loader.MULTIBOOT_MAGIC),
+                                (X.UC_X86_REG_RBX, state.multiboot_info),
+                                (X.UC_X86_REG_RSP, state.stack_top), (X.UC_X86_REG_RFLAGS, 0x2),
+                                (X.UC_X86_REG_RIP, state.entry)):
+            uc.reg_write(register, value)
+        cpu = self.cpu
+        cpu.save()
+        cpu.segs[1].load(loader.KERNEL_CS, 0, 0xFFFFFFFF, 0x00AF9A00)  # CS: the boot GDT's 64-bit code segment
+        cpu.restore()
+        self._install_msr_shims(kernel)
+        uc.ctl_flush_tb()
+        return state
+
+    def _install_msr_shims(self, kernel: loader.ElfImage) -> None:
+        """Answer `rdmsr` of IA32_APIC_BASE, which Unicorn (having no APIC) reads as 0.
+
+        Unicorn cannot hook rdmsr, so every `0f 32` byte pair in the kernel's executable segments gets a
+        one-address code hook; a candidate that is not really an rdmsr instruction never runs as one.
+        """
+        for seg in kernel.segments:
+            if not seg.executable:
+                continue
+            code = kernel.data[seg.offset:seg.offset + seg.filesz]
+            at = code.find(b"\x0f\x32")
+            while at >= 0:
+                address = seg.vaddr + at
+                self.uc.hook_add(UC_HOOK_CODE, self._hook_rdmsr, None, address, address)
+                at = code.find(b"\x0f\x32", at + 1)
+
+    def _hook_rdmsr(self, uc: Uc, address: int, size: int, user_data: object) -> None:
+        if size == 2 and self.cpu.read_register(X.UC_X86_REG_RCX) & 0xFFFFFFFF == MSR_IA32_APIC_BASE \
+                and self.cpu.cpl() == 0:
+            self.cpu.write_register(X.UC_X86_REG_RAX, APIC_BASE_MSR_VALUE & 0xFFFFFFFF)
+            self.cpu.write_register(X.UC_X86_REG_RDX, APIC_BASE_MSR_VALUE >> 32)
+            self.cpu.write_register(X.UC_X86_REG_RIP, address + 2)
+
+    # -- Board: the chipset lines devices pull ---------------------------------------------------------------
+    def power_off(self, source: str) -> None:
+        self._request_stop(StopKind.POWER_OFF, f"the guest powered off ({source})")
+
+    def reset(self, source: str) -> None:
+        self._request_stop(StopKind.RESET, f"the guest requested a reset ({source}); the harness does not reboot")
+
+    def _request_stop(self, kind: StopKind, message: str) -> None:
+        if self.stop is None:
+            self.stop = Stop(kind, message, self.clock.now_ns(), self.cpu.rip())
+            self._machine_event(message)
+        self._slice_interrupted = True
+        self.uc.emu_stop()
+
+    # -- hooks -----------------------------------------------------------------------------------------------
+    def _hook_in(self, uc: Uc, port: int, size: int, user_data: object) -> int:
+        if not self.cpu.io_permitted(port, size):
+            self._refuse_io()
+            return self.cpu.read_register(X.UC_X86_REG_RAX) & ((1 << (8 * size)) - 1)
+        return self.bus.io_read(port, size)
+
+    def _hook_out(self, uc: Uc, port: int, size: int, value: int, user_data: object) -> None:
+        if not self.cpu.io_permitted(port, size):
+            self._refuse_io()
+            return
+        self.bus.io_write(port, size, value)
+
+    def _refuse_io(self) -> None:
+        """Unicorn skips the I/O permission check: raise #GP ourselves once the slice has stopped."""
+        self._pending_gp = self.cpu.rip()  # the I/O instruction itself
+        self._slice_interrupted = True
+        self.uc.emu_stop()
+
+    def _hook_unmapped(self, uc: Uc, access: int, address: int, size: int, value: int, user_data: object) -> bool:
+        kind = {UC_MEM_FETCH_UNMAPPED: "instruction fetch from", UC_MEM_WRITE_UNMAPPED: "write to"}.get(
+            access, "read from")
+        self._unmapped_access = f"{kind} physical address {address:#x}, where there is no RAM or device"
+        return False
+
+    # -- events ------------------------------------------------------------------------------------------------
+    def _record_delivery(self, vector: int, error_code: int | None, rip: int, cr2: int, rsp: int,
+                         external: bool) -> None:
+        kind = Kind.INTERRUPT if external else Kind.EXCEPTION
+        self.halted = False
+        self.events.add(Event(self.clock.now_ns(), kind, rip, self.cpu.cr3.value, vector, error_code,
+                              cr2 if vector == 14 else None))
+
+    def _record_syscall(self, rip: int, number: int, cr3: int) -> None:
+        regs = self.cpu.regs
+        self.events.add(Event(self.clock.now_ns(), Kind.SYSCALL, rip, cr3, number,
+                              args=(regs[RDI], regs[RSI], regs[RDX], regs[10])))
+
+    def _machine_event(self, text: str) -> None:
+        self.events.add(Event(self.clock.now_ns(), Kind.MACHINE, text=text))
+
+    def _log_line(self, line: str) -> None:
+        if line.startswith(PANIC_PREFIXES) and self._panic is None:
+            self.cpu.save()
+            rip = self.cpu.eip.value
+            self._panic = Stop(StopKind.PANIC, line, self.clock.now_ns(), rip,
+                               self.backtrace(self.cpu.regs[RBP], self.cpu.cr3.value))
+            self._panic_deadline = self.clock.now_ns() + PANIC_GRACE_NS
+            self.events.add(Event(self.clock.now_ns(), Kind.LOG, rip, self.cpu.cr3.value, text=line))
+            self._rearm()
+
+    # -- inspection --------------------------------------------------------------------------------------------
+    def backtrace(self, rbp: int, cr3: int, depth: int = 16) -> list[int]:
+        """Return addresses found by following the frame-pointer chain (kernels built with frame pointers)."""
+        out: list[int] = []
+        try:
+            while rbp and len(out) < depth:
+                return_address = read_u64(self.memory, cr3, rbp + 8)
+                if not return_address:
+                    break
+                out.append(return_address)
+                next_rbp = read_u64(self.memory, cr3, rbp)
+                if next_rbp <= rbp:
+                    break
+                rbp = next_rbp
+        except (PageFault, PhysicalFault):
+            pass
+        return out
+
+    def read_virtual(self, address: int, length: int, cr3: int | None = None) -> bytes:
+        if cr3 is None:
+            cr3 = self.cpu.read_register(X.UC_X86_REG_CR3)
+        return read_virtual(self.memory, cr3, address, length)
+
+    def screen_text(self) -> str:
+        return self.console.text()
+
+    @property
+    def timer_ticks(self) -> int:
+        return self.lapic.timer_expirations
+
+    # -- running -----------------------------------------------------------------------------------------------
+    def _rearm(self) -> None:
+        """A device moved its deadline in the middle of a slice: stop earlier if needed."""
+        when = self._next_deadline()
+        if when is not None and (self._next_stop_ns is None or when < self._next_stop_ns):
+            self._next_stop_ns = when
+            self.clock.stop_at_ns(when)
+
+    def _next_deadline(self, poll: int | None = None) -> int | None:
+        candidates = [self.lapic.next_deadline_ns(), self._budget_end, self._panic_deadline, poll]
+        present = [c for c in candidates if c is not None]
+        return min(present) if present else None
+
+    def run(self, *, ticks: int | None = None, max_time_ns: int | None = None) -> Stop:
+        """Run until the guest powers off or a stop condition holds; returns why it stopped.
+
+        `ticks`: stop (successfully) once that many more LAPIC timer periods have elapsed.
+        `max_time_ns`: the safety budget of virtual time; running out of it is a failure.
+        """
+        clock, cpu, lapic = self.clock, self.cpu, self.lapic
+        tick_target = lapic.timer_expirations + ticks if ticks is not None else None
+        self._budget_end = clock.now_ns() + max_time_ns if max_time_ns is not None else None
+        while self.stop is None:
+            now = clock.now_ns()
+            lapic.advance(now)
+            if self._panic is not None and self._panic_deadline is not None and now >= self._panic_deadline:
+                self.stop = self._panic
+                break
+            if tick_target is not None and lapic.timer_expirations >= tick_target:
+                self.stop = Stop(StopKind.TICKS, f"{ticks} timer ticks reached", now, cpu.rip())
+                break
+            if self._budget_end is not None and now >= self._budget_end:
+                self.stop = Stop(StopKind.BUDGET, f"the budget of {max_time_ns / 1e9:g} s of virtual time ran out",
+                                 now, cpu.rip())
+                break
+            poll = None
+            vector = lapic.pending_vector()
+            if vector is not None:
+                if cpu.interrupts_enabled() and not cpu.interrupt_shadow():
+                    lapic.acknowledge(vector)
+                    try:
+                        cpu.deliver(vector, external=True)
+                    except TripleFault as fault:
+                        self._triple_fault(fault)
+                        break
+                    self._poll_ns = POLL_MIN_NS
+                    continue
+                if not self.halted:
+                    poll = now + self._poll_ns
+                    self._poll_ns = min(self._poll_ns * 2, POLL_MAX_NS)
+            if self.halted:
+                if not cpu.rflags() & FLAG_IF:
+                    self.stop = Stop(StopKind.HANG, "the CPU halted with interrupts disabled; nothing can wake it",
+                                     now, cpu.rip())
+                    break
+                wake = self._next_deadline()
+                if wake is None:
+                    self.stop = Stop(StopKind.HANG, "the CPU halted with no timer or device that could wake it",
+                                     now, cpu.rip())
+                    break
+                clock.skip_to_ns(wake)
+                continue
+            self.run_slice(self._next_deadline(poll))
+        self.log.flush()
+        return self.stop
+
+    def run_slice(self, deadline: int | None = None) -> None:
+        """Run the CPU until `deadline` (virtual ns), a halt, or a hook's stop; handle what stopped it."""
+        clock, cpu = self.clock, self.cpu
+        self._next_stop_ns = deadline
+        clock.stop_at_ns(deadline)
+        deadline_stops = clock.deadline_stops
+        self._slice_interrupted = False
+        rip = cpu.rip()
+        try:
+            self.uc.emu_start(rip, NOT_AN_ADDRESS)
+            while cpu.replay_requested:
+                cpu.replay_fault()
+                self._slice_interrupted = True
+        except TripleFault as fault:
+            self._triple_fault(fault)
+            return
+        except UcError as error:
+            self._emulator_error(error)
+            return
+        if self._pending_gp is not None:
+            cpu.write_register(X.UC_X86_REG_RIP, self._pending_gp)
+            self._pending_gp = None
+            try:
+                cpu.deliver(GP, error_code=0)
+            except TripleFault as fault:
+                self._triple_fault(fault)
+            return
+        if clock.deadline_stops == deadline_stops and not self._slice_interrupted:
+            rip = cpu.rip()
+            try:
+                halted = self.read_virtual(rip - 1, 1)[0] == 0xF4
+            except (PageFault, PhysicalFault):
+                halted = False
+            if halted:
+                self.halted = True
+            elif self.stop is None:
+                self.stop = Stop(StopKind.MACHINE_FAULT, "the emulator stopped for no known reason",
+                                 clock.now_ns(), rip)
+
+    def _triple_fault(self, fault: TripleFault) -> None:
+        self.stop = Stop(StopKind.TRIPLE_FAULT, f"triple fault: {fault.reason}", self.clock.now_ns(), fault.rip)
+        self._machine_event(self.stop.message)
+
+    def _emulator_error(self, error: UcError) -> None:
+        rip = self.cpu.rip()
+        message = self._unmapped_access or f"the emulator refused to continue: {error}"
+        if self.stop is None:
+            self.stop = Stop(StopKind.MACHINE_FAULT, message, self.clock.now_ns(), rip)
+            self._machine_event(message)
+
+    # -- diagnosis -------------------------------------------------------------------------------------------
+    def registers(self) -> dict[str, int]:
+        names = ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13",
+                 "r14", "r15", "rip", "rflags", "cs", "ss", "cr0", "cr2", "cr3", "cr4"]
+        return {name: self.cpu.read_register(getattr(X, f"UC_X86_REG_{name.upper()}")) for name in names}
+

@@ -1,0 +1,69 @@
+"""Where the guest lives: the source tree, the build directory, its programs, and rebuilding when stale."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import HarnessError
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+PROGRAM_PREFIX = "p-"
+
+
+def default_source_dir() -> Path | None:
+    """The repository's weensyos-src/, if the harness runs from a checkout."""
+    candidate = PACKAGE_ROOT / "weensyos-src"
+    return candidate if (candidate / "GNUmakefile").exists() else None
+
+
+def default_build_dir() -> Path:
+    env = os.environ.get("WEENSY_BUILD_DIR")
+    if env:
+        return Path(env)
+    return PACKAGE_ROOT / "build" if default_source_dir() else Path.cwd() / "build"
+
+
+@dataclass(frozen=True)
+class BuildTree:
+    """The kernel, programs and syscall table of one build directory."""
+
+    directory: Path
+
+    @property
+    def kernel(self) -> Path:
+        return self.directory / "kernel"
+
+    @property
+    def syscall_table(self) -> Path:
+        return self.directory / "syscalls.json"
+
+    def programs(self) -> dict[str, Path]:
+        """name -> ELF for every user program (`p-<name>` files without an extension)."""
+        if not self.directory.is_dir():
+            return {}
+        return {path.name[len(PROGRAM_PREFIX):]: path for path in sorted(self.directory.iterdir())
+                if path.name.startswith(PROGRAM_PREFIX) and path.is_file() and "." not in path.name}
+
+
+def needs_build(source: Path, build: Path) -> bool:
+    result = subprocess.run(["make", "-q", "-C", str(source), f"BUILD={build}"], capture_output=True)
+    return result.returncode != 0
+
+
+def build(source: Path, build_dir: Path, *, force: bool = False) -> bool:
+    """Run the guest's make if anything is stale; show make's output only when it fails. True if it ran."""
+    if not force and build_dir.exists() and not needs_build(source, build_dir):
+        return False
+    jobs = str(os.cpu_count() or 1)
+    try:
+        result = subprocess.run(["make", "-C", str(source), f"BUILD={build_dir}", "-j", jobs],
+                                capture_output=True, text=True)
+    except FileNotFoundError:
+        raise HarnessError("cannot build WeensyOS: `make` is not installed") from None
+    if result.returncode != 0:
+        output = (result.stdout + result.stderr).strip()
+        raise HarnessError(f"building WeensyOS failed (make exited {result.returncode}):\n{output}")
+    return True

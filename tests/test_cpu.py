@@ -1,0 +1,183 @@
+"""The x86 glue on a hand-built machine: IDT delivery, error codes, stack switch, syscall, nested faults.
+
+Each test builds the smallest world that shows one behaviour: a GDT, a TSS, an IDT whose gates all point at
+`hlt` stubs, page tables with one user page, and a few instructions of ring-3 code.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from unicorn import x86_const as X
+
+from harness.cpu import RSP
+from harness.machine import Machine, MachineConfig, StopKind
+
+from .x86asm import assemble
+
+GDT, TSS, IDT, PML4 = 0x8000, 0x8800, 0x9000, 0x10000
+HANDLERS = 0x50000  # handler for vector v at HANDLERS + 16 * v
+KERNEL_STACK = 0x80000
+USER_CODE, USER_STACK = 0x400000, 0x402000
+LSTAR = 0x60000
+
+
+def descriptor(dpl: int, code: bool) -> int:
+    flags = (1 << 44) | (1 << 47) | (dpl << 45) | (0xFFFF | (0xF << 48)) | (1 << 55)
+    return flags | ((0xA << 40) | (1 << 53) if code else (0x2 << 40) | (1 << 54))
+
+
+def build_world(machine: Machine, user_source: str, *, gates_dpl: dict[int, int] | None = None) -> dict[str, int]:
+    mem = machine.memory
+    struct.pack_into("<5Q", mem, GDT, 0, descriptor(0, True), descriptor(0, False), descriptor(3, True),
+                     descriptor(3, False))
+    tss_low = 0x67 | ((TSS & 0xFFFFFF) << 16) | (0x9 << 40) | (1 << 47)
+    struct.pack_into("<QQ", mem, GDT + 40, tss_low, 0)
+    struct.pack_into("<Q", mem, TSS + 4, KERNEL_STACK)
+    struct.pack_into("<H", mem, TSS + 0x66, 0x68)  # no I/O bitmap
+    for vector in range(256):
+        handler = HANDLERS + 16 * vector
+        mem[handler] = 0xF4  # hlt
+        dpl = (gates_dpl or {}).get(vector, 0)
+        low = (handler & 0xFFFF) | (0x08 << 16) | (0xE << 40) | (dpl << 45) | (1 << 47) | ((handler >> 16) << 48)
+        struct.pack_into("<QQ", mem, IDT + 16 * vector, low, 0)
+    mem[LSTAR] = 0xF4
+    # Page tables: 0-2 MiB kernel-only (2 MiB page), 4 MiB..+8 KiB user pages.
+    struct.pack_into("<Q", mem, PML4, (PML4 + 0x1000) | 7)
+    struct.pack_into("<Q", mem, PML4 + 0x1000, (PML4 + 0x2000) | 7)
+    struct.pack_into("<Q", mem, PML4 + 0x2000, 0 | 0x83)  # 0-2 MiB, supervisor
+    struct.pack_into("<Q", mem, PML4 + 0x2000 + 16, (PML4 + 0x3000) | 7)  # 4-6 MiB via a page table
+    struct.pack_into("<Q", mem, PML4 + 0x3000, 0x300000 | 7)  # VA 0x400000 -> PA 0x300000, user RWX
+    struct.pack_into("<Q", mem, PML4 + 0x3000 + 8, 0x301000 | 7)  # VA 0x401000 -> PA 0x301000, user stack
+    code, symbols = assemble(user_source, USER_CODE)
+    mem[0x300000:0x300000 + len(code)] = code
+    uc = machine.uc
+    uc.reg_write(X.UC_X86_REG_CR4, 0x30)
+    uc.msr_write(0xC0000080, 0xD01)
+    uc.reg_write(X.UC_X86_REG_CR3, PML4)
+    uc.reg_write(X.UC_X86_REG_CR0, 0x80010011)
+    uc.reg_write(X.UC_X86_REG_GDTR, (0, GDT, 0x37, 0))
+    uc.reg_write(X.UC_X86_REG_IDTR, (0, IDT, 0xFFF, 0))
+    uc.reg_write(X.UC_X86_REG_TR, (0x28, TSS, 0x67, 0x8900))
+    uc.msr_write(0xC0000081, (0x08 << 32) | (0x10 << 48))
+    uc.msr_write(0xC0000082, LSTAR)
+    uc.msr_write(0xC0000084, 0x47700)
+    # Enter ring 3 natively with iretq from a kernel stub.
+    frame = struct.pack("<5Q", USER_CODE, 0x1B, 0x202, USER_STACK, 0x23)
+    mem[KERNEL_STACK - 40:KERNEL_STACK] = frame
+    mem[0x70000:0x70002] = b"\x48\xcf"  # iretq
+    cpu = machine.cpu
+    cpu.save()
+    cpu.segs[1].load(0x08, 0, 0xFFFFFFFF, descriptor(0, True) >> 32)
+    cpu.restore()
+    uc.reg_write(X.UC_X86_REG_RSP, KERNEL_STACK - 40)
+    uc.emu_start(0x70000, 0, count=1)
+    assert machine.cpu.cpl() == 3 and machine.cpu.rip() == USER_CODE
+    uc.ctl_flush_tb()
+    return symbols
+
+
+def run_until(machine: Machine, handler: int) -> None:
+    """Run until the CPU halts in the `hlt` stub at `handler`, and leave RIP on that stub."""
+    machine.run_slice()
+    assert machine.cpu.rip() == handler + 1
+    machine.uc.reg_write(X.UC_X86_REG_RIP, handler)
+
+
+def frame(machine: Machine, words: int) -> list[int]:
+    rsp = machine.cpu.read_register(X.UC_X86_REG_RSP)
+    return list(struct.unpack_from(f"<{words}Q", machine.memory, rsp))
+
+
+@pytest.fixture
+def machine() -> Machine:
+    return Machine(MachineConfig(ram_size=8 << 20))
+
+
+def test_user_page_fault_enters_the_handler_on_the_tss_stack_with_the_error_code(machine: Machine) -> None:
+    symbols = build_world(machine, "mov 0x1000, %rax\n")  # a supervisor page
+    run_until(machine, HANDLERS + 16 * 14)
+    assert machine.cpu.cpl() == 0
+    assert machine.cpu.read_register(X.UC_X86_REG_RSP) == KERNEL_STACK - 48
+    error, rip, cs, rflags, rsp, ss = frame(machine, 6)
+    assert (error, rip, cs, rsp, ss) == (0x5, symbols["_start"], 0x1B, USER_STACK, 0x23)
+    assert rflags & 0x200
+    assert machine.cpu.read_register(X.UC_X86_REG_CR2) == 0x1000
+    assert not machine.cpu.rflags() & 0x200  # an interrupt gate clears IF
+
+
+def test_a_second_fault_is_not_mistaken_for_a_double_fault(machine: Machine) -> None:
+    build_world(machine, "mov 0x1000, %rax\n")
+    for _ in range(3):
+        run_until(machine, HANDLERS + 16 * 14)
+        machine.uc.reg_write(X.UC_X86_REG_RSP, machine.cpu.read_register(X.UC_X86_REG_RSP) + 8)  # pop error
+        machine.uc.emu_start(0x70000, 0, count=1)  # iretq back to the faulting instruction
+    run_until(machine, HANDLERS + 16 * 14)
+    assert machine.events.counts  # every fault was a #PF, none a #DF
+    assert {e.number for e in machine.events} == {14}
+
+
+def test_int_through_a_kernel_only_gate_is_a_general_protection_fault(machine: Machine) -> None:
+    symbols = build_world(machine, "nop\nint_insn: int $0x30\n")
+    run_until(machine, HANDLERS + 16 * 13)
+    error, rip, cs, _, _, _ = frame(machine, 6)
+    assert error == 0x30 * 8 + 2 and rip == symbols["int_insn"] and cs == 0x1B
+
+
+def test_int_through_a_user_gate_is_delivered_as_a_trap(machine: Machine) -> None:
+    symbols = build_world(machine, "int $0x30\nafter: nop\n", gates_dpl={0x30: 3})
+    run_until(machine, HANDLERS + 16 * 0x30)
+    rip, cs, _, _, _ = frame(machine, 5)
+    assert rip == symbols["after"] and cs == 0x1B
+
+
+def test_invalid_opcode_is_delivered_as_ud(machine: Machine) -> None:
+    symbols = build_world(machine, "nop\nbad: ud2\n")
+    run_until(machine, HANDLERS + 16 * 6)
+    rip, cs, _, _, _ = frame(machine, 5)
+    assert rip == symbols["bad"]
+
+
+def test_syscall_enters_lstar_in_ring_0_with_rcx_and_r11(machine: Machine) -> None:
+    symbols = build_world(machine, "mov $7, %eax\nsyscall\nback: nop\n")
+    run_until(machine, LSTAR)
+    cpu = machine.cpu
+    assert cpu.cpl() == 0
+    assert cpu.read_register(X.UC_X86_REG_RCX) == symbols["back"]
+    assert cpu.read_register(X.UC_X86_REG_R11) & 0x200
+    assert not cpu.rflags() & 0x200  # FMASK cleared IF
+    assert cpu.read_register(X.UC_X86_REG_CS) == 0x08 and cpu.read_register(X.UC_X86_REG_SS) == 0x10
+    assert machine.cpu.syscalls == 1
+
+
+def test_device_interrupt_in_user_mode_switches_stacks(machine: Machine) -> None:
+    symbols = build_world(machine, "spin: jmp spin\n")
+    machine.uc.emu_start(USER_CODE, 0, count=10)
+    assert machine.cpu.cpl() == 3
+    machine.cpu.deliver(32, external=True)
+    assert machine.cpu.rip() == HANDLERS + 16 * 32
+    rip, cs, _, rsp, ss = frame(machine, 5)
+    assert (rip, cs, rsp, ss) == (symbols["spin"], 0x1B, USER_STACK, 0x23)
+    assert machine.cpu.regs[RSP] == KERNEL_STACK - 40
+
+
+def test_a_missing_handler_stack_is_a_double_fault_then_a_triple_fault(machine: Machine) -> None:
+    build_world(machine, "mov 0x1000, %rax\n")
+    struct.pack_into("<Q", machine.memory, TSS + 4, 0x7FF000000)  # RSP0 points at unmapped memory
+    machine.run_slice()
+    assert machine.stop is not None and machine.stop.kind is StopKind.TRIPLE_FAULT
+    assert "cannot deliver #DF" in machine.stop.message and "after #PF page fault" in machine.stop.message
+    assert machine.stop.rip == USER_CODE
+
+
+def test_user_port_io_is_refused_with_general_protection(machine: Machine) -> None:
+    symbols = build_world(machine, "mov $0x604, %dx\nmov $0x2000, %ax\nbad: out %ax, %dx\n")
+    # The #GP handler powers the machine off itself: the user's own attempt must not.
+    handler = assemble("mov $0x604, %dx\nmov $0x2000, %ax\nout %ax, %dx\nhlt\n", HANDLERS + 16 * 13)[0]
+    machine.memory[HANDLERS + 16 * 13:HANDLERS + 16 * 13 + len(handler)] = handler
+    machine.uc.ctl_flush_tb()
+    stop = machine.run(max_time_ns=10_000_000)
+    assert stop.kind is StopKind.POWER_OFF
+    gp = [e for e in machine.events if e.number == 13]
+    assert len(gp) == 1 and gp[0].rip == symbols["bad"] and gp[0].error_code == 0

@@ -1,0 +1,26 @@
+"""Assemble snippets of x86-64 code with GNU as (binutils, needed anyway to build the kernel)."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from pathlib import Path
+
+
+def assemble(source: str, base: int) -> tuple[bytes, dict[str, int]]:
+    """Assemble AT&T `source` linked at `base`; returns (flat code, symbol addresses)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        (d / "s.s").write_text(".text\n.globl _start\n_start:\n" + source + "\n")
+        subprocess.run(["as", "--64", "-o", d / "s.o", d / "s.s"], check=True, capture_output=True)
+        subprocess.run(["ld", "-m", "elf_x86_64", "-N", "-Ttext", hex(base), "-e", "_start", "-o", d / "s.elf",
+                        d / "s.o"], check=True, capture_output=True)
+        subprocess.run(["objcopy", "-O", "binary", "-j", ".text", d / "s.elf", d / "s.bin"], check=True,
+                       capture_output=True)
+        symbols = {}
+        for line in subprocess.run(["nm", d / "s.elf"], check=True, capture_output=True,
+                                   text=True).stdout.splitlines():
+            parts = line.split()
+            if len(parts) == 3:
+                symbols[parts[2]] = int(parts[0], 16)
+        return (d / "s.bin").read_bytes(), symbols
