@@ -43,6 +43,20 @@ class Bus:
         uc.mmio_map(base, size, read, None, write, None)
         self.mmio.append((base, size, device))
 
+    def add_unassigned_page(self, uc: Uc, address: int) -> None:
+        """Back one 4 KiB page of nothing: reads float high, writes vanish (like an empty PC bus)."""
+        page = address & ~0xFFF
+
+        def read(uc: Uc, offset: int, size: int, user_data: object) -> int:
+            return (1 << (8 * size)) - 1
+
+        def write(uc: Uc, offset: int, size: int, value: int, user_data: object) -> None:
+            return None
+
+        uc.mmio_map(page, 0x1000, read, None, write, None)
+        self.on_unclaimed(f"access to unassigned physical address {address:#x}; reads as all ones, "
+                          f"writes ignored, reported once per page")
+
     # -- dispatch ------------------------------------------------------------------------------------------
     def io_read(self, port: int, size: int) -> int:
         device = self.ports.get(port)

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from unicorn import UC_HOOK_BLOCK, Uc
+from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE, Uc
 from unicorn.unicorn_py3.unicorn import uclib
 
 NATIVE_SOURCE = Path(__file__).with_name("native") / "blockclock.c"
@@ -101,6 +101,7 @@ class VirtualClock:
         self.skipped_ns = 0  # time jumped over while halted
         self.counter = BlockCounter(0, NEVER, 0, ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value)
         self.on_deadlines_changed: Callable[[], None] = lambda: None
+        self.instructions: ctypes.c_uint64 | None = None  # set by count_instructions()
         handle = ctypes.c_size_t()
         native = None if force_python else _load_native()
         self.native = native is not None
@@ -122,6 +123,26 @@ class VirtualClock:
                     uc.emu_stop()
 
             uc.hook_add(UC_HOOK_BLOCK, python_hook)
+
+    def count_instructions(self, uc: Uc) -> None:
+        """Also count every executed instruction (exact, but slow: for measurements only)."""
+        self.instructions = ctypes.c_uint64(0)
+        native = _load_native()
+        if native is None:
+            counter = self.instructions
+
+            def python_hook(uc: Uc, address: int, size: int, user_data: object) -> None:
+                counter.value += 1
+
+            uc.hook_add(UC_HOOK_CODE, python_hook)
+            return
+        handle = ctypes.c_size_t()
+        err = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), UC_HOOK_CODE,
+                                ctypes.cast(native.instruction_count_hook, ctypes.c_void_p),
+                                ctypes.cast(ctypes.pointer(self.instructions), ctypes.c_void_p),
+                                ctypes.c_uint64(1), ctypes.c_uint64(0))
+        if err:
+            raise RuntimeError(f"cannot install the instruction-count hook (unicorn error {err})")
 
     # -- the Clock protocol that devices use --------------------------------------------------------------
     def now_ns(self) -> int:

@@ -86,6 +86,7 @@ class MachineConfig:
     ram_size: int = loader.DEFAULT_RAM_SIZE
     ns_per_block: int = DEFAULT_NS_PER_BLOCK
     event_capacity: int = 4096
+    count_instructions: bool = False  # exact instruction count (slow; for measurements)
 
 
 class Machine:
@@ -103,6 +104,8 @@ class Machine:
         self.events = EventLog(config.event_capacity)
         self.clock = VirtualClock(uc, config.ns_per_block)
         self.clock.on_deadlines_changed = self._rearm
+        if config.count_instructions:
+            self.clock.count_instructions(uc)
         self.cpu = Cpu(uc, self.memory)
         self.cpu.on_delivery = self._record_delivery
         self.cpu.on_syscall = self._record_syscall
@@ -234,6 +237,14 @@ class Machine:
         self.uc.emu_stop()
 
     def _hook_unmapped(self, uc: Uc, access: int, address: int, size: int, value: int, user_data: object) -> bool:
+        """Physical memory with nothing behind it. Data accesses are harmless (an empty bus); executing it is
+        a machine fault the run stops on."""
+        if access != UC_MEM_FETCH_UNMAPPED:
+            try:
+                self.bus.add_unassigned_page(uc, address)
+                return True
+            except UcError:
+                pass  # beyond the physical address space: fall through to a machine fault
         kind = {UC_MEM_FETCH_UNMAPPED: "instruction fetch from", UC_MEM_WRITE_UNMAPPED: "write to"}.get(
             access, "read from")
         self._unmapped_access = f"{kind} physical address {address:#x}, where there is no RAM or device"
@@ -350,7 +361,9 @@ class Machine:
                     self.stop = Stop(StopKind.HANG, "the CPU halted with interrupts disabled; nothing can wake it",
                                      now, cpu.rip())
                     break
-                wake = self._next_deadline()
+                wake = self.lapic.next_interrupt_deadline_ns()
+                if self._budget_end is not None and (wake is None or wake > self._budget_end):
+                    wake = self._budget_end if wake is not None else None
                 if wake is None:
                     self.stop = Stop(StopKind.HANG, "the CPU halted with no timer or device that could wake it",
                                      now, cpu.rip())
@@ -358,6 +371,8 @@ class Machine:
                 clock.skip_to_ns(wake)
                 continue
             self.run_slice(self._next_deadline(poll))
+        if self._panic is not None and self.stop.kind is not StopKind.PANIC:
+            self.stop = self._panic  # a panic is what matters, even if a key then powered the machine off
         self.log.flush()
         return self.stop
 

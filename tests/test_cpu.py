@@ -181,3 +181,31 @@ def test_user_port_io_is_refused_with_general_protection(machine: Machine) -> No
     assert stop.kind is StopKind.POWER_OFF
     gp = [e for e in machine.events if e.number == 13]
     assert len(gp) == 1 and gp[0].rip == symbols["bad"] and gp[0].error_code == 0
+
+
+def test_reading_unassigned_physical_memory_is_harmless_and_reported_once(machine: Machine) -> None:
+    build_world(machine, "nop\n")
+    # Map VA 0x401000 to a physical page far beyond RAM, then read it twice from the kernel side.
+    struct.pack_into("<Q", machine.memory, PML4 + 0x3000 + 8, 0xE0000000 | 7)
+    code = assemble("mov 0x401000, %rax\nmov 0x401008, %rbx\nhlt\n", 0x70000)[0]
+    machine.memory[0x70000:0x70000 + len(code)] = code
+    machine.cpu.save()
+    machine.cpu.segs[1].load(0x08, 0, 0xFFFFFFFF, descriptor(0, True) >> 32)
+    machine.cpu.hflags.value &= ~3
+    machine.cpu.eip.value = 0x70000
+    machine.cpu.restore()
+    machine.uc.ctl_flush_tb()
+    machine.run_slice()
+    assert machine.stop is None and machine.halted
+    assert machine.cpu.read_register(X.UC_X86_REG_RAX) == 0xFFFFFFFFFFFFFFFF
+    notes = [e.text for e in machine.events if "unassigned" in e.text]
+    assert len(notes) == 1 and "0xe0000000" in notes[0]
+
+
+def test_executing_unassigned_physical_memory_stops_the_machine(machine: Machine) -> None:
+    build_world(machine, "jmp *%rax\n")
+    struct.pack_into("<Q", machine.memory, PML4 + 0x3000 + 8, 0xE0000000 | 7)
+    machine.uc.reg_write(X.UC_X86_REG_RAX, 0x401000)
+    machine.run_slice()
+    assert machine.stop is not None and machine.stop.kind is StopKind.MACHINE_FAULT
+    assert "instruction fetch from physical address 0xe0000000" in machine.stop.message
