@@ -24,9 +24,11 @@ from unicorn.unicorn_py3.unicorn import uclib
 NATIVE_SOURCE = Path(__file__).with_name("native") / "blockclock.c"
 NEVER = (1 << 64) - 1
 
-# One block is about four instructions; at 4 ns a block the guest runs like a ~1 GHz CPU, so the course's 100 Hz
-# LAPIC timer ticks every ~10 million guest instructions.
-DEFAULT_NS_PER_BLOCK = 4
+# One block is about four instructions; at 20 ns a block the guest runs like a ~200 MHz CPU, so the course's
+# 100 Hz LAPIC timer ticks every 500,000 blocks (~2 million instructions). Unicorn runs memory-bound guest code
+# at roughly 7 million blocks per second (every load and store takes its slow path), so one virtual second of
+# such code costs about 7 s of host time, and compute-bound code far less.
+DEFAULT_NS_PER_BLOCK = 20
 
 
 class BlockCounter(ctypes.Structure):

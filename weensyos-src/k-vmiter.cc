@@ -1,0 +1,129 @@
+#include "k-vmiter.hh"
+
+// Page-table walkers; see k-vmiter.hh for the interface.
+
+x86_64_pageentry_t vmiter::zero_entry = 0;
+
+// Is `e`, found at `level`, a pointer to a lower-level table? (Large pages
+// exist only at levels 1 and 2.)
+static inline bool is_table_entry(x86_64_pageentry_t e, int level) {
+    return level > 0 && (e & PTE_P) && (level == 3 || !(e & PTE_PS));
+}
+
+void vmiter::real_find(uintptr_t va) {
+    va_ = va;
+    perm_ = PTE_PWU;
+    level_ = 3;
+    if (!va_is_canonical(va)) {
+        // Nothing can be mapped here. zero_entry is never written: try_map
+        // refuses non-canonical addresses.
+        pep_ = &zero_entry;
+        return;
+    }
+    pep_ = &pt_->entry[pageindex(va, 3)];
+    while (is_table_entry(*pep_, level_)) {
+        perm_ &= *pep_ & PTE_PWU;
+        auto pt = pa2kptr<x86_64_pagetable*>(*pep_ & PTE_PAMASK);
+        --level_;
+        pep_ = &pt->entry[pageindex(va, level_)];
+    }
+}
+
+int vmiter::try_map(uintptr_t pa, int perm) {
+    assert(va_ % PAGESIZE == 0 && va_is_canonical(va_));
+    assert(!(perm & PTE_PS));
+    assert(!(perm & PTE_P) || pa % PAGESIZE == 0);
+    if (level_ > 0 && (*pep_ & PTE_P)) {
+        panic("vmiter::try_map(%p): va is inside a large page", (void*) va_);
+    }
+
+    if (!(perm & PTE_P)) {
+        // Unmapping: nothing to do unless an L1 entry exists.
+        if (level_ == 0) {
+            *pep_ = 0;
+        }
+    } else {
+        // Build the missing levels. Remember what we add so a failure
+        // can take it all back.
+        x86_64_pagetable* added[3];
+        int nadded = 0;
+        x86_64_pageentry_t* first_pep = pep_;
+        while (level_ > 0) {
+            auto pt = static_cast<x86_64_pagetable*>(kalloc(PAGESIZE));
+            if (!pt) {
+                if (nadded != 0) {
+                    *first_pep = 0;
+                }
+                for (int i = 0; i != nadded; ++i) {
+                    kfree(added[i]);
+                }
+                real_find(va_);
+                return -1;
+            }
+            added[nadded++] = pt;
+            // Intermediate levels allow everything; the leaf decides.
+            *pep_ = kptr2pa(pt) | PTE_PWU;
+            --level_;
+            pep_ = &pt->entry[pageindex(va_, level_)];
+        }
+        *pep_ = pa | perm;
+    }
+
+    if ((rdcr3() & PTE_PAMASK) == kptr2pa(pt_)) {
+        invlpg(va_);
+    }
+    real_find(va_);
+    return 0;
+}
+
+void vmiter::map(uintptr_t pa, int perm) {
+    if (try_map(pa, perm) < 0) {
+        panic("vmiter::map(%p -> %p): out of memory for page tables",
+              (void*) va_, (void*) pa);
+    }
+}
+
+
+void ptiter::scan(bool skip_current) {
+    // Either leave the page we stopped on (resume in its parent, after it)
+    // or, at construction, examine the entry for va_ in the top level.
+    bool advance = skip_current;
+    if (skip_current) {
+        assert(active_ && level_ < 3);
+        ++level_;
+    }
+
+    while (true) {
+        if (advance) {
+            // Move to the next entry of the table at level_.
+            va_ = round_down(va_, pageentry_span(level_)) + pageentry_span(level_);
+            if (level_ == 3) {
+                if (va_ >= VA_LOWMAX) {
+                    // Done. va() stays above every user address, so loops
+                    // written as `it.va() < LIMIT` end too.
+                    active_ = false;
+                    va_ = VA_LOWMAX;
+                    return;
+                }
+            } else if (va_ % pageentry_span(level_ + 1) == 0) {
+                // Every entry of this table is done: now visit the table.
+                va_ -= pageentry_span(level_ + 1);
+                return;
+            }
+        }
+        advance = true;
+
+        x86_64_pageentry_t e = tables_[level_]->entry[pageindex(va_, level_)];
+        if (is_table_entry(e, level_)) {
+            // Descend; the child's entries come before the child itself.
+            tables_[level_ - 1] = pa2kptr<x86_64_pagetable*>(e & PTE_PAMASK);
+            --level_;
+            if (level_ == 0) {
+                // An L1 page has no tables below it: visit it now.
+                va_ = round_down(va_, pageentry_span(1));
+                return;
+            }
+            advance = false;
+        }
+    }
+}
