@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
@@ -104,8 +105,10 @@ def command_build(args: argparse.Namespace) -> int:
     if source is None:
         raise HarnessError("no weensyos-src/ next to the harness: build needs a checkout of the repository")
     build_dir = (args.build_dir or project.default_build_dir()).resolve()
-    ran = project.build(source, build_dir, force=args.force)
-    print(f"WeensyOS {'built' if ran else 'is up to date'} in {build_dir}")
+    if args.force:
+        subprocess.run(["make", "-C", str(source), f"BUILD={build_dir}", "clean"], capture_output=True)
+    changed = project.build(source, build_dir)
+    print(f"WeensyOS {'built' if changed else 'is up to date'} in {build_dir}")
     return ExitCode.OK
 
 

@@ -72,7 +72,8 @@ def diagnose(machine: Machine, stop: Stop, syscalls: SyscallTable, last: int = 1
     lines = [summary(machine, stop)]
     if stop.kind is StopKind.PANIC:
         lines.append(f"  panic message: {stop.message}")
-    lines.append(f"  where: {machine.symbols.describe(stop.rip)}")
+    mode = "user mode" if machine.cpu.cpl() == 3 else "kernel mode"
+    lines.append(f"  where: {machine.symbols.describe(stop.rip)} ({mode})")
     instruction = disassemble_at(machine, stop.rip)
     if instruction:
         lines.append(f"  instruction: {instruction}")

@@ -48,15 +48,17 @@ class BuildTree:
                 if path.name.startswith(PROGRAM_PREFIX) and path.is_file() and "." not in path.name}
 
 
-def needs_build(source: Path, build: Path) -> bool:
-    result = subprocess.run(["make", "-q", "-C", str(source), f"BUILD={build}"], capture_output=True)
-    return result.returncode != 0
+def _outputs_signature(build_dir: Path) -> list[tuple[str, int]]:
+    if not build_dir.is_dir():
+        return []
+    return sorted((p.name, p.stat().st_mtime_ns) for p in build_dir.iterdir() if p.is_file())
 
 
-def build(source: Path, build_dir: Path, *, force: bool = False) -> bool:
-    """Run the guest's make if anything is stale; show make's output only when it fails. True if it ran."""
-    if not force and build_dir.exists() and not needs_build(source, build_dir):
-        return False
+def build(source: Path, build_dir: Path) -> bool:
+    """Run the guest's make (it rebuilds only what is stale); show its output only when it fails.
+
+    Returns True if any output file changed."""
+    before = _outputs_signature(build_dir)
     jobs = str(os.cpu_count() or 1)
     try:
         result = subprocess.run(["make", "-C", str(source), f"BUILD={build_dir}", "-j", jobs],
@@ -66,4 +68,4 @@ def build(source: Path, build_dir: Path, *, force: bool = False) -> bool:
     if result.returncode != 0:
         output = (result.stdout + result.stderr).strip()
         raise HarnessError(f"building WeensyOS failed (make exited {result.returncode}):\n{output}")
-    return True
+    return _outputs_signature(build_dir) != before

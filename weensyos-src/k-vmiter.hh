@@ -143,6 +143,7 @@ inline vmiter& vmiter::operator+=(intptr_t delta) {
 
 inline ptiter::ptiter(x86_64_pagetable* pt, uintptr_t va)
     : level_(3), va_(va), active_(true) {
+    assert(va < VA_LOWMAX);             // lower half only
     tables_[3] = pt;
     scan(false);
 }
