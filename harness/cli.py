@@ -1,22 +1,37 @@
-"""The command line: `python -m harness boot PROGRAM...` and `python -m harness build`."""
+"""The command line: `boot`, `trace`, `trace-diff` and `build`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import TextIO
 
 from . import __version__, project
 from .api import boot_machine
 from .diagnosis import diagnose, summary
 from .errors import ExitCode, HarnessError
-from .machine import MachineConfig, StopKind
+from .events import Event
+from .machine import Machine, MachineConfig, Stop, StopKind
 from .syscalls import SyscallTable
+from .traceformat import (
+    FILTERS,
+    PerfettoWriter,
+    first_divergence,
+    jsonl_record,
+    selected,
+    strace_lines,
+    summary_json,
+    summary_table,
+)
+from .traceformat import summary as syscall_summary
 
 EXIT_FOR_STOP = {
     StopKind.POWER_OFF: ExitCode.OK,
     StopKind.TICKS: ExitCode.OK,
+    StopKind.UNTIL: ExitCode.OK,
     StopKind.PANIC: ExitCode.PANIC,
     StopKind.TRIPLE_FAULT: ExitCode.TRIPLE_FAULT,
     StopKind.BUDGET: ExitCode.BUDGET,
@@ -26,8 +41,8 @@ EXIT_FOR_STOP = {
 }
 
 EPILOG = """\
-exit status of boot:
-  0  the guest powered off, or the requested --ticks were reached
+exit status:
+  0  the guest powered off, or the requested --ticks or --until was reached
   1  harness error (bad input file, unknown program, failed build)
   2  bad command-line usage
   3  kernel panic            4  triple fault           5  budget of virtual time exhausted
@@ -56,10 +71,39 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _filters(text: str) -> set[str]:
+    wanted = {word.strip() for word in text.split(",") if word.strip()}
+    unknown = wanted - set(FILTERS)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown event type {sorted(unknown)[0]!r} (choose from "
+                                         f"{', '.join(FILTERS)})")
+    return wanted
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that boots the machine."""
+    parser.add_argument("programs", nargs="*", metavar="PROGRAM",
+                        help="program(s) to start (the kernel's command line); default: hello")
+    parser.add_argument("--ticks", type=_positive_int, metavar="N",
+                        help="stop successfully after N timer ticks (10 ms each at the kernel's 100 Hz)")
+    parser.add_argument("--until", metavar="TEXT", help="stop successfully once TEXT is on the screen or in the log")
+    parser.add_argument("--max-time", type=_positive_float, default=30.0, metavar="SECONDS",
+                        help="safety budget of virtual time; running out is a failure (default: 30)")
+    parser.add_argument("--kernel", type=Path, metavar="ELF", help="boot this kernel instead of build/kernel")
+    parser.add_argument("--program", action="append", default=[], metavar="NAME=ELF",
+                        help="add or replace a program module (repeatable)")
+    parser.add_argument("--syscalls", type=Path, metavar="JSON",
+                        help="system-call table for decoding (default: build/syscalls.json for our kernel)")
+    parser.add_argument("--build-dir", type=Path, metavar="DIR", help="where the kernel and programs are built")
+    parser.add_argument("--no-build", action="store_true", help="do not rebuild WeensyOS when its build is stale")
+    parser.add_argument("--log", type=Path, metavar="FILE", help="also write the kernel's log to FILE")
+    parser.add_argument("--memory", type=_positive_int, default=128, metavar="MIB", help="guest RAM (default: 128)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m harness",
-        description="Boot, run and test a compiled x86-64 WeensyOS on an emulated PC (Unicorn).")
+        description="Boot, run, trace and test a compiled x86-64 WeensyOS on an emulated PC (Unicorn).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -69,35 +113,36 @@ def build_parser() -> argparse.ArgumentParser:
         description="Boot the kernel with a command line naming the program(s) to start, e.g. `boot hello` "
                     "or `boot fault hello`. Every program of the build directory is passed to the kernel "
                     "as a multiboot module.")
-    boot.add_argument("programs", nargs="*", metavar="PROGRAM",
-                      help="program(s) to start (the kernel's command line); default: hello")
+    _add_run_options(boot)
     boot.add_argument("--headless", action="store_true",
                       help="no live console: run to the end and print the final screen as text")
-    boot.add_argument("--ticks", type=_positive_int, metavar="N",
-                      help="stop successfully after N timer ticks (10 ms each at the kernel's 100 Hz)")
-    boot.add_argument("--max-time", type=_positive_float, default=30.0, metavar="SECONDS",
-                      help="safety budget of virtual time; running out is a failure (default: 30)")
-    boot.add_argument("--kernel", type=Path, metavar="ELF", help="boot this kernel instead of build/kernel")
-    boot.add_argument("--program", action="append", default=[], metavar="NAME=ELF",
-                      help="add or replace a program module (repeatable)")
-    boot.add_argument("--build-dir", type=Path, metavar="DIR", help="where the kernel and programs are built")
-    boot.add_argument("--no-build", action="store_true", help="do not rebuild WeensyOS when its build is stale")
-    boot.add_argument("--log", type=Path, metavar="FILE", help="also write the kernel's log to FILE")
-    boot.add_argument("--memory", type=_positive_int, default=128, metavar="MIB", help="guest RAM (default: 128)")
     boot.add_argument("--quiet", "-q", action="store_true", help="print only the screen (no summary line)")
+
+    trace = commands.add_parser(
+        "trace", help="run a program and trace the kernel's system calls, faults and interrupts", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Boot like `boot --headless` and print every system call (decoded, with its result and "
+                    "virtual duration), page fault (explained), interrupt, context switch and process event.")
+    _add_run_options(trace)
+    trace.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the trace to FILE (default: stdout)")
+    trace.add_argument("--format", choices=("strace", "jsonl", "perfetto"), default="strace",
+                       help="strace-like text (default), JSON lines, or Perfetto/Chrome trace JSON")
+    trace.add_argument("--summary", action="store_true",
+                       help="print a table of system calls (calls, errors, virtual time) instead of events; "
+                            "with --format jsonl, as JSON")
+    trace.add_argument("--filter", type=_filters, metavar="TYPES",
+                       help=f"only these event types, comma-separated: {','.join(FILTERS)}")
+    trace.add_argument("--pid", type=int, metavar="N", help="only events of process N")
+
+    diff = commands.add_parser("trace-diff", help="show where two JSONL traces first differ")
+    diff.add_argument("first", type=Path, metavar="A.jsonl")
+    diff.add_argument("second", type=Path, metavar="B.jsonl")
+    diff.add_argument("--context", type=int, default=3, metavar="N", help="events shown before the difference")
 
     build = commands.add_parser("build", help="build WeensyOS (kernel and programs) into the build directory")
     build.add_argument("--build-dir", type=Path, metavar="DIR", help="where to build")
-    build.add_argument("--force", action="store_true", help="rebuild even if nothing is stale")
+    build.add_argument("--force", action="store_true", help="rebuild everything")
     return parser
-
-
-def _build_tree(args: argparse.Namespace, *, allow_build: bool) -> project.BuildTree:
-    build_dir = (args.build_dir or project.default_build_dir()).resolve()
-    source = project.default_source_dir()
-    if allow_build and source is not None:
-        project.build(source, build_dir)
-    return project.BuildTree(build_dir)
 
 
 def command_build(args: argparse.Namespace) -> int:
@@ -112,48 +157,144 @@ def command_build(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def command_boot(args: argparse.Namespace) -> int:
-    overrides = {}
-    for spec in args.program:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise HarnessError(f"--program wants NAME=ELF, got {spec!r}")
-        overrides[name] = Path(path)
-    tree = _build_tree(args, allow_build=not args.no_build and args.kernel is None)
-    kernel_path = args.kernel or tree.kernel
-    if args.kernel is None and not kernel_path.exists():
-        raise HarnessError(f"no kernel at {kernel_path}: run `python -m harness build` first")
-    programs = tree.programs() | overrides
-    words = " ".join(args.programs).split() or ["hello"]
-    if args.kernel is None:
-        unknown = [word for word in words if word not in programs]
-        if unknown:
-            available = ", ".join(programs) or "none"
-            raise HarnessError(f"unknown program '{unknown[0]}' (available: {available})")
-    syscalls = SyscallTable.load(tree.syscall_table) if args.kernel is None else SyscallTable([])
+class Session:
+    """A booted machine for the CLI: the kernel, programs and syscall table resolved from the options."""
 
-    machine = boot_machine(kernel_path, " ".join(words), programs, MachineConfig(ram_size=args.memory << 20))
-    log_file = None
+    def __init__(self, args: argparse.Namespace) -> None:
+        overrides = {}
+        for spec in args.program:
+            name, sep, path = spec.partition("=")
+            if not sep or not name or not path:
+                raise HarnessError(f"--program wants NAME=ELF, got {spec!r}")
+            overrides[name] = Path(path)
+        build_dir = (args.build_dir or project.default_build_dir()).resolve()
+        source = project.default_source_dir()
+        if not args.no_build and args.kernel is None and source is not None:
+            project.build(source, build_dir)
+        tree = project.BuildTree(build_dir)
+        kernel_path = args.kernel or tree.kernel
+        if args.kernel is None and not kernel_path.exists():
+            raise HarnessError(f"no kernel at {kernel_path}: run `python -m harness build` first")
+        self.programs = tree.programs() | overrides
+        words = " ".join(args.programs).split() or ["hello"]
+        if args.kernel is None:
+            commands = tree.commands()
+            unknown = [word for word in words if word not in self.programs and word not in commands]
+            if unknown:
+                available = ", ".join([*self.programs, *commands]) or "none"
+                raise HarnessError(f"unknown program '{unknown[0]}' (available: {available})")
+        table = args.syscalls or (tree.syscall_table if args.kernel is None else None)
+        if args.syscalls is not None and not args.syscalls.is_file():
+            raise HarnessError(f"no system-call table at {args.syscalls}")
+        self.syscalls = SyscallTable.load(table) if table is not None else SyscallTable([])
+        self.machine: Machine = boot_machine(kernel_path, " ".join(words), self.programs,
+                                             MachineConfig(ram_size=args.memory << 20))
+        self.args = args
+
+    def run(self) -> Stop:
+        args, machine = self.args, self.machine
+        log_file = None
+        try:
+            if args.log:
+                try:
+                    log_file = open(args.log, "wb")  # noqa: SIM115 - closed in finally, after the run
+                except OSError as e:
+                    raise HarnessError(f"cannot write the log to {args.log}: {e.strerror}") from None
+                machine.log.sink = log_file
+            return machine.run(ticks=args.ticks, max_time_ns=int(args.max_time * 1e9), until=args.until)
+        finally:
+            machine.log.flush()
+            if log_file:
+                log_file.close()
+
+    def report(self, stop: Stop, quiet: bool = False) -> int:
+        if stop.ok:
+            if not quiet:
+                print(f"harness: {summary(self.machine, stop)}", file=sys.stderr)
+        else:
+            print(f"harness: {diagnose(self.machine, stop, self.syscalls)}", file=sys.stderr)
+        return EXIT_FOR_STOP[stop.kind]
+
+
+def command_boot(args: argparse.Namespace) -> int:
+    session = Session(args)
+    stop = session.run()
+    print(session.machine.screen_text())
+    return session.report(stop, args.quiet)
+
+
+def _open_output(path: Path | None) -> TextIO:
+    if path is None:
+        return sys.stdout
     try:
-        if args.log:
-            try:
-                log_file = open(args.log, "wb")  # noqa: SIM115 - closed in finally, after the run
-            except OSError as e:
-                raise HarnessError(f"cannot write the log to {args.log}: {e.strerror}") from None
-            machine.log.sink = log_file
-            log_file.write(bytes(machine.log.data))
-        stop = machine.run(ticks=args.ticks, max_time_ns=int(args.max_time * 1e9))
+        return open(path, "w")  # noqa: SIM115 - closed by the caller
+    except OSError as e:
+        raise HarnessError(f"cannot write {path}: {e.strerror}") from None
+
+
+def command_trace(args: argparse.Namespace) -> int:
+    session = Session(args)
+    machine = session.machine
+    machine.enable_tracing(session.syscalls, session.programs)
+    tracer = machine.tracer
+    out = _open_output(args.output)
+    finished: list[Event] = []
+    perfetto = PerfettoWriter(tracer) if args.format == "perfetto" else None
+
+    def sink(event: Event) -> None:
+        if not selected(event, args.filter, args.pid):
+            return
+        if args.summary:
+            finished.append(event)
+        elif perfetto is not None:
+            perfetto.add(event)
+        elif args.format == "jsonl":
+            out.write(json.dumps(jsonl_record(tracer, event)) + "\n")
+        else:
+            lines = strace_lines(tracer, event)
+            if lines:
+                out.write("\n".join(lines) + "\n")
+
+    machine.events.attach(sink)
+    try:
+        stop = session.run()
+        if args.summary:
+            stats = syscall_summary(tracer, finished)
+            if args.format == "jsonl":
+                out.write(json.dumps(summary_json(stats)) + "\n")
+            else:
+                out.write(summary_table(stats) + "\n")
+        elif perfetto is not None:
+            perfetto.write(out)
     finally:
-        machine.log.flush()
-        if log_file:
-            log_file.close()
-    print(machine.screen_text())
-    if stop.ok:
-        if not args.quiet:
-            print(f"harness: {summary(machine, stop)}", file=sys.stderr)
-    else:
-        print(f"harness: {diagnose(machine, stop, syscalls)}", file=sys.stderr)
-    return EXIT_FOR_STOP[stop.kind]
+        if out is not sys.stdout:
+            out.close()
+        else:
+            out.flush()
+    return session.report(stop)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, object]]:
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except FileNotFoundError:
+        raise HarnessError(f"no such trace: {path}") from None
+    except (OSError, ValueError) as e:
+        raise HarnessError(f"{path}: not a JSONL trace ({e})") from None
+
+
+def command_trace_diff(args: argparse.Namespace) -> int:
+    a, b = _read_jsonl(args.first), _read_jsonl(args.second)
+    index = first_divergence(a, b)
+    if index is None:
+        print(f"identical: {len(a)} events")
+        return 0
+    print(f"traces diverge at event {index} (of {len(a)} and {len(b)}):")
+    for record in a[max(0, index - args.context):index]:
+        print(f"  = {json.dumps(record)}")
+    print(f"  - {json.dumps(a[index]) if index < len(a) else '(end of trace)'}")
+    print(f"  + {json.dumps(b[index]) if index < len(b) else '(end of trace)'}")
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,13 +303,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return ExitCode.USAGE
+    handlers = {"build": command_build, "boot": command_boot, "trace": command_trace,
+                "trace-diff": command_trace_diff}
     try:
-        if args.command == "build":
-            return command_build(args)
-        return command_boot(args)
+        return handlers[args.command](args)
     except HarnessError as error:
         print(f"harness: error: {error}", file=sys.stderr)
         return ExitCode.HARNESS_ERROR
     except KeyboardInterrupt:
         print("harness: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return ExitCode.OK

@@ -240,7 +240,7 @@ class Cpu:
         self._value = ctypes.c_uint64()
         self._value_pointer = ctypes.cast(ctypes.pointer(self._value), ctypes.c_void_p)
         # Observers, set by the machine: called after a successful delivery / syscall entry.
-        self.on_delivery: Callable[[int, int | None, int, int, int, bool], None] | None = None
+        self.on_delivery: Callable[[int, int | None, int, int, bool, bool, int], None] | None = None
         self.on_syscall: Callable[[int, int, int], None] | None = None
         self.deliveries = 0
         self.syscalls = 0
@@ -335,6 +335,8 @@ class Cpu:
         rflags = self.rflags()
         rip = self.eip.value
         first = vector
+        from_user = self.hflags.value & HF_CPL_MASK == 3
+        cr3 = self.cr3.value
         for _ in range(3):
             try:
                 self._enter_gate(vector, error_code, software, instruction_length, external, rip, rflags)
@@ -359,7 +361,7 @@ class Cpu:
         self.restore()
         self.deliveries += 1
         if self.on_delivery is not None:
-            self.on_delivery(vector, error_code, rip, self.cr2.value, self.regs[RSP], external)
+            self.on_delivery(vector, error_code, rip, self.cr2.value, external, from_user, cr3)
 
     def _enter_gate(self, vector: int, error_code: int | None, software: bool, instruction_length: int,
                     external: bool, rip: int, rflags: int) -> None:

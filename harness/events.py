@@ -1,29 +1,38 @@
-"""The event stream: one record per system call, exception, interrupt and machine event.
+"""The event stream: one record per system call, exception, interrupt, context switch and machine event.
 
-Every output (diagnoses now; traces, tests and golden files later) reads this one stream. It is a bounded ring,
-so a run of billions of instructions keeps a flat memory footprint; `counts` keeps totals per kind.
+Every output (diagnoses, strace/JSONL/Perfetto traces, tests, golden files) reads this one stream. The machine
+keeps the most recent events in a bounded ring, so a run of billions of instructions keeps a flat memory
+footprint; `counts` keeps totals per kind; sinks (a trace file, a test's list) receive every finished event.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import Counter, deque
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 
 class Kind(enum.Enum):
     SYSCALL = "syscall"
-    EXCEPTION = "exception"
+    EXCEPTION = "exception"  # page faults are exceptions with number 14 (and a page-walk explanation)
     INTERRUPT = "interrupt"
-    HALT = "halt"
-    LOG = "log"
+    SWITCH = "switch"  # the CPU returned to user mode in a different process
+    PROCESS = "process"  # a process appeared in or left the kernel's process table
+    CONSOLE = "console"  # rows of the CGA screen changed
+    LOG = "log"  # a line of the kernel's log
+    PANIC = "panic"
     MACHINE = "machine"  # power-off, reset, unknown device access, budget
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
-    """One thing that happened, at virtual time `time_ns`."""
+    """One thing that happened, at virtual time `time_ns`.
+
+    `seq` orders events by when they started. A system call's `ret`, `end_ns` and `blocked` are filled in when
+    it returns to user mode (full tracing only); `detail` holds kind-specific extras (a page walk, a backtrace).
+    """
 
     time_ns: int
     kind: Kind
@@ -34,18 +43,73 @@ class Event:
     address: int | None = None  # CR2 for page faults
     args: tuple[int, ...] = ()
     text: str = ""
+    seq: int = -1
+    pid: int | None = None
+    user: bool = False  # the CPU was in user mode when it happened
+    ret: int | None = None
+    end_ns: int | None = None
+    blocked: bool = False
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_page_fault(self) -> bool:
+        return self.kind is Kind.EXCEPTION and self.number == 14
 
 
 class EventLog:
-    """A ring of the most recent events plus per-kind totals."""
+    """A ring of the most recent events plus per-kind totals, and the sinks that see every finished event.
+
+    Sinks receive events in `seq` order: an event that is still open (a system call waiting for its return, a
+    page fault waiting for the kernel's answer) holds back the ones after it. A system call that blocks is
+    released early, marked `detail["unfinished"]`, and released again when it completes (like strace's
+    "<unfinished ...>" and "<... resumed>").
+    """
 
     def __init__(self, capacity: int = 4096) -> None:
         self.ring: deque[Event] = deque(maxlen=capacity)
         self.counts: Counter[Kind] = Counter()
+        self.sinks: list[Callable[[Event], None]] = []
+        self.next_seq = 0
+        self._next_release = 0
+        self._ready: dict[int, Event] = {}
 
-    def add(self, event: Event) -> None:
+    def attach(self, sink: Callable[[Event], None]) -> None:
+        """Send every event finished from now on (in order) to `sink`."""
+        if not self.sinks:
+            self._next_release = self.next_seq
+            self._ready.clear()
+        self.sinks.append(sink)
+
+    def add(self, event: Event, *, finished: bool = True) -> Event:
+        """Number the event and keep it; it goes to the sinks now if `finished`, else at `finish()`."""
+        event.seq = self.next_seq
+        self.next_seq += 1
         self.ring.append(event)
         self.counts[event.kind] += 1
+        if finished:
+            self.finish(event)
+        return event
+
+    def finish(self, event: Event) -> None:
+        if not self.sinks:
+            return
+        if event.seq < self._next_release:  # released early as unfinished: this is its completion
+            self._emit(event)
+            return
+        self._ready[event.seq] = event
+        while self._next_release in self._ready:
+            self._emit(self._ready.pop(self._next_release))
+            self._next_release += 1
+
+    def release_unfinished(self, event: Event) -> None:
+        """Let a blocked event through now so that it does not hold back everyone else's."""
+        if event.seq >= self._next_release and event.seq not in self._ready:
+            event.detail["unfinished"] = True
+            self.finish(event)
+
+    def _emit(self, event: Event) -> None:
+        for sink in self.sinks:
+            sink(event)
 
     def __iter__(self) -> Iterator[Event]:
         return iter(self.ring)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import ctypes
 import enum
 import mmap
+import struct
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from unicorn import (
     UC_ARCH_X86,
@@ -43,10 +45,12 @@ from .devices.parallel import ParallelPort
 from .devices.pci import AcpiPm, HostBridge, Ich9Lpc, PciHost
 from .devices.pic import Pic8259
 from .devices.reset import SystemControlPortA
-from .events import Event, EventLog, Kind
+from .events import EventLog
 from .guestlog import GuestLog
 from .paging import PageFault, PhysicalFault, read_u64, read_virtual
 from .symbols import SymbolTable
+from .syscalls import SyscallTable
+from .trace import Tracer
 
 PANIC_PREFIXES = ("PANIC:", "USER PANIC:")
 PANIC_GRACE_NS = 5_000_000  # after a panic line in the log, let the kernel finish drawing for 5 ms
@@ -58,6 +62,7 @@ MSR_IA32_APIC_BASE = 0x1B
 class StopKind(enum.Enum):
     POWER_OFF = "power-off"
     TICKS = "ticks reached"
+    UNTIL = "text appeared"
     PANIC = "kernel panic"
     TRIPLE_FAULT = "triple fault"
     BUDGET = "budget exhausted"
@@ -78,7 +83,7 @@ class Stop:
 
     @property
     def ok(self) -> bool:
-        return self.kind in (StopKind.POWER_OFF, StopKind.TICKS)
+        return self.kind in (StopKind.POWER_OFF, StopKind.TICKS, StopKind.UNTIL)
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,7 @@ class Machine:
         uc.mem_map_ptr(0, config.ram_size, UC_PROT_ALL, ctypes.addressof(self._ram_anchor))
 
         self.events = EventLog(config.event_capacity)
+        self.tracer = Tracer(self)
         self.clock = VirtualClock(uc, config.ns_per_block)
         self.clock.on_deadlines_changed = self._rearm
         if config.count_instructions:
@@ -143,6 +149,7 @@ class Machine:
                     self._hook_unmapped)
 
         self.symbols = SymbolTable([])
+        self.kernel_image: loader.ElfImage | None = None
         self.stop: Stop | None = None  # set when the run must end
         self.halted = False
         self._slice_interrupted = False  # a hook stopped the current slice on purpose
@@ -152,6 +159,7 @@ class Machine:
         self._panic_deadline: int | None = None
         self._poll_ns = POLL_MIN_NS
         self._budget_end: int | None = None
+        self._until: str | None = None
         self._next_stop_ns: int | None = None
 
     # -- boot ----------------------------------------------------------------------------------------------
@@ -176,6 +184,7 @@ class Machine:
         cpu.save()
         cpu.segs[1].load(loader.KERNEL_CS, 0, 0xFFFFFFFF, 0x00AF9A00)  # CS: the boot GDT's 64-bit code segment
         cpu.restore()
+        self.kernel_image = kernel
         self._install_msr_shims(kernel)
         uc.ctl_flush_tb()
         return state
@@ -186,15 +195,8 @@ class Machine:
         Unicorn cannot hook rdmsr, so every `0f 32` byte pair in the kernel's executable segments gets a
         one-address code hook; a candidate that is not really an rdmsr instruction never runs as one.
         """
-        for seg in kernel.segments:
-            if not seg.executable:
-                continue
-            code = kernel.data[seg.offset:seg.offset + seg.filesz]
-            at = code.find(b"\x0f\x32")
-            while at >= 0:
-                address = seg.vaddr + at
-                self.uc.hook_add(UC_HOOK_CODE, self._hook_rdmsr, None, address, address)
-                at = code.find(b"\x0f\x32", at + 1)
+        for address, _ in self._kernel_code_matches((b"\x0f\x32",)):
+            self.uc.hook_add(UC_HOOK_CODE, self._hook_rdmsr, None, address, address)
 
     def _hook_rdmsr(self, uc: Uc, address: int, size: int, user_data: object) -> None:
         if size == 2 and self.cpu.read_register(X.UC_X86_REG_RCX) & 0xFFFFFFFF == MSR_IA32_APIC_BASE \
@@ -251,30 +253,76 @@ class Machine:
         return False
 
     # -- events ------------------------------------------------------------------------------------------------
-    def _record_delivery(self, vector: int, error_code: int | None, rip: int, cr2: int, rsp: int,
-                         external: bool) -> None:
-        kind = Kind.INTERRUPT if external else Kind.EXCEPTION
+    def _record_delivery(self, vector: int, error_code: int | None, rip: int, cr2: int, external: bool,
+                         from_user: bool, cr3: int) -> None:
         self.halted = False
-        self.events.add(Event(self.clock.now_ns(), kind, rip, self.cpu.cr3.value, vector, error_code,
-                              cr2 if vector == 14 else None))
+        self.tracer.delivery(vector, error_code, rip, cr2, external, from_user, cr3)
 
     def _record_syscall(self, rip: int, number: int, cr3: int) -> None:
         regs = self.cpu.regs
-        self.events.add(Event(self.clock.now_ns(), Kind.SYSCALL, rip, cr3, number,
-                              args=(regs[RDI], regs[RSI], regs[RDX], regs[10])))
+        self.tracer.syscall(rip, number, cr3, (regs[RDI], regs[RSI], regs[RDX], regs[10]))
 
     def _machine_event(self, text: str) -> None:
-        self.events.add(Event(self.clock.now_ns(), Kind.MACHINE, text=text))
+        self.tracer.machine_event(text)
 
     def _log_line(self, line: str) -> None:
+        self.cpu.save()
+        rip, cr3 = self.cpu.eip.value, self.cpu.cr3.value
+        self.tracer.log_line(line, rip, cr3)
+        if self._until is not None and self._until in line and self.stop is None:
+            self._request_stop(StopKind.UNTIL, f"{self._until!r} appeared in the log")
         if line.startswith(PANIC_PREFIXES) and self._panic is None:
-            self.cpu.save()
-            rip = self.cpu.eip.value
-            self._panic = Stop(StopKind.PANIC, line, self.clock.now_ns(), rip,
-                               self.backtrace(self.cpu.regs[RBP], self.cpu.cr3.value))
+            backtrace = self.backtrace(self.cpu.regs[RBP], cr3)
+            self._panic = Stop(StopKind.PANIC, line, self.clock.now_ns(), rip, backtrace)
             self._panic_deadline = self.clock.now_ns() + PANIC_GRACE_NS
-            self.events.add(Event(self.clock.now_ns(), Kind.LOG, rip, self.cpu.cr3.value, text=line))
+            self.tracer.panic(line, rip, cr3, backtrace)
             self._rearm()
+
+    # -- full tracing ----------------------------------------------------------------------------------------
+    def enable_tracing(self, syscalls: SyscallTable, programs: dict[str, Path] | None = None) -> None:
+        """Trace with pids, return values, page-walk explanations, context switches and console output.
+
+        Returns to user mode are seen through one-address code hooks on the kernel's own `iretq` and `sysretq`
+        instructions (found in its executable segments), so no per-instruction work is added elsewhere."""
+        if self.kernel_image is None:
+            raise RuntimeError("boot the machine before enabling tracing")
+        self.tracer.enable(syscalls, programs or {}, self.kernel_image.path)
+        for address, length in self._kernel_code_matches((b"\x48\xcf", b"\x48\x0f\x07")):
+            self.uc.hook_add(UC_HOOK_CODE, self._hook_return, length, address, address)
+        self.uc.ctl_flush_tb()
+
+    def _kernel_code_matches(self, patterns: tuple[bytes, ...]) -> list[tuple[int, int]]:
+        """(address, length) of every occurrence of `patterns` in the kernel's executable segments."""
+        found = []
+        assert self.kernel_image is not None
+        for seg in self.kernel_image.segments:
+            if not seg.executable:
+                continue
+            code = self.kernel_image.data[seg.offset:seg.offset + seg.filesz]
+            for pattern in patterns:
+                at = code.find(pattern)
+                while at >= 0:
+                    found.append((seg.vaddr + at, len(pattern)))
+                    at = code.find(pattern, at + 1)
+        return sorted(found)
+
+    def _hook_return(self, uc: Uc, address: int, size: int, length: object) -> None:
+        """At a kernel `iretq`/`sysretq`: if it goes back to user mode, tell the tracer (RAX is the result)."""
+        if size != length:
+            return  # the byte pattern was inside another instruction
+        cpu = self.cpu
+        cr3 = cpu.read_register(X.UC_X86_REG_CR3)
+        if length == 3:  # sysretq: always to user mode, at RCX
+            rip = cpu.read_register(X.UC_X86_REG_RCX)
+        else:
+            try:
+                frame = read_virtual(self.memory, cr3, cpu.read_register(X.UC_X86_REG_RSP), 16)
+            except (PageFault, PhysicalFault):
+                return
+            rip, cs = struct.unpack("<QQ", frame)
+            if cs & 3 != 3:
+                return
+        self.tracer.return_to_user(rip, cpu.read_register(X.UC_X86_REG_RAX), cr3)
 
     # -- inspection --------------------------------------------------------------------------------------------
     def backtrace(self, rbp: int, cr3: int, depth: int = 16) -> list[int]:
@@ -307,6 +355,10 @@ class Machine:
         return self.lapic.timer_expirations
 
     # -- running -----------------------------------------------------------------------------------------------
+    def _until_seen(self) -> bool:
+        assert self._until is not None
+        return self._until in self.console.text()  # log lines are checked as they arrive, in _log_line
+
     def _rearm(self) -> None:
         """A device moved its deadline in the middle of a slice: stop earlier if needed."""
         when = self._next_deadline()
@@ -319,13 +371,18 @@ class Machine:
         present = [c for c in candidates if c is not None]
         return min(present) if present else None
 
-    def run(self, *, ticks: int | None = None, max_time_ns: int | None = None) -> Stop:
+    def run(self, *, ticks: int | None = None, max_time_ns: int | None = None, until: str | None = None) -> Stop:
         """Run until the guest powers off or a stop condition holds; returns why it stopped.
 
         `ticks`: stop (successfully) once that many more LAPIC timer periods have elapsed.
         `max_time_ns`: the safety budget of virtual time; running out of it is a failure.
+        `until`: stop (successfully) once this text is on the screen or in a line of the log. The log is
+        checked line by line as it is written; the screen whenever the CPU stops (at least every timer tick).
         """
         clock, cpu, lapic = self.clock, self.cpu, self.lapic
+        self._until = until
+        if until is not None and self._until_seen():
+            self.stop = Stop(StopKind.UNTIL, f"{until!r} appeared", clock.now_ns(), cpu.rip())
         tick_target = lapic.timer_expirations + ticks if ticks is not None else None
         self._budget_end = clock.now_ns() + max_time_ns if max_time_ns is not None else None
         while self.stop is None:
@@ -371,8 +428,12 @@ class Machine:
                 clock.skip_to_ns(wake)
                 continue
             self.run_slice(self._next_deadline(poll))
+            if until is not None and self.stop is None and self._until_seen():
+                self.stop = Stop(StopKind.UNTIL, f"{until!r} appeared", clock.now_ns(), cpu.rip())
+        self._until = None
         if self._panic is not None and self.stop.kind is not StopKind.PANIC:
             self.stop = self._panic  # a panic is what matters, even if a key then powered the machine off
+        self.tracer.finish()
         self.log.flush()
         return self.stop
 

@@ -133,3 +133,47 @@ def read_cstring(mem: memoryview, cr3: int, va: int, limit: int = 256) -> bytes 
     except (PageFault, PhysicalFault):
         return None
     return None
+
+
+LEVEL_NAMES = ("L4 (PML4)", "L3 (PDPT)", "L2 (page directory)", "L1 (page table)")
+
+
+@dataclass(frozen=True, slots=True)
+class WalkStep:
+    """One page-table entry visited by a walk."""
+
+    level: str
+    index: int
+    entry_address: int  # physical address of the entry
+    entry: int
+
+    @property
+    def flags(self) -> str:
+        names = [("P", PTE_P), ("W", PTE_W), ("U", PTE_U), ("PS", PTE_PS)]
+        shown = [name for name, bit in names if self.entry & bit]
+        if self.entry & PTE_NX:
+            shown.append("NX")
+        return "|".join(shown) or "-"
+
+
+def walk_steps(mem: memoryview, cr3: int, va: int) -> tuple[list[WalkStep], str | None]:
+    """The entries a walk of `va` visits, and why it stopped early (None if it reached a page).
+
+    A walk stops at a non-present entry, or is refused (for the access the caller checks) at the first level
+    without U or W; this lists every level it read so a trace can show which entry decided the fault.
+    """
+    table = cr3 & ADDRESS_MASK
+    steps: list[WalkStep] = []
+    for depth, shift in enumerate((39, 30, 21, 12)):
+        index = (va >> shift) & 511
+        slot = table + index * 8
+        if slot + 8 > len(mem):
+            return steps, f"{LEVEL_NAMES[depth]} table at {table:#x} lies outside RAM"
+        entry = _u64.unpack_from(mem, slot)[0]
+        steps.append(WalkStep(LEVEL_NAMES[depth], index, slot, entry))
+        if not entry & PTE_P:
+            return steps, f"{LEVEL_NAMES[depth]} entry {index} is not present"
+        if shift in (30, 21) and entry & PTE_PS:
+            return steps, None
+        table = entry & ADDRESS_MASK
+    return steps, None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from dataclasses import dataclass
@@ -39,6 +40,20 @@ class BuildTree:
     @property
     def syscall_table(self) -> Path:
         return self.directory / "syscalls.json"
+
+    @property
+    def command_table(self) -> Path:
+        return self.directory / "commands.json"
+
+    def commands(self) -> dict[str, list[str]]:
+        """Pseudo-commands the kernel expands (e.g. friends -> alice eve), from build/commands.json."""
+        try:
+            raw = json.loads(self.command_table.read_text())
+            return {str(name): [str(word) for word in words] for name, words in raw["commands"].items()}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise HarnessError(f"{self.command_table}: not a valid command table ({e})") from None
 
     def programs(self) -> dict[str, Path]:
         """name -> ELF for every user program (`p-<name>` files without an extension)."""

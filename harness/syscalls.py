@@ -17,6 +17,7 @@ from .errors import HarnessError
 class SyscallArg:
     name: str
     type: str  # int, uint, ptr, str, size, pid
+    ctype: str = ""  # the C type in the header (a `const` pointer is an input buffer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,22 +29,25 @@ class SyscallSpec:
 
 
 class SyscallTable:
-    def __init__(self, specs: list[SyscallSpec]) -> None:
+    def __init__(self, specs: list[SyscallSpec], errors: dict[int, str] | None = None) -> None:
         self.by_number = {spec.number: spec for spec in specs}
         self.by_name = {spec.name: spec for spec in specs}
+        self.errors = errors or {}  # -22 -> "E_INVAL"
 
     @classmethod
     def load(cls, path: Path) -> SyscallTable:
         try:
             raw = json.loads(path.read_text())
             specs = [SyscallSpec(int(item["number"]), str(item["name"]), str(item.get("returns", "int")),
-                                 tuple(SyscallArg(str(a["name"]), str(a["type"])) for a in item.get("args", ())))
+                                 tuple(SyscallArg(str(a["name"]), str(a["type"]), str(a.get("ctype", "")))
+                                       for a in item.get("args", ())))
                      for item in raw["syscalls"]]
+            errors = {int(e["number"]): str(e["name"]) for e in raw.get("errors", ())}
         except FileNotFoundError:
             return cls([])
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise HarnessError(f"{path}: not a valid system-call table ({e})") from None
-        return cls(specs)
+        return cls(specs, errors)
 
     def name(self, number: int) -> str:
         spec = self.by_number.get(number)

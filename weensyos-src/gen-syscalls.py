@@ -53,7 +53,7 @@ def parse_arg(text, where):
     ctype, name = norm_type(m.group(1)), m.group(2)
     if ctype not in TYPES:
         raise SystemExit(f"{where}: unknown argument type {ctype!r}")
-    return {"name": name, "type": TYPES[ctype]}
+    return {"name": name, "type": TYPES[ctype], "ctype": ctype}
 
 
 def parse(path):

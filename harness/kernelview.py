@@ -1,0 +1,157 @@
+"""Reading the guest kernel's own state: which process is running, and the process table.
+
+The harness knows nothing of a kernel's internals beyond public contracts: its ELF symbols and DWARF. From
+DWARF it learns the layout of `struct proc` (the members `pid`, `state`, `name`, `pagetable`); from the symbol
+table, where `current` and `ptable` live. A course kernel (same names, no `name` member) works the same way;
+a kernel without them simply has no pids in its traces.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from .paging import PageFault, PhysicalFault, read_virtual
+from .symbols import SymbolTable
+
+
+@dataclass(frozen=True)
+class ProcLayout:
+    """Where the interesting members of `struct proc` sit."""
+
+    size: int
+    pid: int
+    state: int | None = None
+    name: int | None = None
+    name_size: int = 0
+    pagetable: int | None = None
+
+
+# The course contract's fixed offsets (pagetable 0, pid 8, state 12), used when the kernel has no DWARF.
+CONTRACT_LAYOUT = ProcLayout(size=0, pid=8, state=12, pagetable=0)
+
+
+def _member_offset(die) -> int | None:  # type: ignore[no-untyped-def]
+    location = die.attributes.get("DW_AT_data_member_location")
+    if location is None:
+        return None
+    value = location.value
+    return value if isinstance(value, int) else None
+
+
+def proc_layout_from_dwarf(path: Path) -> ProcLayout | None:
+    """Find `struct proc` in the kernel's DWARF; None when there is no debug information or no such struct."""
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            if not elf.has_dwarf_info():
+                return None
+            for cu in elf.get_dwarf_info().iter_CUs():
+                for die in cu.iter_DIEs():
+                    if die.tag != "DW_TAG_structure_type":
+                        continue
+                    name = die.attributes.get("DW_AT_name")
+                    if name is None or name.value != b"proc" or "DW_AT_byte_size" not in die.attributes:
+                        continue
+                    members = {}
+                    name_size = 0
+                    for child in die.iter_children():
+                        if child.tag == "DW_TAG_member" and "DW_AT_name" in child.attributes:
+                            member = child.attributes["DW_AT_name"].value.decode()
+                            members[member] = _member_offset(child)
+                            if member == "name":
+                                array = child.get_DIE_from_attribute("DW_AT_type")
+                                for sub in array.iter_children():
+                                    bound = sub.attributes.get("DW_AT_upper_bound") or sub.attributes.get(
+                                        "DW_AT_count")
+                                    if bound is not None:
+                                        name_size = bound.value + (1 if "DW_AT_upper_bound" in sub.attributes
+                                                                   else 0)
+                    if members.get("pid") is None:
+                        return None
+                    return ProcLayout(size=die.attributes["DW_AT_byte_size"].value, pid=members["pid"],
+                                      state=members.get("state"), name=members.get("name"),
+                                      name_size=name_size, pagetable=members.get("pagetable"))
+    except (OSError, ELFError, ValueError, KeyError, AttributeError):
+        return None
+    return None
+
+
+@dataclass(frozen=True)
+class ProcInfo:
+    pid: int
+    state: int | None
+    name: str | None
+    pagetable: int | None
+
+
+class KernelView:
+    """Reads `current` and `ptable` of the running kernel from guest memory."""
+
+    def __init__(self, memory: memoryview, symbols: SymbolTable, kernel_path: Path | None) -> None:
+        self.memory = memory
+        self.symbols = symbols
+        self.current_address = symbols.address_of("current")
+        self.ptable_address = symbols.address_of("ptable")
+        ptable = symbols.lookup(self.ptable_address) if self.ptable_address is not None else None
+        self.layout: ProcLayout | None = None
+        if self.current_address is not None or self.ptable_address is not None:
+            layout = proc_layout_from_dwarf(kernel_path) if kernel_path is not None else None
+            self.layout = layout or CONTRACT_LAYOUT
+        self.nproc = 0
+        if ptable is not None and self.layout is not None and self.layout.size:
+            self.nproc = ptable.size // self.layout.size
+
+    @property
+    def available(self) -> bool:
+        return self.layout is not None and self.current_address is not None
+
+    def _read(self, cr3: int, address: int, length: int) -> bytes | None:
+        """Kernel memory by virtual address: through `cr3` if it maps it, else identity (VA = PA)."""
+        try:
+            return read_virtual(self.memory, cr3, address, length)
+        except (PageFault, PhysicalFault):
+            if address + length <= len(self.memory):
+                return bytes(self.memory[address:address + length])
+            return None
+
+    def current_pid(self, cr3: int) -> int | None:
+        """The pid of the kernel's `current` process, or None if unknown."""
+        if self.layout is None or self.current_address is None:
+            return None
+        raw = self._read(cr3, self.current_address, 8)
+        if raw is None:
+            return None
+        pointer = struct.unpack("<Q", raw)[0]
+        if not pointer:
+            return None
+        raw = self._read(cr3, pointer + self.layout.pid, 4)
+        return struct.unpack("<i", raw)[0] if raw is not None else None
+
+    def processes(self, cr3: int) -> list[ProcInfo]:
+        """Every slot of `ptable` whose state is not 0 (free)."""
+        layout = self.layout
+        if layout is None or self.ptable_address is None or not self.nproc:
+            return []
+        raw = self._read(cr3, self.ptable_address, layout.size * self.nproc)
+        if raw is None:
+            return []
+        out = []
+        for i in range(self.nproc):
+            base = i * layout.size
+            state = struct.unpack_from("<i", raw, base + layout.state)[0] if layout.state is not None else None
+            if state == 0:
+                continue
+            pid = struct.unpack_from("<i", raw, base + layout.pid)[0]
+            name = None
+            if layout.name is not None and layout.name_size:
+                name = raw[base + layout.name:base + layout.name + layout.name_size].split(b"\0")[0].decode(
+                    "latin-1") or None
+            pagetable = struct.unpack_from("<Q", raw, base + layout.pagetable)[0] \
+                if layout.pagetable is not None else None
+            out.append(ProcInfo(pid, state, name, pagetable))
+        return out

@@ -1,0 +1,138 @@
+"""Tracing the guest kernel without changing it: system calls, page faults, switches, in three formats."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import project
+from harness.api import boot_machine
+from harness.events import Event, Kind
+from harness.machine import Machine
+from harness.syscalls import SyscallTable
+from harness.traceformat import PerfettoWriter, jsonl_record, strace_lines, summary
+
+
+def traced(tree: project.BuildTree, command: str, **run: object) -> tuple[Machine, list[Event]]:
+    machine = boot_machine(tree.kernel, command, tree.programs())
+    machine.enable_tracing(SyscallTable.load(tree.syscall_table), tree.programs())
+    events: list[Event] = []
+    machine.events.attach(events.append)
+    machine.run(max_time_ns=5_000_000_000, **run)  # type: ignore[arg-type]
+    return machine, events
+
+
+@pytest.fixture(scope="module")
+def fault_hello(build_tree: project.BuildTree) -> tuple[Machine, list[Event]]:
+    return traced(build_tree, "fault hello")
+
+
+def test_system_calls_carry_pid_decoded_arguments_and_results(fault_hello: tuple[Machine, list[Event]]) -> None:
+    machine, events = fault_hello
+    calls = [e for e in events if e.kind is Kind.SYSCALL]
+    assert [(e.pid, machine.tracer.syscalls.name(e.number)) for e in calls] == [
+        (2, "getpid"), (2, "getsysname"), (2, "yield"), (2, "yield"), (2, "exit")]
+    getpid, getsysname = calls[0], calls[1]
+    assert getpid.ret == 2 and getpid.end_ns is not None and getpid.end_ns > getpid.time_ns
+    assert dict(getsysname.detail["args"])["buf"] == '"WeensyOS-Unicorn 0.1"'
+    assert calls[-1].ret is None  # exit never returns
+    line = strace_lines(machine.tracer, getpid)[0]
+    assert line.endswith("[pid 2] getpid() = 2 <0.001 ms>")
+
+
+def test_a_user_page_fault_is_explained_level_by_level(fault_hello: tuple[Machine, list[Event]]) -> None:
+    machine, events = fault_hello
+    (fault,) = [e for e in events if e.is_page_fault]
+    d = fault.detail
+    assert fault.pid == 1 and fault.user and fault.address == 0x40000
+    assert d["access"] == "read" and d["mode"] == "user"
+    assert d["problem"] == "protection: a level is not user-accessible"
+    assert [step["level"] for step in d["walk"]] == ["L4 (PML4)", "L3 (PDPT)", "L2 (page directory)",
+                                                     "L1 (page table)"]
+    assert d["walk"][-1]["flags"] == "P|W"  # present, writable, but not U: the level that refused
+    assert d["decided_by"] == "L1 (page table)"
+    assert d["instruction"].startswith("mov") and "0x40000" in d["instruction"]
+    assert "<process_main+" in d["where"]  # the program's own symbols, not the kernel's
+    assert d["outcome"] == "the kernel killed the process"
+
+
+def test_process_lifetimes_and_switches_come_from_the_kernel_s_own_state(
+        fault_hello: tuple[Machine, list[Event]]) -> None:
+    _, events = fault_hello
+    processes = [(e.pid, e.text) for e in events if e.kind is Kind.PROCESS]
+    assert processes == [(1, "created fault"), (2, "created hello"), (1, "killed after a page fault"),
+                         (2, "exited with status 0")]
+    switches = [(e.detail["from"], e.detail["to"]) for e in events if e.kind is Kind.SWITCH]
+    assert switches == [(None, 1), (1, 2)]
+
+
+def test_sinks_see_events_in_order_and_console_output_is_traced(fault_hello: tuple[Machine, list[Event]]) -> None:
+    _, events = fault_hello
+    seqs = [e.seq for e in events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    console = "\n".join(e.text for e in events if e.kind is Kind.CONSOLE)
+    assert "Hello from WeensyOS process 2!" in console
+
+
+def test_summary_counts_calls(fault_hello: tuple[Machine, list[Event]]) -> None:
+    machine, events = fault_hello
+    stats = summary(machine.tracer, events)
+    assert {name: s.calls for name, s in stats.items()} == {"getpid": 1, "getsysname": 1, "yield": 2, "exit": 1}
+    assert all(s.errors == 0 for s in stats.values())
+
+
+def test_jsonl_of_a_deterministic_run_is_identical_twice(build_tree: project.BuildTree) -> None:
+    runs = []
+    for _ in range(2):
+        machine, events = traced(build_tree, "fault hello")
+        runs.append([json.dumps(jsonl_record(machine.tracer, e)) for e in events])
+    assert runs[0] == runs[1]
+    assert all(json.loads(line)["v"] == 1 for line in runs[0])
+
+
+def test_perfetto_has_a_track_per_process_with_syscall_slices(fault_hello: tuple[Machine, list[Event]]) -> None:
+    machine, events = fault_hello
+    writer = PerfettoWriter(machine.tracer)
+    for event in events:
+        writer.add(event)
+    import io
+
+    out = io.StringIO()
+    writer.write(out)
+    trace = json.loads(out.getvalue())
+    names = {r["pid"]: r["args"]["name"] for r in trace["traceEvents"] if r["ph"] == "M"}
+    assert names[1] == "pid 1 (fault)" and names[2] == "pid 2 (hello)"
+    slices = [r for r in trace["traceEvents"] if r["ph"] == "X"]
+    assert {r["name"] for r in slices} >= {"getpid", "yield"} and all(r["pid"] == 2 for r in slices)
+    assert any(r["ph"] == "i" and r["name"] == "page fault" and r["pid"] == 1 for r in trace["traceEvents"])
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_trace_command_writes_strace_text_with_filters(build_tree: project.BuildTree) -> None:
+    result = run_cli("trace", "fault", "hello", "--build-dir", str(build_tree.directory), "--filter", "syscall",
+                     "--pid", "2")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith("[pid 2] getpid() = 2 <0.001 ms>")
+    assert all("[pid 2]" in line for line in lines)
+
+
+def test_trace_diff_finds_the_first_divergence(build_tree: project.BuildTree, tmp_path: Path) -> None:
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    for path in (a, b):
+        result = run_cli("trace", "fault", "hello", "--build-dir", str(build_tree.directory), "--format", "jsonl",
+                         "-o", str(path))
+        assert result.returncode == 0, result.stderr
+    assert run_cli("trace-diff", str(a), str(b)).stdout.startswith("identical:")
+    records = [json.loads(line) for line in b.read_text().splitlines()]
+    records[5]["t_ns"] += 1
+    b.write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = run_cli("trace-diff", str(a), str(b))
+    assert result.returncode == 1 and "diverge at event 5" in result.stdout
