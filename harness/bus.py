@@ -20,6 +20,7 @@ class Bus:
         self.mmio: list[tuple[int, int, Device]] = []
         self.on_unclaimed: Callable[[str], None] = lambda message: None
         self._reported: set[tuple[str, int]] = set()
+        self.unassigned_pages: set[int] = set()
 
     # -- wiring --------------------------------------------------------------------------------------------
     def add_ports(self, device: Device, first: int, count: int) -> None:
@@ -43,7 +44,7 @@ class Bus:
         uc.mmio_map(base, size, read, None, write, None)
         self.mmio.append((base, size, device))
 
-    def add_unassigned_page(self, uc: Uc, address: int) -> None:
+    def add_unassigned_page(self, uc: Uc, address: int, report: bool = True) -> None:
         """Back one 4 KiB page of nothing: reads float high, writes vanish (like an empty PC bus)."""
         page = address & ~0xFFF
 
@@ -54,8 +55,10 @@ class Bus:
             return None
 
         uc.mmio_map(page, 0x1000, read, None, write, None)
-        self.on_unclaimed(f"access to unassigned physical address {address:#x}; reads as all ones, "
-                          f"writes ignored, reported once per page")
+        self.unassigned_pages.add(page)
+        if report:
+                self.on_unclaimed(f"access to unassigned physical address {address:#x}; reads as all ones, "
+                              f"writes ignored, reported once per page")
 
     # -- dispatch ------------------------------------------------------------------------------------------
     def io_read(self, port: int, size: int) -> int:

@@ -98,6 +98,10 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-build", action="store_true", help="do not rebuild WeensyOS when its build is stale")
     parser.add_argument("--log", type=Path, metavar="FILE", help="also write the kernel's log to FILE")
     parser.add_argument("--memory", type=_positive_int, default=128, metavar="MIB", help="guest RAM (default: 128)")
+    parser.add_argument("--save-snapshot", type=Path, metavar="FILE",
+                        help="when the run stops, save CPU, RAM and devices to FILE")
+    parser.add_argument("--load-snapshot", type=Path, metavar="FILE",
+                        help="resume from a snapshot taken with the same kernel instead of booting afresh")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,6 +195,11 @@ class Session:
                                              MachineConfig(ram_size=args.memory << 20))
         self.args = args
 
+    def resume(self) -> None:
+        """Apply --load-snapshot (after tracing is set up, so that the trace state is restored too)."""
+        if self.args.load_snapshot is not None:
+            self.machine.load_snapshot(self.args.load_snapshot)
+
     def run(self) -> Stop:
         args, machine = self.args, self.machine
         log_file = None
@@ -201,7 +210,10 @@ class Session:
                 except OSError as e:
                     raise HarnessError(f"cannot write the log to {args.log}: {e.strerror}") from None
                 machine.log.sink = log_file
-            return machine.run(ticks=args.ticks, max_time_ns=int(args.max_time * 1e9), until=args.until)
+            stop = machine.run(ticks=args.ticks, max_time_ns=int(args.max_time * 1e9), until=args.until)
+            if args.save_snapshot is not None:
+                machine.save_snapshot(args.save_snapshot)
+            return stop
         finally:
             machine.log.flush()
             if log_file:
@@ -218,6 +230,7 @@ class Session:
 
 def command_boot(args: argparse.Namespace) -> int:
     session = Session(args)
+    session.resume()
     stop = session.run()
     print(session.machine.screen_text())
     return session.report(stop, args.quiet)
@@ -236,6 +249,7 @@ def command_trace(args: argparse.Namespace) -> int:
     session = Session(args)
     machine = session.machine
     machine.enable_tracing(session.syscalls, session.programs)
+    session.resume()
     tracer = machine.tracer
     out = _open_output(args.output)
     finished: list[Event] = []

@@ -15,6 +15,7 @@ import mmap
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from unicorn import (
     UC_ARCH_X86,
@@ -35,6 +36,7 @@ from unicorn import (
 from unicorn import x86_const as X
 
 from . import loader
+from . import snapshot as snapshots
 from .clock import DEFAULT_NS_PER_BLOCK, VirtualClock
 from .cpu import FLAG_IF, GP, NOT_AN_ADDRESS, RBP, RDI, RDX, RSI, Cpu, TripleFault
 from .devices.cga import CgaConsole
@@ -324,6 +326,42 @@ class Machine:
                 return
         self.tracer.return_to_user(rip, cpu.read_register(X.UC_X86_REG_RAX), cr3)
 
+    # -- snapshots ---------------------------------------------------------------------------------------------
+    def devices(self) -> dict[str, Any]:
+        """Every device with state, by a stable name (snapshots key on it)."""
+        return {"lapic": self.lapic, "ioapic": self.ioapic, "console": self.console, "keyboard": self.keyboard,
+                "pic": self.pic, "parallel": self.parallel, "pci": self.pci, "acpi_pm": self.acpi_pm,
+                "reset": self.reset_port}
+
+    def run_state(self) -> dict[str, Any]:
+        panic = self._panic
+        return {"halted": self.halted, "poll_ns": self._poll_ns, "panic_deadline": self._panic_deadline,
+                "panic": None if panic is None else [panic.message, panic.time_ns, panic.rip, panic.backtrace],
+                "reported": sorted([d, p] for d, p in self.bus._reported)}
+
+    def restore_run_state(self, state: dict[str, Any]) -> None:
+        self.halted = state["halted"]
+        self._poll_ns = state["poll_ns"]
+        self._panic_deadline = state["panic_deadline"]
+        panic = state["panic"]
+        self._panic = None if panic is None else Stop(StopKind.PANIC, panic[0], panic[1], panic[2], list(panic[3]))
+        self.bus._reported = {(d, p) for d, p in state["reported"]}
+        self.stop = None
+        self._pending_gp = None
+
+    def snapshot(self) -> snapshots.Snapshot:
+        """The machine's whole state, to `restore()` later (between runs, never during one)."""
+        return snapshots.take(self)
+
+    def restore(self, snapshot: snapshots.Snapshot) -> None:
+        snapshots.restore(self, snapshot)
+
+    def save_snapshot(self, path: Path) -> None:
+        snapshots.save(self.snapshot(), path)
+
+    def load_snapshot(self, path: Path) -> None:
+        self.restore(snapshots.load(path))
+
     # -- inspection --------------------------------------------------------------------------------------------
     def backtrace(self, rbp: int, cr3: int, depth: int = 16) -> list[int]:
         """Return addresses found by following the frame-pointer chain (kernels built with frame pointers)."""
@@ -380,6 +418,8 @@ class Machine:
         checked line by line as it is written; the screen whenever the CPU stops (at least every timer tick).
         """
         clock, cpu, lapic = self.clock, self.cpu, self.lapic
+        if self.stop is not None and self.stop.kind in (StopKind.TICKS, StopKind.UNTIL, StopKind.BUDGET):
+            self.stop = None  # a requested stop only paused the machine: run on
         self._until = until
         if until is not None and self._until_seen():
             self.stop = Stop(StopKind.UNTIL, f"{until!r} appeared", clock.now_ns(), cpu.rip())

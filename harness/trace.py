@@ -123,9 +123,9 @@ class Tracer:
         event.pid = self._pid(cr3)
         spec = self.syscalls.by_number.get(number)
         if spec is not None:
-            shown: list[tuple[str, str]] = []
+            shown: list[list[str]] = []  # [name, rendering] pairs (lists: they survive a JSON round trip)
             for i, arg in enumerate(spec.args):
-                shown.append((arg.name, self._format_argument(spec.args, i, args, cr3)))
+                shown.append([arg.name, self._format_argument(spec.args, i, args, cr3)])
             event.detail["args"] = shown
             event.detail["name"] = spec.name
         previous = self._pending_syscall.pop(event.pid, None)
@@ -175,7 +175,7 @@ class Tracer:
                 continue
             if data is not None:
                 args = list(event.detail.get("args", []))
-                args[i] = (arg.name, quote(data))
+                args[i] = [arg.name, quote(data)]
                 event.detail["args"] = args
 
     # -- exceptions and interrupts -------------------------------------------------------------------------------
