@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,10 @@ from .api import boot_machine
 from .diagnosis import diagnose, summary
 from .errors import ExitCode, HarnessError
 from .events import Event
+from .keys import parse_key_script
+from .liveconsole import LiveConsole, stdout_is_terminal
 from .machine import Machine, MachineConfig, Stop, StopKind
+from .screenshot import SUPPORTED_EXTENSIONS, save_screen
 from .syscalls import SyscallTable
 from .traceformat import (
     FILTERS,
@@ -32,6 +36,7 @@ EXIT_FOR_STOP = {
     StopKind.POWER_OFF: ExitCode.OK,
     StopKind.TICKS: ExitCode.OK,
     StopKind.UNTIL: ExitCode.OK,
+    StopKind.PAUSED: ExitCode.OK,
     StopKind.PANIC: ExitCode.PANIC,
     StopKind.TRIPLE_FAULT: ExitCode.TRIPLE_FAULT,
     StopKind.BUDGET: ExitCode.BUDGET,
@@ -87,8 +92,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ticks", type=_positive_int, metavar="N",
                         help="stop successfully after N timer ticks (10 ms each at the kernel's 100 Hz)")
     parser.add_argument("--until", metavar="TEXT", help="stop successfully once TEXT is on the screen or in the log")
-    parser.add_argument("--max-time", type=_positive_float, default=30.0, metavar="SECONDS",
-                        help="safety budget of virtual time; running out is a failure (default: 30)")
+    parser.add_argument("--max-time", type=_positive_float, metavar="SECONDS",
+                        help="safety budget of virtual time; running out is a failure (default: 30, and none "
+                             "on the live console)")
     parser.add_argument("--kernel", type=Path, metavar="ELF", help="boot this kernel instead of build/kernel")
     parser.add_argument("--program", action="append", default=[], metavar="NAME=ELF",
                         help="add or replace a program module (repeatable)")
@@ -98,6 +104,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-build", action="store_true", help="do not rebuild WeensyOS when its build is stale")
     parser.add_argument("--log", type=Path, metavar="FILE", help="also write the kernel's log to FILE")
     parser.add_argument("--memory", type=_positive_int, default=128, metavar="MIB", help="guest RAM (default: 128)")
+    parser.add_argument("--keys", action="append", default=[], metavar="[TIME:]KEYS",
+                        help="type KEYS at virtual TIME (seconds, or 250ms; default 0), e.g. --keys 0.5:q or "
+                             "--keys '1s:<ctrl-c>'; named keys: <enter> <esc> <up> <down> <left> <right> <tab> "
+                             "<backspace> <f1>..<f10> <ctrl-a>..<ctrl-z>; repeatable")
+    parser.add_argument("--screen", type=Path, metavar="FILE",
+                        help="when the run stops, save the screen to FILE: .txt, .ansi, .html or .png")
     parser.add_argument("--save-snapshot", type=Path, metavar="FILE",
                         help="when the run stops, save CPU, RAM and devices to FILE")
     parser.add_argument("--load-snapshot", type=Path, metavar="FILE",
@@ -119,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "as a multiboot module.")
     _add_run_options(boot)
     boot.add_argument("--headless", action="store_true",
-                      help="no live console: run to the end and print the final screen as text")
+                      help="no live console: run to the end and print the final screen as text (automatic when "
+                           "standard input or output is not a terminal)")
     boot.add_argument("--quiet", "-q", action="store_true", help="print only the screen (no summary line)")
 
     trace = commands.add_parser(
@@ -194,13 +207,19 @@ class Session:
         self.machine: Machine = boot_machine(kernel_path, " ".join(words), self.programs,
                                              MachineConfig(ram_size=args.memory << 20))
         self.args = args
+        for spec in args.keys:
+            scheduled = parse_key_script(spec)
+            self.machine.type_keys(scheduled.codes, at_ns=scheduled.time_ns)
+        if args.screen is not None and args.screen.suffix.lower() not in SUPPORTED_EXTENSIONS:
+            raise HarnessError(f"--screen {args.screen}: unknown format (use one of "
+                               f"{', '.join(SUPPORTED_EXTENSIONS)})")
 
     def resume(self) -> None:
         """Apply --load-snapshot (after tracing is set up, so that the trace state is restored too)."""
         if self.args.load_snapshot is not None:
             self.machine.load_snapshot(self.args.load_snapshot)
 
-    def run(self) -> Stop:
+    def run(self, console: LiveConsole | None = None) -> Stop:
         args, machine = self.args, self.machine
         log_file = None
         try:
@@ -210,9 +229,17 @@ class Session:
                 except OSError as e:
                     raise HarnessError(f"cannot write the log to {args.log}: {e.strerror}") from None
                 machine.log.sink = log_file
-            stop = machine.run(ticks=args.ticks, max_time_ns=int(args.max_time * 1e9), until=args.until)
+            budget = int(args.max_time * 1e9)
+            if console is not None:
+                stop = console.run(ticks=args.ticks, max_time_ns=budget if args.max_time_given else None,
+                                   until=args.until)
+            else:
+                stop = machine.run(ticks=args.ticks, max_time_ns=budget, until=args.until)
             if args.save_snapshot is not None:
                 machine.save_snapshot(args.save_snapshot)
+            if args.screen is not None:
+                save_screen(args.screen, machine.console.cells(), machine.console.cursor()
+                            if machine.console.cursor_visible() else None)
             return stop
         finally:
             machine.log.flush()
@@ -231,6 +258,16 @@ class Session:
 def command_boot(args: argparse.Namespace) -> int:
     session = Session(args)
     session.resume()
+    if not args.headless and stdout_is_terminal():
+        console = LiveConsole(session.machine)
+        stop = session.run(console)
+        if console.quit_by_user:
+            print(f"harness: quit at {stop.time_ns / 1e9:.6f} s virtual time", file=sys.stderr)
+            return ExitCode.OK
+        if console.terminated_by is not None:
+            print(f"harness: {stop.message} at {stop.time_ns / 1e9:.6f} s virtual time", file=sys.stderr)
+            return 128 + getattr(signal, console.terminated_by, signal.SIGTERM)
+        return session.report(stop, args.quiet)
     stop = session.run()
     print(session.machine.screen_text())
     return session.report(stop, args.quiet)
@@ -314,6 +351,9 @@ def command_trace_diff(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "programs", None) is not None:
+        args.max_time_given = args.max_time is not None
+        args.max_time = args.max_time if args.max_time is not None else 30.0
     if args.command is None:
         parser.print_help()
         return ExitCode.USAGE

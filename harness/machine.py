@@ -65,6 +65,7 @@ class StopKind(enum.Enum):
     POWER_OFF = "power-off"
     TICKS = "ticks reached"
     UNTIL = "text appeared"
+    PAUSED = "paused"
     PANIC = "kernel panic"
     TRIPLE_FAULT = "triple fault"
     BUDGET = "budget exhausted"
@@ -85,7 +86,7 @@ class Stop:
 
     @property
     def ok(self) -> bool:
-        return self.kind in (StopKind.POWER_OFF, StopKind.TICKS, StopKind.UNTIL)
+        return self.kind in (StopKind.POWER_OFF, StopKind.TICKS, StopKind.UNTIL, StopKind.PAUSED)
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,8 @@ class Machine:
         self._poll_ns = POLL_MIN_NS
         self._budget_end: int | None = None
         self._until: str | None = None
+        self._pause_end: int | None = None
+        self._input: list[tuple[int, bytes]] = []  # (virtual time, scan codes), in time order
         self._next_stop_ns: int | None = None
 
     # -- boot ----------------------------------------------------------------------------------------------
@@ -337,7 +340,8 @@ class Machine:
         panic = self._panic
         return {"halted": self.halted, "poll_ns": self._poll_ns, "panic_deadline": self._panic_deadline,
                 "panic": None if panic is None else [panic.message, panic.time_ns, panic.rip, panic.backtrace],
-                "reported": sorted([d, p] for d, p in self.bus._reported)}
+                "reported": sorted([d, p] for d, p in self.bus._reported),
+                "input": [[when, codes.hex()] for when, codes in self._input]}
 
     def restore_run_state(self, state: dict[str, Any]) -> None:
         self.halted = state["halted"]
@@ -346,6 +350,7 @@ class Machine:
         panic = state["panic"]
         self._panic = None if panic is None else Stop(StopKind.PANIC, panic[0], panic[1], panic[2], list(panic[3]))
         self.bus._reported = {(d, p) for d, p in state["reported"]}
+        self._input = [(when, bytes.fromhex(codes)) for when, codes in state.get("input", [])]
         self.stop = None
         self._pending_gp = None
 
@@ -405,11 +410,25 @@ class Machine:
             self.clock.stop_at_ns(when)
 
     def _next_deadline(self, poll: int | None = None) -> int | None:
-        candidates = [self.lapic.next_deadline_ns(), self._budget_end, self._panic_deadline, poll]
+        candidates = [self.lapic.next_deadline_ns(), self._budget_end, self._panic_deadline, poll, self._pause_end,
+                      self._input[0][0] if self._input else None]
         present = [c for c in candidates if c is not None]
         return min(present) if present else None
 
-    def run(self, *, ticks: int | None = None, max_time_ns: int | None = None, until: str | None = None) -> Stop:
+    def type_keys(self, codes: bytes, at_ns: int | None = None) -> None:
+        """Queue scan codes for the keyboard at virtual time `at_ns` (default: now)."""
+        when = self.clock.now_ns() if at_ns is None else at_ns
+        self._input.append((when, codes))
+        self._input.sort(key=lambda item: item[0])  # stable: same-time keys keep their order
+        self._rearm()
+
+    def _deliver_input(self, now: int) -> None:
+        while self._input and self._input[0][0] <= now:
+            self.keyboard.push(self._input.pop(0)[1])
+            self.halted = False  # a real 8042 would raise IRQ1; a polling kernel needs the CPU to run
+
+    def run(self, *, ticks: int | None = None, max_time_ns: int | None = None, until: str | None = None,
+            for_ns: int | None = None) -> Stop:
         """Run until the guest powers off or a stop condition holds; returns why it stopped.
 
         `ticks`: stop (successfully) once that many more LAPIC timer periods have elapsed.
@@ -418,21 +437,27 @@ class Machine:
         checked line by line as it is written; the screen whenever the CPU stops (at least every timer tick).
         """
         clock, cpu, lapic = self.clock, self.cpu, self.lapic
-        if self.stop is not None and self.stop.kind in (StopKind.TICKS, StopKind.UNTIL, StopKind.BUDGET):
+        if self.stop is not None and self.stop.kind in (StopKind.TICKS, StopKind.UNTIL, StopKind.BUDGET,
+                                                        StopKind.PAUSED):
             self.stop = None  # a requested stop only paused the machine: run on
         self._until = until
         if until is not None and self._until_seen():
             self.stop = Stop(StopKind.UNTIL, f"{until!r} appeared", clock.now_ns(), cpu.rip())
         tick_target = lapic.timer_expirations + ticks if ticks is not None else None
         self._budget_end = clock.now_ns() + max_time_ns if max_time_ns is not None else None
+        self._pause_end = clock.now_ns() + for_ns if for_ns is not None else None
         while self.stop is None:
             now = clock.now_ns()
             lapic.advance(now)
+            self._deliver_input(now)
             if self._panic is not None and self._panic_deadline is not None and now >= self._panic_deadline:
                 self.stop = self._panic
                 break
             if tick_target is not None and lapic.timer_expirations >= tick_target:
                 self.stop = Stop(StopKind.TICKS, f"{ticks} timer ticks reached", now, cpu.rip())
+                break
+            if self._pause_end is not None and now >= self._pause_end:
+                self.stop = Stop(StopKind.PAUSED, "paused", now, cpu.rip())
                 break
             if self._budget_end is not None and now >= self._budget_end:
                 self.stop = Stop(StopKind.BUDGET, f"the budget of {max_time_ns / 1e9:g} s of virtual time ran out",
@@ -459,6 +484,10 @@ class Machine:
                                      now, cpu.rip())
                     break
                 wake = self.lapic.next_interrupt_deadline_ns()
+                if self._input and (wake is None or self._input[0][0] < wake):
+                    wake = self._input[0][0]
+                if self._pause_end is not None and (wake is None or wake > self._pause_end):
+                    wake = self._pause_end  # idle until the pause: the live console keeps time
                 if self._budget_end is not None and (wake is None or wake > self._budget_end):
                     wake = self._budget_end if wake is not None else None
                 if wake is None:
@@ -471,6 +500,7 @@ class Machine:
             if until is not None and self.stop is None and self._until_seen():
                 self.stop = Stop(StopKind.UNTIL, f"{until!r} appeared", clock.now_ns(), cpu.rip())
         self._until = None
+        self._pause_end = None
         if self._panic is not None and self.stop.kind is not StopKind.PANIC:
             self.stop = self._panic  # a panic is what matters, even if a key then powered the machine off
         self.tracer.finish()

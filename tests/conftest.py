@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,10 +16,12 @@ from harness.machine import Machine, MachineConfig, Stop
 
 @pytest.fixture(scope="session")
 def build_tree() -> project.BuildTree:
-    """The guest, built once; parallel workers (pytest -n) take turns on a lock file."""
+    """The guest, built once; parallel workers (pytest -n) take turns on a lock file.
+
+    WEENSY_BUILD_DIR=DIR tests the kernel and programs in DIR; WEENSY_NO_BUILD=1 uses them as they are."""
     source = project.default_source_dir()
     build_dir = project.default_build_dir()
-    if source is not None:
+    if source is not None and not os.environ.get("WEENSY_NO_BUILD"):
         build_dir.parent.mkdir(parents=True, exist_ok=True)
         with open(build_dir.parent / ".weensyos-build.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)

@@ -16,6 +16,11 @@ def harness(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
                           cwd=cwd, timeout=120)
 
 
+def built(tree: project.BuildTree) -> tuple[str, ...]:
+    """Options that point the CLI at the session's build (already built by the fixture)."""
+    return ("--no-build", "--build-dir", str(tree.directory))
+
+
 def test_help_lists_the_commands() -> None:
     result = harness("--help")
     assert result.returncode == 0
@@ -23,21 +28,20 @@ def test_help_lists_the_commands() -> None:
 
 
 def test_boot_hello_headless_prints_the_greeting_and_exits_0(build_tree: project.BuildTree) -> None:
-    result = harness("boot", "hello", "--headless", "--build-dir", str(build_tree.directory))
+    result = harness("boot", "hello", "--headless", *built(build_tree))
     assert result.returncode == 0, result.stderr
     assert "Hello from WeensyOS process 1!" in result.stdout
     assert "power-off" in result.stderr
 
 
 def test_ticks_reached_is_success(build_tree: project.BuildTree) -> None:
-    result = harness("boot", "spinner", "--headless", "--ticks", "5", "--build-dir", str(build_tree.directory))
+    result = harness("boot", "spinner", "--headless", "--ticks", "5", *built(build_tree))
     assert result.returncode == 0, result.stderr
     assert "5 timer ticks reached" in result.stderr
 
 
 def test_budget_exhausted_is_a_failure_with_a_diagnosis(build_tree: project.BuildTree) -> None:
-    result = harness("boot", "spinner", "--headless", "--max-time", "0.05", "--build-dir",
-                     str(build_tree.directory))
+    result = harness("boot", "spinner", "--headless", "--max-time", "0.05", *built(build_tree))
     assert result.returncode == 5
     assert "budget exhausted" in result.stderr
     assert "last" in result.stderr and "events" in result.stderr
@@ -45,13 +49,13 @@ def test_budget_exhausted_is_a_failure_with_a_diagnosis(build_tree: project.Buil
 
 def test_log_file_receives_the_kernel_log(build_tree: project.BuildTree, tmp_path: Path) -> None:
     log = tmp_path / "log.txt"
-    result = harness("boot", "hello", "--headless", "--log", str(log), "--build-dir", str(build_tree.directory))
+    result = harness("boot", "hello", "--headless", "--log", str(log), *built(build_tree))
     assert result.returncode == 0
     assert log.read_text().splitlines()[-1] == "all processes exited; powering off"
 
 
 def test_unknown_program_is_one_clear_line(build_tree: project.BuildTree) -> None:
-    result = harness("boot", "nosuchprogram", "--build-dir", str(build_tree.directory))
+    result = harness("boot", "nosuchprogram", *built(build_tree))
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1
     assert "unknown program 'nosuchprogram'" in result.stderr and "hello" in result.stderr

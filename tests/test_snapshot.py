@@ -78,8 +78,9 @@ def test_cli_saves_and_resumes(build_tree: project.BuildTree, tmp_path: Path) ->
     path = tmp_path / "cli.snap"
 
     def run(*extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "harness", "boot", "spinner", "--headless", "--build-dir",
-                               str(build_tree.directory), *extra], capture_output=True, text=True, timeout=120)
+        return subprocess.run([sys.executable, "-m", "harness", "boot", "spinner", "--headless", "--no-build",
+                               "--build-dir", str(build_tree.directory), *extra],
+                              capture_output=True, text=True, timeout=120)
 
     whole = run("--ticks", "6")
     assert run("--ticks", "2", "--save-snapshot", str(path)).returncode == 0

@@ -115,9 +115,12 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, timeout=120)
 
 
+def trace_cli(tree: project.BuildTree, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("trace", "fault", "hello", "--no-build", "--build-dir", str(tree.directory), *args)
+
+
 def test_trace_command_writes_strace_text_with_filters(build_tree: project.BuildTree) -> None:
-    result = run_cli("trace", "fault", "hello", "--build-dir", str(build_tree.directory), "--filter", "syscall",
-                     "--pid", "2")
+    result = trace_cli(build_tree, "--filter", "syscall", "--pid", "2")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].endswith("[pid 2] getpid() = 2 <0.001 ms>")
@@ -127,8 +130,7 @@ def test_trace_command_writes_strace_text_with_filters(build_tree: project.Build
 def test_trace_diff_finds_the_first_divergence(build_tree: project.BuildTree, tmp_path: Path) -> None:
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     for path in (a, b):
-        result = run_cli("trace", "fault", "hello", "--build-dir", str(build_tree.directory), "--format", "jsonl",
-                         "-o", str(path))
+        result = trace_cli(build_tree, "--format", "jsonl", "-o", str(path))
         assert result.returncode == 0, result.stderr
     assert run_cli("trace-diff", str(a), str(b)).stdout.startswith("identical:")
     records = [json.loads(line) for line in b.read_text().splitlines()]
