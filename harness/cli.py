@@ -15,6 +15,7 @@ from .api import boot_machine
 from .diagnosis import diagnose, summary
 from .errors import ExitCode, HarnessError
 from .events import Event
+from .gdbstub import GdbStub
 from .keys import parse_key_script
 from .liveconsole import LiveConsole, stdout_is_terminal
 from .machine import Machine, MachineConfig, Stop, StopKind
@@ -134,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="no live console: run to the end and print the final screen as text (automatic when "
                            "standard input or output is not a terminal)")
     boot.add_argument("--quiet", "-q", action="store_true", help="print only the screen (no summary line)")
+    boot.add_argument("--gdb", type=int, metavar="PORT",
+                      help="wait for gdb on PORT (0: any free port) before running: `gdb build/kernel` then "
+                           "`target remote :PORT`")
 
     trace = commands.add_parser(
         "trace", help="run a program and trace the kernel's system calls, faults and interrupts", epilog=EPILOG,
@@ -258,6 +262,15 @@ class Session:
 def command_boot(args: argparse.Namespace) -> int:
     session = Session(args)
     session.resume()
+    if args.gdb is not None:
+        stub = GdbStub(session.machine, args.gdb, announce=lambda text: print(text, file=sys.stderr, flush=True))
+        stop = stub.serve()
+        if not stub.detached:
+            print(session.machine.screen_text())
+            if stop is None or stop.kind is StopKind.BREAKPOINT:
+                print("harness: gdb ended the session", file=sys.stderr)
+                return ExitCode.OK
+            return session.report(stop, args.quiet)
     if not args.headless and stdout_is_terminal():
         console = LiveConsole(session.machine)
         stop = session.run(console)

@@ -66,6 +66,7 @@ class StopKind(enum.Enum):
     TICKS = "ticks reached"
     UNTIL = "text appeared"
     PAUSED = "paused"
+    BREAKPOINT = "breakpoint"
     PANIC = "kernel panic"
     TRIPLE_FAULT = "triple fault"
     BUDGET = "budget exhausted"
@@ -86,7 +87,8 @@ class Stop:
 
     @property
     def ok(self) -> bool:
-        return self.kind in (StopKind.POWER_OFF, StopKind.TICKS, StopKind.UNTIL, StopKind.PAUSED)
+        return self.kind in (StopKind.POWER_OFF, StopKind.TICKS, StopKind.UNTIL, StopKind.PAUSED,
+                             StopKind.BREAKPOINT)
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,8 @@ class Machine:
         self._until: str | None = None
         self._pause_end: int | None = None
         self._input: list[tuple[int, bytes]] = []  # (virtual time, scan codes), in time order
+        self._breakpoints: dict[int, int] = {}  # address -> Unicorn hook handle
+        self._resume_address: int | None = None  # a breakpoint to run over once (continuing from it)
         self._next_stop_ns: int | None = None
 
     # -- boot ----------------------------------------------------------------------------------------------
@@ -415,6 +419,53 @@ class Machine:
         present = [c for c in candidates if c is not None]
         return min(present) if present else None
 
+    # -- debugging -------------------------------------------------------------------------------------------
+    def add_breakpoint(self, address: int) -> None:
+        """Stop before executing the instruction at virtual `address` (a one-address code hook)."""
+        if address not in self._breakpoints:
+            self._breakpoints[address] = self.uc.hook_add(UC_HOOK_CODE, self._hook_breakpoint, None, address,
+                                                          address)
+            self.uc.ctl_remove_cache(address, address + 1)
+
+    def remove_breakpoint(self, address: int) -> None:
+        handle = self._breakpoints.pop(address, None)
+        if handle is not None:
+            self.uc.hook_del(handle)
+            self.uc.ctl_remove_cache(address, address + 1)
+
+    def _hook_breakpoint(self, uc: Uc, address: int, size: int, user_data: object) -> None:
+        if address == self._resume_address:
+            self._resume_address = None  # continuing from this breakpoint: run its instruction once
+            return
+        self._resume_address = None
+        if self.stop is None:
+            self.stop = Stop(StopKind.BREAKPOINT, f"breakpoint at {self.symbols.describe(address)}",
+                             self.clock.now_ns(), address)
+        self._slice_interrupted = True
+        self.cpu.write_register(X.UC_X86_REG_RIP, address)  # leave the instruction unexecuted
+        uc.emu_stop()
+
+    def step(self) -> Stop | None:
+        """Execute one instruction (or enter one interrupt handler); returns a stop if the machine stopped."""
+        if self.stop is not None and self.stop.kind is StopKind.BREAKPOINT:
+            self.stop = None
+        rip = self.cpu.rip()
+        self._resume_address = rip
+        try:
+            self.uc.emu_start(rip, NOT_AN_ADDRESS, count=1)
+            while self.cpu.replay_requested:
+                self.cpu.replay_fault()
+        except TripleFault as fault:
+            self._triple_fault(fault)
+        except UcError as error:
+            self._emulator_error(error)
+        self._resume_address = None
+        if self._pending_gp is not None:
+            self.cpu.write_register(X.UC_X86_REG_RIP, self._pending_gp)
+            self._pending_gp = None
+            self.cpu.deliver(GP, error_code=0)
+        return self.stop
+
     def type_keys(self, codes: bytes, at_ns: int | None = None) -> None:
         """Queue scan codes for the keyboard at virtual time `at_ns` (default: now)."""
         when = self.clock.now_ns() if at_ns is None else at_ns
@@ -438,7 +489,9 @@ class Machine:
         """
         clock, cpu, lapic = self.clock, self.cpu, self.lapic
         if self.stop is not None and self.stop.kind in (StopKind.TICKS, StopKind.UNTIL, StopKind.BUDGET,
-                                                        StopKind.PAUSED):
+                                                        StopKind.PAUSED, StopKind.BREAKPOINT):
+            if self.stop.kind is StopKind.BREAKPOINT:
+                self._resume_address = self.stop.rip
             self.stop = None  # a requested stop only paused the machine: run on
         self._until = until
         if until is not None and self._until_seen():
