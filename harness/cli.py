@@ -199,10 +199,13 @@ class Session:
         self.programs = tree.programs() | overrides
         words = " ".join(args.programs).split() or ["hello"]
         if args.kernel is None:
-            commands = tree.commands()
-            unknown = [word for word in words if word not in self.programs and word not in commands]
+            commands, options = tree.commands(), tree.options()
+            unknown = [word for word in words
+                       if word not in self.programs and word not in commands and word not in options]
             if unknown:
                 available = ", ".join([*self.programs, *commands]) or "none"
+                if options:
+                    available += f"; options: {', '.join(options)}"
                 raise HarnessError(f"unknown program '{unknown[0]}' (available: {available})")
         table = args.syscalls or (tree.syscall_table if args.kernel is None else None)
         if args.syscalls is not None and not args.syscalls.is_file():

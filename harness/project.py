@@ -55,6 +55,16 @@ class BuildTree:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise HarnessError(f"{self.command_table}: not a valid command table ({e})") from None
 
+    def options(self) -> dict[str, str]:
+        """Command-line words the kernel takes as options (e.g. memviewer), with their descriptions."""
+        try:
+            raw = json.loads(self.command_table.read_text())
+            return {str(name): str(text) for name, text in raw.get("options", {}).items()}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            raise HarnessError(f"{self.command_table}: not a valid command table ({e})") from None
+
     def programs(self) -> dict[str, Path]:
         """name -> ELF for every user program (`p-<name>` files without an extension)."""
         if not self.directory.is_dir():

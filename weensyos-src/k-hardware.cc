@@ -293,8 +293,8 @@ void log_printf(const char* format, ...) {
 // Console messages from the kernel start on a fresh line.
 static void console_start_line() {
     int cpos = cursorpos;
-    if (cpos < 0 || cpos > CONSOLE_CELLS) {
-        cursorpos = 0;
+    if (cpos < CPOS(console_window_row(), 0) || cpos > CONSOLE_CELLS) {
+        cursorpos = CPOS(console_window_row(), 0);
     } else if (cpos % CONSOLE_COLUMNS != 0) {
         cursorpos = cpos - cpos % CONSOLE_COLUMNS + CONSOLE_COLUMNS;
     }

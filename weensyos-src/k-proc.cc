@@ -78,21 +78,6 @@ const char* elf_check(const program* prog) {
     return nullptr;
 }
 
-// Free what `pt` owns: the user pages of [PROC_START_ADDR, MEMSIZE_VIRTUAL)
-// and every page-table page, top level last. Lower user-accessible
-// mappings (the console) belong to the kernel and are left alone.
-void free_everything(x86_64_pagetable* pt) {
-    for (vmiter it(pt, PROC_START_ADDR); it.va() < MEMSIZE_VIRTUAL; it += PAGESIZE) {
-        if (it.user()) {
-            kfree(it.kptr());
-        }
-    }
-    for (ptiter it(pt); it.active(); it.next()) {
-        kfree(it.kptr());
-    }
-    kfree(pt);
-}
-
 // Map `va` in `pt` to a zeroed page for process `pid` (or reuse the user
 // page already there, adding write permission if asked). Returns a kernel
 // pointer to the page, or nullptr when out of memory.
@@ -116,16 +101,23 @@ uint8_t* map_program_page(x86_64_pagetable* pt, pid_t pid, uintptr_t va, int per
     return static_cast<uint8_t*>(page);
 }
 
-// Build `pt`: the kernel's low memory kernel-only (entry code, tables
-// and the kernel stack must stay reachable until the entry code switches
-// to kernel_pagetable), the console for everyone, then the program and a
-// stack page. Returns false when out of memory.
+// Build `pt`: the kernel's own pages kernel-only, the console for
+// everyone, then the program and a stack page. The kernel pages are what
+// the entry code touches before it switches to kernel_pagetable: its text,
+// the IDT, GDT, TSS and process table (all in the kernel image) and the
+// kernel stack. Nothing else of low memory is mapped, in particular no
+// page kalloc can hand out, so a process's page table names no page of any
+// other process, not even kernel-only. Returns false when out of memory.
 bool build_address_space(x86_64_pagetable* pt, pid_t pid, const program* prog) {
-    for (uintptr_t va = PAGESIZE; va < PROC_START_ADDR; va += PAGESIZE) {
-        int perm = va == CONSOLE_ADDR ? PTE_PWU : PTE_PW;
-        if (vmiter(pt, va).try_map(va, perm) < 0) {
+    for (uintptr_t va = round_down(kptr2pa(_kernel_start), PAGESIZE);
+         va < round_up(kptr2pa(_kernel_end), PAGESIZE); va += PAGESIZE) {
+        if (vmiter(pt, va).try_map(va, PTE_PW) < 0) {
             return false;
         }
+    }
+    if (vmiter(pt, KERNEL_STACK_TOP - PAGESIZE).try_map(KERNEL_STACK_TOP - PAGESIZE, PTE_PW) < 0
+        || vmiter(pt, CONSOLE_ADDR).try_map(CONSOLE_ADDR, PTE_PWU) < 0) {
+        return false;
     }
 
     auto eh = reinterpret_cast<const elf_header*>(prog->data);
@@ -156,17 +148,69 @@ bool build_address_space(x86_64_pagetable* pt, pid_t pid, const program* prog) {
     assert(!vmiter(pt, stack_va).present());        // elf_check keeps it free
     return map_program_page(pt, pid, stack_va, PTE_PWU) != nullptr;
 }
+
+// Page-table pages belong to the process they map (the memory viewer shows
+// them so); kalloc hands them out as kernel pages.
+void claim_pagetable(x86_64_pagetable* pt, pid_t pid) {
+    physpage_set_owner(kptr2pa(pt), pid);
+    for (ptiter it(pt); it.active(); it.next()) {
+        physpage_set_owner(it.pa(), pid);
+    }
+}
+
+// The lowest free process slot, or 0 if there is none.
+pid_t free_slot() {
+    for (pid_t pid = 1; pid != NPROC; ++pid) {
+        if (ptable[pid].state == P_FREE) {
+            return pid;
+        }
+    }
+    return 0;
+}
 }
 
 
-int process_setup(pid_t pid, const program* prog, const char** why) {
-    assert(pid > 0 && pid < NPROC);
-    proc* p = &ptable[pid];
-    assert(p->state == P_FREE && p->pid == pid);
+int copy_mappings(x86_64_pagetable* dst, x86_64_pagetable* src) {
+    for (vmiter it(src, 0); it.va() < MEMSIZE_VIRTUAL; it += PAGESIZE) {
+        if (it.present()) {
+            // Same permissions; accessed/dirty are the hardware's notes
+            // about `src`, not permissions.
+            int perm = int(it.perm() & 0xFFF & ~(PTE_A | PTE_D));
+            if (vmiter(dst, it.va()).try_map(it.pa(), perm) < 0) {
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
 
+void free_everything(x86_64_pagetable* pt) {
+    for (vmiter it(pt, PROC_START_ADDR); it.va() < MEMSIZE_VIRTUAL; it += PAGESIZE) {
+        if (it.user()) {
+            kfree(it.kptr());
+        }
+    }
+    // Depth first: each page is freed after every page below it was
+    // visited, so ptiter never reads a freed (poisoned) page.
+    for (ptiter it(pt); it.active(); it.next()) {
+        kfree(it.kptr());
+    }
+    kfree(pt);                      // ptiter never visits the top level
+}
+
+
+pid_t process_start(const program* prog, const char** why) {
     if ((*why = elf_check(prog))) {
         return E_INVAL;
     }
+    pid_t pid = free_slot();
+    if (pid == 0) {
+        *why = "too many processes";
+        return E_AGAIN;
+    }
+    proc* p = &ptable[pid];
+    assert(p->pid == pid);
+
     auto pt = static_cast<x86_64_pagetable*>(kalloc(PAGESIZE));
     if (!pt) {
         *why = "out of memory";
@@ -177,11 +221,7 @@ int process_setup(pid_t pid, const program* prog, const char** why) {
         *why = "out of memory";
         return E_NOMEM;
     }
-    // Page-table pages belong to the process too (for memory inspection).
-    physpage_set_owner(kptr2pa(pt), pid);
-    for (ptiter it(pt); it.active(); it.next()) {
-        physpage_set_owner(it.pa(), pid);
-    }
+    claim_pagetable(pt, pid);
 
     memset(&p->regs, 0, sizeof(p->regs));
     p->regs.reg_rip = reinterpret_cast<const elf_header*>(prog->data)->e_entry;
@@ -191,12 +231,84 @@ int process_setup(pid_t pid, const program* prog, const char** why) {
     p->regs.reg_rflags = EFLAGS_IF;
     p->pagetable = pt;
     strlcpy(p->name, prog->name, sizeof(p->name));
+    p->wait = W_NONE;
     p->state = P_RUNNABLE;
+    return pid;
+}
+
+pid_t process_fork(proc* parent) {
+    assert(parent->state == P_RUNNABLE);
+    pid_t pid = free_slot();
+    if (pid == 0) {
+        return E_AGAIN;
+    }
+    auto pt = static_cast<x86_64_pagetable*>(kalloc(PAGESIZE));
+    if (!pt) {
+        return E_NOMEM;
+    }
+
+    // Start from the parent's mappings, then give the child its own copy
+    // of every user page (the console excepted: it is meant to be shared).
+    bool ok = copy_mappings(pt, parent->pagetable) == 0;
+    for (vmiter it(pt, PROC_START_ADDR); ok && it.va() < MEMSIZE_VIRTUAL; it += PAGESIZE) {
+        if (it.user()) {
+            void* page = kalloc(PAGESIZE);
+            if (!page) {
+                ok = false;
+                break;
+            }
+            memcpy(page, it.kptr(), PAGESIZE);
+            physpage_set_owner(kptr2pa(page), pid);
+            it.map(kptr2pa(page), int(it.perm() & 0xFFF & ~(PTE_A | PTE_D)));  // L1 exists
+        }
+    }
+    if (!ok) {
+        // Out of memory part way. Pages still shared with the parent must
+        // not be freed with the rest: unmap them first.
+        for (vmiter it(pt, PROC_START_ADDR); it.va() < MEMSIZE_VIRTUAL; it += PAGESIZE) {
+            if (it.user() && it.pa() == vmiter(parent, it.va()).pa()) {
+                it.map(0, 0);
+            }
+        }
+        free_everything(pt);
+        return E_NOMEM;
+    }
+    claim_pagetable(pt, pid);
+
+    proc* child = &ptable[pid];
+    assert(child->pid == pid);
+    child->regs = parent->regs;
+    child->regs.reg_rax = 0;                // fork returns 0 in the child
+    child->pagetable = pt;
+    strlcpy(child->name, parent->name, sizeof(child->name));
+    child->wait = W_NONE;
+    child->state = P_RUNNABLE;
+    return pid;
+}
+
+int process_page_alloc(proc* p, uintptr_t addr) {
+    if (addr % PAGESIZE != 0 || addr < PROC_START_ADDR || addr >= MEMSIZE_VIRTUAL) {
+        return E_INVAL;
+    }
+    void* page = kalloc(PAGESIZE);
+    if (!page) {
+        return E_NOMEM;
+    }
+    vmiter it(p, addr);
+    void* old = it.user() ? it.kptr() : nullptr;
+    if (it.try_map(kptr2pa(page), PTE_PWU) < 0) {
+        kfree(page);
+        return E_NOMEM;
+    }
+    physpage_set_owner(kptr2pa(page), p->pid);
+    claim_pagetable(p->pagetable, p->pid);  // a new L1 page, perhaps
+    kfree(old);
     return 0;
 }
 
 void process_free(proc* p) {
-    assert(p->state != P_FREE && p->pagetable);
+    assert(p->state == P_RUNNABLE && p->pagetable);
+    assert(p->wait == W_NONE);
     // Never free the page table the CPU is using (the kernel runs on
     // kernel_pagetable whenever it gets here).
     assert((rdcr3() & PTE_PAMASK) != kptr2pa(p->pagetable));

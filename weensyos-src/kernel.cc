@@ -1,5 +1,5 @@
 #include "kernel.hh"
-#include "k-vmiter.hh"
+#include "commands.h"
 
 // The kernel proper: boot, the scheduler, exceptions and system calls.
 //
@@ -118,43 +118,104 @@ static uintptr_t read_boot_info(uint32_t magic, uintptr_t mbinfo) {
     return round_up(phys_end, pageentry_span(1));
 }
 
-// Start one process per word of the command line. Returns how many started.
-static int start_processes(const char* command) {
-    int nstarted = 0;
-    const char* p = command;
-    while (true) {
-        while (*p == ' ' || *p == '\t') {
-            ++p;
-        }
-        if (*p == '\0') {
-            return nstarted;
-        }
-        char word[64];
-        size_t len = 0;
-        for (; *p != '\0' && *p != ' ' && *p != '\t'; ++p) {
-            if (len + 1 < sizeof(word)) {
-                word[len++] = *p;
-            }
-        }
-        word[len] = '\0';
+// The command line: words naming programs, pseudo-commands (expanded
+// here) and options, all listed in commands.h.
 
-        const program* prog = program_find(word);
-        pid_t pid = 1;
-        while (pid < NPROC && ptable[pid].state != P_FREE) {
-            ++pid;
-        }
-        const char* why;
-        if (!prog) {
-            report(COLOR_ERROR, "cannot start '%s': no such program", word);
-        } else if (pid == NPROC) {
-            report(COLOR_ERROR, "cannot start '%s': too many processes", word);
-        } else if (process_setup(pid, prog, &why) < 0) {
-            report(COLOR_ERROR, "cannot start '%s': %s", word, why);
-        } else {
-            log_printf("process %d started: %s\n", pid, prog->name);
-            ++nstarted;
+struct command_entry {
+    const char* name;
+    const char* programs;           // space-separated program names
+};
+#define COMMAND_ENTRY(name, programs) {#name, programs},
+static const command_entry commands[] = {WEENSYOS_COMMANDS(COMMAND_ENTRY)};
+
+#define OPTION_ENUM(name, description) OPTION_##name,
+enum option_t { WEENSYOS_OPTIONS(OPTION_ENUM) NOPTIONS };
+#define OPTION_NAME(name, description) #name,
+static const char* const option_names[NOPTIONS] = {WEENSYOS_OPTIONS(OPTION_NAME)};
+
+// Copy the next word of `s` into `word`; return where it ends, or nullptr
+// if no word is left. Overlong words are truncated (and then match no
+// name).
+static const char* next_word(const char* s, char* word, size_t size) {
+    while (*s == ' ' || *s == '\t') {
+        ++s;
+    }
+    if (*s == '\0') {
+        return nullptr;
+    }
+    size_t len = 0;
+    for (; *s != '\0' && *s != ' ' && *s != '\t'; ++s) {
+        if (len + 1 < size) {
+            word[len++] = *s;
         }
     }
+    word[len] = '\0';
+    return s;
+}
+
+static int find_option(const char* word) {
+    for (int i = 0; i != NOPTIONS; ++i) {
+        if (strcmp(option_names[i], word) == 0) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+static void set_option(option_t option) {
+    switch (option) {              // no default: -Wswitch flags a new option
+    case OPTION_memviewer:
+        memviewer_enable();
+        break;
+    case NOPTIONS:
+        break;
+    }
+}
+
+// Start `name` for the command line (messages on screen and in the log).
+static bool start_program(const char* name) {
+    const program* prog = program_find(name);
+    const char* why;
+    if (!prog) {
+        report(COLOR_ERROR, "cannot start '%s': no such program", name);
+        return false;
+    }
+    pid_t pid = process_start(prog, &why);
+    if (pid < 0) {
+        report(COLOR_ERROR, "cannot start '%s': %s", name, why);
+        return false;
+    }
+    log_printf("process %d started: %s\n", pid, prog->name);
+    return true;
+}
+
+// Set every option of `command`, then start one process per program word,
+// expanding pseudo-commands. Returns how many processes started.
+static int run_command(const char* command) {
+    char word[64];
+    for (const char* s = command; (s = next_word(s, word, sizeof(word))); ) {
+        if (int option = find_option(word); option >= 0) {
+            set_option(option_t(option));
+        }
+    }
+    int nstarted = 0;
+    for (const char* s = command; (s = next_word(s, word, sizeof(word))); ) {
+        const command_entry* cmd = nullptr;
+        for (auto& c : commands) {
+            if (strcmp(c.name, word) == 0) {
+                cmd = &c;
+            }
+        }
+        if (cmd) {
+            char name[64];
+            for (const char* t = cmd->programs; (t = next_word(t, name, sizeof(name))); ) {
+                nstarted += start_program(name);
+            }
+        } else if (find_option(word) < 0) {
+            nstarted += start_program(word);
+        }
+    }
+    return nstarted;
 }
 
 // kernel_start: called by kernel_entry (k-entry.S) on the kernel stack,
@@ -164,6 +225,7 @@ extern "C" [[noreturn]] void kernel_start(uint32_t magic, uintptr_t mbinfo) {
     log_printf("weensyos: booting, command \"%s\"\n", boot_command);
 
     init_hardware(phys_end);
+    console_window_top = 0;
     console_clear();
     init_physpages();
     for (pid_t pid = 0; pid != NPROC; ++pid) {
@@ -173,18 +235,16 @@ extern "C" [[noreturn]] void kernel_start(uint32_t magic, uintptr_t mbinfo) {
     current = nullptr;
     log_printf("weensyos: %zu free pages\n", kalloc_free_pages());
 
+    char word[64];
     const char* command = boot_command;
-    const char* s = command;
-    while (*s == ' ' || *s == '\t') {
-        ++s;
-    }
-    if (*s == '\0') {
+    if (!next_word(command, word, sizeof(word))) {
         command = "hello";
     }
-    if (start_processes(command) == 0) {
+    if (run_command(command) == 0) {
         log_printf("weensyos: no process started; powering off\n");
         poweroff();
     }
+    memviewer_show();
     schedule();
 }
 
@@ -198,28 +258,26 @@ static void run(proc* p) {
     exception_return(p);
 }
 
-// Pick the next runnable process after `current`, round robin. With
-// processes but none runnable, wait for interrupts in the idle loop; with
+// Run the next runnable process after `current`, round robin. Blocked
+// processes wait on the pipe, which only a running process can change: if
+// none can run, the waits can never end, so end them (pipe_end_waits). With
 // no processes at all, power off.
 static void schedule() {
     pid_t pid = current ? current->pid : 0;
     while (true) {
-        bool any = false;
+        bool blocked = false;
         for (int n = 0; n != NPROC - 1; ++n) {
             pid = pid % (NPROC - 1) + 1;    // 1, 2, ..., NPROC-1, 1, ...
             if (ptable[pid].state == P_RUNNABLE) {
                 run(&ptable[pid]);
             }
-            any = any || ptable[pid].state != P_FREE;
+            blocked = blocked || ptable[pid].state == P_BLOCKED;
         }
-        if (!any) {
+        if (!blocked) {
             log_printf("all processes exited; powering off\n");
             poweroff();
         }
-        // Idle. A timer interrupt here is taken on this stack, below our
-        // frame, and exception() returns straight back (no scheduling).
-        check_keyboard();
-        asm volatile("sti; hlt; cli" : : : "memory");
+        pipe_end_waits();
     }
 }
 
@@ -254,8 +312,9 @@ static void describe_page_fault(char* buf, size_t size, uint64_t errcode) {
 }
 
 // Called from k-entry.S with the saved registers. Interrupts from user
-// mode end in run()/schedule(); only interrupts that hit the kernel (its
-// idle loop) return, resuming the kernel where it was.
+// mode end in run()/schedule(). The kernel itself runs with interrupts off,
+// so an interrupt that hit the kernel would be unexpected; it returns,
+// resuming the kernel where it was.
 extern "C" void exception(regstate* regs) {
     bool from_user = (regs->reg_cs & 3) != 0;
     if (from_user) {
@@ -271,6 +330,7 @@ extern "C" void exception(regstate* regs) {
         ++ticks;
         *pa2kptr<volatile uint64_t*>(CONSOLE_TICKS_ADDR) = ticks;
         lapic_eoi();
+        memviewer_show();
         if (from_user) {
             schedule();
         }
@@ -318,67 +378,13 @@ extern "C" void exception(regstate* regs) {
 
 // System calls
 
-// Does `p` map every byte of [va, va + n) present and user-accessible
-// (and writable if `write`)?
-static bool user_range_ok(const proc* p, uintptr_t va, size_t n, bool write) {
-    if (n == 0) {
-        return true;
-    }
-    if (va + n < va) {
-        return false;                   // wraps around
-    }
-    uint64_t need = PTE_PU | (write ? PTE_W : 0);
-    for (vmiter it(p, round_down(va, PAGESIZE)); it.va() < va + n; it += PAGESIZE) {
-        if ((it.perm() & need) != need) {
-            return false;
-        }
-    }
-    return true;
-}
-
-// Copy `n` bytes from the kernel to user address `dst` in `p`.
-static int copy_to_user(const proc* p, uintptr_t dst, const void* src, size_t n) {
-    if (!user_range_ok(p, dst, n, true)) {
-        return E_FAULT;
-    }
-    auto s = static_cast<const uint8_t*>(src);
-    while (n != 0) {
-        vmiter it(p, dst);
-        size_t chunk = min(n, size_t(PAGESIZE - dst % PAGESIZE));
-        memcpy(it.kptr(), s, chunk);
-        dst += chunk, s += chunk, n -= chunk;
-    }
-    return 0;
-}
-
-// Copy the string at user address `src` in `p` into `buf` (capacity
-// `size`), truncating if needed. Returns its length, or E_FAULT if an
-// inaccessible byte comes before the terminating NUL.
-static ssize_t copy_string_from_user(const proc* p, uintptr_t src, char* buf, size_t size) {
-    assert(size > 0);
-    vmiter it(p, src);
-    size_t len = 0;
-    for (; len + 1 < size; ++len, it += 1) {
-        if (!it.user()) {
-            return E_FAULT;
-        }
-        char c = *it.kptr<const char*>();
-        if (c == '\0') {
-            break;
-        }
-        buf[len] = c;
-    }
-    buf[len] = '\0';
-    return len;
-}
-
 [[noreturn]] static void syscall_panic(uintptr_t msg_va) {
     char msg[161];
     if (msg_va == 0) {
         strlcpy(msg, "(no message)", sizeof(msg));
-    } else if (copy_string_from_user(current, msg_va, msg, sizeof(msg)) < 0) {
+    } else if (copy_string_from_user(current, msg_va, msg, sizeof(msg)) == E_FAULT) {
         strlcpy(msg, "(invalid message pointer)", sizeof(msg));
-    }
+    }                                   // (E_RANGE: keep the truncated message)
     size_t n = strlen(msg);
     while (n != 0 && msg[n - 1] == '\n') {
         msg[--n] = '\0';
@@ -391,36 +397,52 @@ static ssize_t copy_string_from_user(const proc* p, uintptr_t src, char* buf, si
 }
 
 static int syscall_page_alloc(uintptr_t addr) {
-    if (addr % PAGESIZE != 0 || addr < PROC_START_ADDR || addr >= MEMSIZE_VIRTUAL) {
-        return E_INVAL;
+    int r = process_page_alloc(current, addr);
+    if (r == E_NOMEM) {
+        log_printf("page_alloc: out of memory (process %d); free pages %zu\n",
+                   current->pid, kalloc_free_pages());
     }
-    void* page = kalloc(PAGESIZE);
-    if (!page) {
-        return E_NOMEM;
-    }
-    vmiter it(current, addr);
-    void* old = it.user() ? it.kptr() : nullptr;
-    if (it.try_map(kptr2pa(page), PTE_PWU) < 0) {
-        kfree(page);
-        return E_NOMEM;
-    }
-    physpage_set_owner(kptr2pa(page), current->pid);
-    // New page-table pages (if any) are the process's too.
-    for (ptiter pit(current); pit.active(); pit.next()) {
-        if (physpages[pit.pa() / PAGESIZE].owner == PO_KERNEL) {
-            physpage_set_owner(pit.pa(), current->pid);
-        }
-    }
-    kfree(old);
-    return 0;
+    return r;
 }
 
 static int syscall_getsysname(uintptr_t buf) {
     return copy_to_user(current, buf, SYSTEM_NAME, sizeof(SYSTEM_NAME));
 }
 
+// spawn(name): the name must be a string in the caller's memory, ending
+// before PROGRAM_NAME_MAX bytes and before anything inaccessible.
+static pid_t syscall_spawn(uintptr_t name_va) {
+    char name[PROGRAM_NAME_MAX];
+    ssize_t len = copy_string_from_user(current, name_va, name, sizeof(name));
+    if (len < 0) {
+        return len;                     // E_FAULT or E_RANGE
+    }
+    const program* prog = program_find(name);
+    if (!prog) {
+        return E_INVAL;
+    }
+    const char* why;
+    pid_t pid = process_start(prog, &why);
+    if (pid < 0) {
+        log_printf("spawn: process %d cannot start '%s': %s\n", current->pid, name, why);
+    } else {
+        log_printf("process %d started: %s (spawned by %d)\n", pid, prog->name, current->pid);
+    }
+    return pid;
+}
+
+static pid_t syscall_fork() {
+    pid_t pid = process_fork(current);
+    if (pid == E_NOMEM) {
+        log_printf("fork: out of memory (process %d); free pages %zu\n",
+                   current->pid, kalloc_free_pages());
+    }
+    return pid;
+}
+
 // Called from k-entry.S with the saved registers; the return value goes
-// back to the process in %rax. Calls that switch processes do not return.
+// back to the process in %rax. Calls that switch processes do not return:
+// they leave the result in the saved %rax and schedule.
 extern "C" uintptr_t syscall(regstate* regs) {
     assert(current && current->state == P_RUNNABLE);
     current->regs = *regs;              // in case we reschedule
@@ -445,14 +467,28 @@ extern "C" uintptr_t syscall(regstate* regs) {
     case SYSCALL_GETSYSNAME:
         return syscall_getsysname(regs->reg_rdi);
 
+    case SYSCALL_SPAWN:
+        return syscall_spawn(regs->reg_rdi);
+
+    case SYSCALL_FORK:
+        return syscall_fork();
+
     case SYSCALL_EXIT:
         process_exit(current, int(regs->reg_rdi));
         schedule();
 
-    case SYSCALL_SPAWN:                 // not yet implemented
     case SYSCALL_PIPEWRITE:
+        if (!pipe_write(current, regs->reg_rdi, regs->reg_rsi)) {
+            schedule();                 // blocked: the pipe finishes the call
+        }
+        return current->regs.reg_rax;
+
     case SYSCALL_PIPEREAD:
-    case SYSCALL_FORK:
+        if (!pipe_read(current, regs->reg_rdi, regs->reg_rsi)) {
+            schedule();
+        }
+        return current->regs.reg_rax;
+
     default:
         return E_NOSYS;
     }

@@ -50,7 +50,16 @@ extern volatile uint64_t ticks;
 enum procstate_t {
     P_FREE = 0,                     // slot unused
     P_RUNNABLE = 1,                 // ready to run (or running)
-    P_BLOCKED = 2                   // waiting (reserved for pipes/wait)
+    P_BLOCKED = 2                   // waiting for the pipe (see `wait`)
+};
+
+// What a blocked process waits for. The kernel finishes the system call
+// on the process's behalf when it can (result in regs.reg_rax), so the
+// process never repeats a call after waking.
+enum waitkind_t {
+    W_NONE = 0,
+    W_PIPEREAD = 1,                 // piperead(wait_buf, wait_len)
+    W_PIPEWRITE = 2                 // pipewrite(wait_buf, wait_len)
 };
 
 // Layout note: pagetable, pid, state and regs sit at fixed offsets
@@ -61,13 +70,16 @@ struct proc {
     int state;                      // procstate_t
     regstate regs;                  // user registers while not running
     char name[PROC_NAME_MAX];       // program name, NUL-terminated
+    int wait;                       // waitkind_t while P_BLOCKED
+    uintptr_t wait_buf;             // user buffer of the waiting call
+    size_t wait_len;                //   and its length (already checked)
+    uint64_t wait_since;            // blocking order: oldest waiter first
 };
 static_assert(offsetof(proc, pagetable) == 0, "proc layout");
 static_assert(offsetof(proc, pid) == 8, "proc layout");
 static_assert(offsetof(proc, state) == 12, "proc layout");
 static_assert(offsetof(proc, regs) == 16, "proc layout");
 static_assert(offsetof(proc, name) == 208, "proc layout");
-static_assert(sizeof(proc) == 224, "proc layout");
 
 extern proc ptable[NPROC];          // ptable[0] is never used
 extern proc* current;               // process whose state the CPU holds
@@ -80,15 +92,79 @@ struct program {
     size_t size;
 };
 #define NPROGRAMS           32
+#define PROGRAM_NAME_MAX    32      // including the NUL
 extern program programs[NPROGRAMS];
 extern int nprograms;
 const program* program_find(const char* name);
 
-// Create process `pid` running `prog`. Returns 0 or negative error; on
-// failure `*why` says why and nothing is left allocated.
-int process_setup(pid_t pid, const program* prog, const char** why);
+// Start `prog` in the lowest free process slot. Returns the new pid, or
+// E_AGAIN (no free slot), E_INVAL (bad ELF) or E_NOMEM, with `*why`
+// saying why and nothing left allocated.
+pid_t process_start(const program* prog, const char** why);
+// Create a copy of `parent` (every user page copied, registers the same
+// but %rax = 0). Returns the child's pid, or E_AGAIN (no free slot) or
+// E_NOMEM, leaving nothing allocated.
+pid_t process_fork(proc* parent);
+// page_alloc(addr) for `p`: map a fresh zeroed user page at `addr`,
+// freeing the page it replaces. Returns 0, E_INVAL (addr not page-aligned
+// or outside [PROC_START_ADDR, MEMSIZE_VIRTUAL)) or E_NOMEM (nothing
+// changed).
+int process_page_alloc(proc* p, uintptr_t addr);
 // Free every user page and page-table page of `p` and mark its slot free.
 void process_free(proc* p);
+
+// Copy every mapping of [0, MEMSIZE_VIRTUAL) from `src` into the empty
+// page table `dst`: same physical pages, same permissions (the pages are
+// shared, not copied). Returns 0, or -1 when out of memory for page-table
+// pages (`dst` then holds some of the mappings; free it with
+// free_everything only after removing the shared user mappings).
+int copy_mappings(x86_64_pagetable* dst, x86_64_pagetable* src);
+// Free the user-accessible pages of [PROC_START_ADDR, MEMSIZE_VIRTUAL) in
+// `pt` and every page-table page of `pt`, top level last. (The only user
+// mapping below PROC_START_ADDR is the console, which is not kalloc's.)
+void free_everything(x86_64_pagetable* pt);
+
+
+// User memory (k-usermem.cc). System calls reach user buffers only through
+// these, which check the caller's own page table over the whole range:
+// the confused-deputy defence.
+
+// Does `p` map every byte of [va, va + n) present and user-accessible (and
+// writable if `write`), without wrapping around? n == 0 is always fine.
+bool user_range_ok(const proc* p, uintptr_t va, size_t n, bool write);
+// Copy to/from user memory of `p`. Return 0 or E_FAULT (nothing copied).
+int copy_to_user(const proc* p, uintptr_t dst, const void* src, size_t n);
+int copy_from_user(const proc* p, void* dst, uintptr_t src, size_t n);
+// Copy the NUL-terminated string at `src` into `buf` (capacity `size`).
+// Returns its length, E_FAULT if an inaccessible byte comes before the
+// NUL, or E_RANGE if there is no NUL in the first `size` bytes (`buf`
+// then holds the truncated string).
+ssize_t copy_string_from_user(const proc* p, uintptr_t src, char* buf, size_t size);
+
+
+// The pipe (k-pipe.cc): one system-wide byte stream with a one-page buffer
+// of PIPE_SIZE bytes (syscalls.h).
+static_assert(PIPE_SIZE >= PAGESIZE, "the pipe holds at least a page");
+
+// pipewrite/piperead on behalf of `p`. Return true if the call is
+// finished (result in p->regs.reg_rax); false if `p` is now P_BLOCKED and
+// the kernel will finish the call when the pipe allows.
+bool pipe_write(proc* p, uintptr_t buf, size_t n);
+bool pipe_read(proc* p, uintptr_t buf, size_t n);
+// Called when no process can run but some wait on the pipe: nobody can
+// ever wake them, so end their waits (readers get 0, end of file; writers
+// get E_PIPE) and make them runnable.
+void pipe_end_waits();
+
+
+// The memory viewer (k-memviewer.cc): physical pages by owner in rows 0-8
+// and one process's virtual address space in rows 10-22, redrawn on every
+// timer tick. Program output goes to the text window below (rows 23-24).
+extern bool memviewer_enabled;
+// Turn the viewer on and shrink the console text window below it.
+void memviewer_enable();
+// Redraw (does nothing while the viewer is off).
+void memviewer_show();
 
 
 // Physical memory

@@ -11,6 +11,7 @@ void* memcpy(void* dst, const void* src, size_t n);
 void* memmove(void* dst, const void* src, size_t n);
 void* memset(void* s, int c, size_t n);
 int memcmp(const void* a, const void* b, size_t n);
+void* memchr(const void* s, int c, size_t n);
 size_t strlen(const char* s);
 size_t strnlen(const char* s, size_t maxlen);
 char* strcpy(char* dst, const char* src);
@@ -66,13 +67,18 @@ void printer_vprintf(printer* p, int color, const char* format, va_list val);
 
 // CGA console: 80x25 cells of `character | attribute << 8` at 0xB8000.
 // `cursorpos` (at 0xB8FFC, on the console page) is shared by the kernel and
-// every process. Both symbols come from the linker scripts.
+// every process. Printing at the cursor stays inside the text window, rows
+// `console_window_top` (at 0xB8FF8) to the bottom, and scrolls only those
+// rows: the memory viewer owns the rows above. Both variables live on the
+// user-writable console page, so readers clamp them. The symbols come from
+// the linker scripts.
 #define CONSOLE_COLUMNS     80
 #define CONSOLE_ROWS        25
 #define CONSOLE_CELLS       (CONSOLE_COLUMNS * CONSOLE_ROWS)
 #define CPOS(row, col)      ((row) * CONSOLE_COLUMNS + (col))
 extern "C" volatile uint16_t console[CONSOLE_CELLS];
 extern "C" volatile int cursorpos;
+extern "C" volatile int console_window_top;
 
 // Colors are a CGA attribute shifted left 8.
 #define COLOR_NORMAL        0x0700  // light gray on black
@@ -81,18 +87,20 @@ extern "C" volatile int cursorpos;
 #define COLOR_PANIC         0x4F00  // white on red
 
 // Print at cell `cpos` (0 <= cpos < CONSOLE_CELLS, else 0) and return the
-// cell after the output. Output past the last row scrolls the screen.
+// cell after the output. Output past the last row scrolls the text window.
 int console_printf(int cpos, int color, const char* format, ...)
     __attribute__((format(printf, 3, 4)));
 int console_vprintf(int cpos, int color, const char* format, va_list val)
     __attribute__((format(printf, 3, 0)));
-// Print at `cursorpos` and advance it.
+// Print at `cursorpos` (moved into the text window first) and advance it.
 void console_printf(int color, const char* format, ...)
     __attribute__((format(printf, 2, 3)));
 void console_vprintf(int color, const char* format, va_list val)
     __attribute__((format(printf, 2, 0)));
-// Blank the screen and home the cursor.
+// Blank the screen and put the cursor at the start of the text window.
 void console_clear();
+// First row of the text window, clamped to [0, CONSOLE_ROWS).
+int console_window_row();
 
 
 // Assertions. The kernel and the user library each define panic and

@@ -30,10 +30,14 @@
 #define E_NOMEM     -12     // out of memory
 #define E_FAULT     -14     // bad user pointer
 #define E_INVAL     -22     // invalid argument
+#define E_PIPE      -32     // pipe write that no process can ever read
 #define E_RANGE     -34     // result out of range
 #define E_NOSYS     -38     // no such system call (or not implemented yet)
 
 // Length of the buffer `getsysname` fills, including the terminating NUL.
 #define SYSNAME_MAX         32
+
+// Bytes the pipe holds: a writer blocks when this many are unread.
+#define PIPE_SIZE           4096
 
 #endif

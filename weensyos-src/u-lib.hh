@@ -61,23 +61,38 @@ inline int sys_getsysname(char* buf) {
     return make_syscall(SYSCALL_GETSYSNAME, uintptr_t(buf));
 }
 
-// sys_spawn(name): start program `name` as a new process; returns its pid
-// or a negative error. (Not implemented yet: E_NOSYS.)
+// sys_spawn(name): start program `name` (a program, not a pseudo-command)
+// as a new process, with its own fresh memory. Returns its pid, or
+// E_FAULT (`name` is not a string in our accessible memory), E_RANGE (no
+// NUL in the first 32 bytes: no program has so long a name), E_INVAL (no
+// such program, or its ELF is bad), E_AGAIN (no free process slot) or
+// E_NOMEM.
 inline pid_t sys_spawn(const char* name) {
     return make_syscall(SYSCALL_SPAWN, uintptr_t(name));
 }
 
-// sys_pipewrite(buf, n) / sys_piperead(buf, n): the system-wide pipe.
-// Return bytes transferred or a negative error. (Not implemented yet.)
+// sys_pipewrite(buf, n): write to the system-wide pipe (a one-page kernel
+// buffer). Copies as much of [buf, buf + n) as fits and returns that
+// count; while the pipe is full, waits (blocked, using no CPU) until a
+// reader makes room. Returns 0 for n == 0, E_FAULT if the whole buffer is
+// not readable memory of ours, E_PIPE if the pipe is full and no process
+// can ever read it.
 inline ssize_t sys_pipewrite(const void* buf, size_t n) {
     return make_syscall(SYSCALL_PIPEWRITE, uintptr_t(buf), n);
 }
+
+// sys_piperead(buf, n): read from the pipe: waits (blocked) until it holds
+// at least one byte, then returns what is there, up to n bytes. Returns 0
+// for n == 0 or at end of file (the pipe is empty and no process can ever
+// write to it), E_FAULT if the whole buffer is not writable memory of ours.
 inline ssize_t sys_piperead(void* buf, size_t n) {
     return make_syscall(SYSCALL_PIPEREAD, uintptr_t(buf), n);
 }
 
-// sys_fork(): copy this process; 0 in the child, the child's pid in the
-// parent, or a negative error. (Not implemented yet.)
+// sys_fork(): copy this process: a new process with a copy of every page
+// of our memory and our registers. Returns 0 in the child, the child's pid
+// in the parent, or E_AGAIN (no free process slot) or E_NOMEM (nothing
+// was allocated) in the parent.
 inline pid_t sys_fork() {
     return make_syscall(SYSCALL_FORK);
 }
@@ -87,6 +102,35 @@ inline pid_t sys_fork() {
     make_syscall(SYSCALL_EXIT, uintptr_t(status));
     sys_panic("sys_exit returned");
 }
+
+
+// End of the program image (process.ld): the heap may start above it.
+extern "C" char _end[];
+
+// Burn about `n` loop iterations of CPU without touching memory (a stand-in
+// for real work between system calls).
+inline void spin(unsigned long n) {
+    for (unsigned long i = 0; i != n; ++i) {
+        asm volatile("" : "+r"(i));
+    }
+}
+
+// A deterministic pseudo-random generator (a 32-bit LCG): same seed, same
+// sequence, on every run.
+inline unsigned rand_next(unsigned* state) {
+    *state = *state * 1664525U + 1013904223U;
+    return *state >> 8;
+}
+
+// Stamp the page at `va` with marks that only process `pid` would write
+// there; page_intact checks them. Sharing a page that should be private
+// (a fork that does not copy, two processes given one physical page)
+// shows up as a page that is not intact.
+void page_stamp(pid_t pid, uintptr_t va);
+bool page_intact(pid_t pid, uintptr_t va);
+
+// "E_FAULT" etc. for a system-call result that is an error, else "ok".
+const char* error_name(intptr_t r);
 
 
 // Printing: straight into the CGA buffer at the shared cursor.
