@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import bisect
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,9 +15,40 @@ from elftools.elf.sections import SymbolTableSection
 
 @dataclass(frozen=True, slots=True)
 class Symbol:
-    name: str
+    name: str  # demangled (and without parameter list) for C++
     address: int
     size: int
+    linkage_name: str = ""  # the mangled name, when it differs
+
+
+def _short(demangled: str) -> str:
+    """`ns::f(int, char*)` -> `ns::f`: the parameter list makes traces long and adds nothing there."""
+    depth = 0
+    for i, ch in enumerate(demangled):
+        if ch == "(" and depth == 0 and i > 0 and not demangled.startswith("(anonymous", i):
+            return demangled[:i]
+        if ch in "<":
+            depth += 1
+        elif ch in ">":
+            depth -= 1
+    return demangled
+
+
+def demangle(symbols: list[Symbol]) -> list[Symbol]:
+    """C++ names (`_Z...`) demangled with binutils' c++filt when it is installed; unchanged otherwise."""
+    mangled = [s.name for s in symbols if s.name.startswith("_Z")]
+    tool = shutil.which("c++filt")
+    if not mangled or tool is None:
+        return symbols
+    try:
+        result = subprocess.run([tool], input="\n".join(mangled), capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return symbols
+    names = result.stdout.splitlines()
+    if result.returncode != 0 or len(names) != len(mangled):
+        return symbols
+    plain = dict(zip(mangled, (_short(name) for name in names), strict=True))
+    return [Symbol(plain.get(s.name, s.name), s.address, s.size, s.name) for s in symbols]
 
 
 class SymbolTable:
@@ -25,6 +58,7 @@ class SymbolTable:
         self.symbols = sorted(symbols, key=lambda s: s.address)
         self._addresses = [s.address for s in self.symbols]
         self._by_name = {s.name: s for s in self.symbols}
+        self._by_name.update({s.linkage_name: s for s in self.symbols if s.linkage_name})
 
     @classmethod
     def from_elf(cls, path: Path) -> SymbolTable:
@@ -43,7 +77,7 @@ class SymbolTable:
                             symbols.append(Symbol(sym.name, sym["st_value"], sym["st_size"]))
         except (OSError, ELFError, ValueError):
             return cls([])
-        return cls(symbols)
+        return cls(demangle(symbols))
 
     def __contains__(self, name: str) -> bool:
         return name in self._by_name

@@ -59,3 +59,12 @@ def test_two_runs_are_identical(boot: BootFn) -> None:
     assert bytes(first.log.data) == bytes(second.log.data)
     assert list(first.events) == list(second.events)
     assert first.clock.blocks == second.clock.blocks
+
+
+def test_a_panic_stops_the_run_with_a_symbolised_backtrace(boot: BootFn) -> None:
+    machine, stop = boot("panicker")
+    assert stop.kind is StopKind.PANIC
+    assert stop.message == "USER PANIC: deliberate panic from panicker"
+    frames = [machine.symbols.describe(address) for address in stop.backtrace]
+    assert any("<syscall+" in frame for frame in frames), frames
+    assert "USER PANIC: deliberate panic from panicker" in machine.screen_text()

@@ -86,3 +86,10 @@ def test_bad_number_is_a_usage_error() -> None:
     result = harness("boot", "--ticks", "soon")
     assert result.returncode == 2
     assert "not a number" in result.stderr
+
+
+def test_panic_exits_3_with_a_diagnosis(build_tree: project.BuildTree) -> None:
+    result = harness("boot", "panicker", "--headless", *built(build_tree))
+    assert result.returncode == 3
+    assert "kernel panic" in result.stderr and "backtrace:" in result.stderr and "<syscall+" in result.stderr
+    assert "Traceback" not in result.stderr
