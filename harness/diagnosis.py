@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+from unicorn.x86_const import UC_X86_REG_CR3
 
 from .cpu import vector_name
 from .events import Event, Kind
+from .kernelview import KernelView
 from .machine import Machine, Stop, StopKind
 from .paging import PageFault, PhysicalFault, read_cstring
+from .symbols import SymbolTable
 from .syscalls import SyscallTable
 
 _disassembler = Cs(CS_ARCH_X86, CS_MODE_64)
@@ -59,6 +62,21 @@ def disassemble_at(machine: Machine, address: int) -> str | None:
     return None
 
 
+def where(machine: Machine, address: int) -> str:
+    """`0x40123 <kernel_start+0x23> (kernel mode)`, or for user code the program's own symbol and the pid."""
+    if machine.cpu.cpl() != 3:
+        return f"{machine.symbols.describe(address)} (kernel mode)"
+    image = machine.kernel_image
+    kernel = KernelView(machine.memory, machine.symbols, image.path if image is not None else None)
+    cr3 = machine.cpu.read_register(UC_X86_REG_CR3)
+    pid = kernel.current_pid(cr3) if kernel.available else None
+    name = next((p.name for p in kernel.processes(cr3) if p.pid == pid), None)
+    if name is not None and name in machine.programs:
+        described = SymbolTable.from_elf(machine.programs[name]).describe(address)
+        return f"{described} (user mode, pid {pid}, {name})"
+    return f"{address:#x} (user mode{f', pid {pid}' if pid is not None else ''})"
+
+
 def summary(machine: Machine, stop: Stop) -> str:
     """One line: how the run ended and how long it took in virtual time."""
     counts = machine.events.counts
@@ -72,8 +90,7 @@ def diagnose(machine: Machine, stop: Stop, syscalls: SyscallTable, last: int = 1
     lines = [summary(machine, stop)]
     if stop.kind is StopKind.PANIC:
         lines.append(f"  panic message: {stop.message}")
-    mode = "user mode" if machine.cpu.cpl() == 3 else "kernel mode"
-    lines.append(f"  where: {machine.symbols.describe(stop.rip)} ({mode})")
+    lines.append(f"  where: {where(machine, stop.rip)}")
     instruction = disassemble_at(machine, stop.rip)
     if instruction:
         lines.append(f"  instruction: {instruction}")

@@ -155,6 +155,7 @@ class Machine:
 
         self.symbols = SymbolTable([])
         self.kernel_image: loader.ElfImage | None = None
+        self.programs: dict[str, Path] = {}  # name -> ELF of every program module
         self.stop: Stop | None = None  # set when the run must end
         self.halted = False
         self._slice_interrupted = False  # a hook stopped the current slice on purpose
@@ -165,6 +166,7 @@ class Machine:
         self._poll_ns = POLL_MIN_NS
         self._budget_end: int | None = None
         self._until: str | None = None
+        self._until_screen = b""
         self._pause_end: int | None = None
         self._input: list[tuple[int, bytes]] = []  # (virtual time, scan codes), in time order
         self._breakpoints: dict[int, int] = {}  # address -> Unicorn hook handle
@@ -194,6 +196,7 @@ class Machine:
         cpu.segs[1].load(loader.KERNEL_CS, 0, 0xFFFFFFFF, 0x00AF9A00)  # CS: the boot GDT's 64-bit code segment
         cpu.restore()
         self.kernel_image = kernel
+        self.programs = {module.name: module.image.path for module in modules or []}
         self._install_msr_shims(kernel)
         uc.ctl_flush_tb()
         return state
@@ -270,6 +273,12 @@ class Machine:
     def _record_syscall(self, rip: int, number: int, cr3: int) -> None:
         regs = self.cpu.regs
         self.tracer.syscall(rip, number, cr3, (regs[RDI], regs[RSI], regs[RDX], regs[10]))
+        if self._until is not None:  # programs print between system calls: look at the screen now
+            screen = self._ram[0xB8000:0xB8000 + 4000]
+            if screen != self._until_screen:
+                self._until_screen = screen
+                if self._until_seen() and self.stop is None:
+                    self._request_stop(StopKind.UNTIL, f"{self._until!r} appeared on the screen")
 
     def _machine_event(self, text: str) -> None:
         self.tracer.machine_event(text)

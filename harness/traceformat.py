@@ -61,7 +61,8 @@ def strace_lines(tracer: Tracer, event: Event) -> list[str]:
             return [f"{prefix} {name}({args}) = ?"]
         timing = _ms(event.end_ns - event.time_ns) + (", blocked" if event.blocked else "")
         if event.detail.get("unfinished"):
-            return [f"{prefix} <... {name} resumed> ({args}) = {tracer.format_return(event)} <{timing}>"]
+            resumed = f"{event.end_ns / 1e9:.6f} {who}"
+            return [f"{resumed} <... {name} resumed> ({args}) = {tracer.format_return(event)} <{timing}>"]
         return [f"{prefix} {name}({args}) = {tracer.format_return(event)} <{timing}>"]
     if event.is_page_fault:
         d = event.detail
@@ -183,9 +184,11 @@ class SyscallStats:
 
 def summary(tracer: Tracer, events: Iterable[Event]) -> dict[str, SyscallStats]:
     stats: dict[str, SyscallStats] = defaultdict(SyscallStats)
+    seen: set[int] = set()
     for event in events:
-        if event.kind is not Kind.SYSCALL:
-            continue
+        if event.kind is not Kind.SYSCALL or event.seq in seen:
+            continue  # a call that blocked was passed on twice (unfinished, then resumed): count it once
+        seen.add(event.seq)
         entry = stats[tracer.syscalls.name(event.number)]
         entry.calls += 1
         if event.ret is not None and tracer.syscalls.errors.get(signed(event.ret)):
