@@ -105,6 +105,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-build", action="store_true", help="do not rebuild WeensyOS when its build is stale")
     parser.add_argument("--log", type=Path, metavar="FILE", help="also write the kernel's log to FILE")
     parser.add_argument("--memory", type=_positive_int, default=128, metavar="MIB", help="guest RAM (default: 128)")
+    parser.add_argument("--seed", type=int, default=0, metavar="N",
+                        help="start the timer at a phase derived from N (default 0: no offset); the same seed "
+                             "gives the same run, another seed shows timing-dependent behaviour")
     parser.add_argument("--keys", action="append", default=[], metavar="[TIME:]KEYS",
                         help="type KEYS at virtual TIME (seconds, or 250ms; default 0), e.g. --keys 0.5:q or "
                              "--keys '1s:<ctrl-c>'; named keys: <enter> <esc> <up> <down> <left> <right> <tab> "
@@ -212,7 +215,7 @@ class Session:
             raise HarnessError(f"no system-call table at {args.syscalls}")
         self.syscalls = SyscallTable.load(table) if table is not None else SyscallTable([])
         self.machine: Machine = boot_machine(kernel_path, " ".join(words), self.programs,
-                                             MachineConfig(ram_size=args.memory << 20))
+                                             MachineConfig(ram_size=args.memory << 20, seed=args.seed))
         self.args = args
         for spec in args.keys:
             scheduled = parse_key_script(spec)

@@ -155,3 +155,100 @@ class KernelView:
                 if layout.pagetable is not None else None
             out.append(ProcInfo(pid, state, name, pagetable))
         return out
+
+
+@dataclass(frozen=True)
+class ArrayLayout:
+    """An array of structs found in DWARF: its element size, count and member offsets (name -> offset, size)."""
+
+    element_size: int
+    count: int
+    members: dict[str, tuple[int, int]]
+
+
+def _type_size(die) -> int | None:  # type: ignore[no-untyped-def]
+    while die is not None:
+        if "DW_AT_byte_size" in die.attributes:
+            return die.attributes["DW_AT_byte_size"].value
+        if "DW_AT_type" not in die.attributes:
+            return None
+        die = die.get_DIE_from_attribute("DW_AT_type")
+    return None
+
+
+def array_layout_from_dwarf(path: Path, variable: str) -> ArrayLayout | None:
+    """The layout of a global array of structs (e.g. `physpages`), from the kernel's DWARF."""
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            if not elf.has_dwarf_info():
+                return None
+            for cu in elf.get_dwarf_info().iter_CUs():
+                for die in cu.iter_DIEs():
+                    if die.tag != "DW_TAG_variable" or die.attributes.get("DW_AT_name") is None:
+                        continue
+                    if die.attributes["DW_AT_name"].value.decode() != variable or "DW_AT_type" not in die.attributes:
+                        continue
+                    array = die.get_DIE_from_attribute("DW_AT_type")
+                    while array.tag in ("DW_TAG_typedef", "DW_TAG_volatile_type", "DW_TAG_const_type"):
+                        array = array.get_DIE_from_attribute("DW_AT_type")
+                    if array.tag != "DW_TAG_array_type":
+                        continue
+                    count = None
+                    for sub in array.iter_children():
+                        if "DW_AT_upper_bound" in sub.attributes:
+                            count = sub.attributes["DW_AT_upper_bound"].value + 1
+                        elif "DW_AT_count" in sub.attributes:
+                            count = sub.attributes["DW_AT_count"].value
+                    element = array.get_DIE_from_attribute("DW_AT_type")
+                    while element.tag in ("DW_TAG_typedef", "DW_TAG_volatile_type", "DW_TAG_const_type"):
+                        element = element.get_DIE_from_attribute("DW_AT_type")
+                    size = _type_size(element)
+                    if count is None or not size:
+                        return None
+                    members = {}
+                    for child in element.iter_children():
+                        if child.tag == "DW_TAG_member" and "DW_AT_name" in child.attributes:
+                            offset = _member_offset(child)
+                            member_size = _type_size(child)
+                            if offset is not None and member_size:
+                                members[child.attributes["DW_AT_name"].value.decode()] = (offset, member_size)
+                    return ArrayLayout(size, count, members)
+    except (OSError, ELFError, ValueError, KeyError, AttributeError):
+        return None
+    return None
+
+
+class PageAccounting:
+    """Counts free physical pages from the kernel's own page-information array (`physpages`).
+
+    A page is free when its `owner` is 0 (our kernel) or, for kernels without an owner field, its `refcount`
+    is 0 (the course's). This is the harness-side check that exit and fork lose no page.
+    """
+
+    def __init__(self, memory: memoryview, symbols: SymbolTable, kernel_path: Path | None) -> None:
+        self.memory = memory
+        self.address = symbols.address_of("physpages")
+        self.layout = array_layout_from_dwarf(kernel_path, "physpages") if kernel_path and self.address else None
+        field = None
+        if self.layout is not None:
+            field = self.layout.members.get("owner") or self.layout.members.get("refcount")
+        self.field = field
+
+    @property
+    def available(self) -> bool:
+        return self.layout is not None and self.field is not None and self.address is not None
+
+    def owners(self) -> list[int]:
+        """The owner (or refcount) value of every page, as the kernel records it (VA = PA for the kernel)."""
+        if not self.available:
+            raise RuntimeError("the kernel has no physpages array with an owner or refcount field in its DWARF")
+        assert self.layout is not None and self.field is not None and self.address is not None
+        offset, size = self.field
+        fmt = {1: "<b", 2: "<h", 4: "<i", 8: "<q"}[size]
+        raw = bytes(self.memory[self.address:self.address + self.layout.element_size * self.layout.count])
+        return [struct.unpack_from(fmt, raw, i * self.layout.element_size + offset)[0]
+                for i in range(self.layout.count)]
+
+    def free_pages(self) -> int:
+        return sum(1 for owner in self.owners() if owner == 0)

@@ -97,6 +97,7 @@ class MachineConfig:
     ns_per_block: int = DEFAULT_NS_PER_BLOCK
     event_capacity: int = 4096
     count_instructions: bool = False  # exact instruction count (slow; for measurements)
+    seed: int = 0  # timer phase: 0 = the timer starts on the instruction that programs it
 
 
 class Machine:
@@ -123,7 +124,7 @@ class Machine:
         self.log = GuestLog()
         self.log.on_line = self._log_line
 
-        self.lapic = LocalApic(self.clock)
+        self.lapic = LocalApic(self.clock, phase_seed=config.seed)
         self.ioapic = IoApic(self.lapic)
         self.console = CgaConsole(self.memory)
         self.keyboard = Keyboard8042(irq=lambda: self.ioapic.raise_irq(1), board=self)

@@ -64,6 +64,27 @@ def kernel_digest(machine: Machine) -> str:
     return hashlib.sha256(image.data).hexdigest() if image is not None else ""
 
 
+def _touched_pages(machine: Machine) -> range | list[int]:
+    """Pages of guest RAM the host has ever backed (the rest of an anonymous mapping is still all zeros).
+
+    /proc/self/pagemap says which pages of the mapping are present or swapped out, so a snapshot of 128 MiB of
+    mostly untouched RAM looks at a few hundred pages instead of 32768. Without it, every page is looked at."""
+    size = len(machine._ram)
+    count = size // PAGE
+    address = ctypes.addressof(machine._ram_anchor)
+    try:
+        with open("/proc/self/pagemap", "rb") as pagemap:
+            pagemap.seek((address // PAGE) * 8)
+            entries = pagemap.read(count * 8)
+    except OSError:
+        return range(count)
+    if len(entries) != count * 8:
+        return range(count)
+    flags = struct.unpack(f"<{count}Q", entries)
+    mapped = (1 << 63) | (1 << 62)  # present in RAM, or swapped out
+    return [page for page in range(count) if flags[page] & mapped]
+
+
 def take(machine: Machine) -> Snapshot:
     """Capture the machine between run slices."""
     cpu = machine.cpu
@@ -71,7 +92,7 @@ def take(machine: Machine) -> Snapshot:
     blob = ctypes.string_at(cpu.context_pointer, uclib.uc_context_size(cpu.handle))
     ram_file = machine._ram  # the mmap: slicing it gives bytes, much faster to compare than a memoryview
     ram = {}
-    for page in range(len(ram_file) // PAGE):
+    for page in _touched_pages(machine):
         chunk = ram_file[page * PAGE:(page + 1) * PAGE]
         if chunk != _ZERO_PAGE:
             ram[page] = chunk

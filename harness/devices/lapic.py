@@ -122,7 +122,11 @@ class LocalApic(Device):
     MMIO_BASE = LAPIC_BASE
     MMIO_SIZE = LAPIC_SIZE
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, phase_seed: int = 0) -> None:
+        # A seed other than 0 starts every timer run part-way through its first period (by an amount derived from
+        # the seed), as a real timer's phase relative to the CPU is arbitrary: races between the timer and the
+        # guest's code show up under different seeds, and the same seed replays exactly.
+        self.phase_seed = phase_seed
         self.clock = clock
         # Records of the run rather than hardware state: they survive reset().
         self.timer_expirations = 0  # total expiries processed by advance(), masked or not
@@ -221,6 +225,15 @@ class LocalApic(Device):
 
     # --- timer ------------------------------------------------------------------------------------------
 
+    def _phase(self) -> int:
+        """How far into its first period a newly started timer begins (0 without a seed)."""
+        period = self._period_ns()
+        if not self.phase_seed or not period:
+            return 0
+        mixed = (self.phase_seed * 0x9E3779B97F4A7C15 + self.initial_count) & ((1 << 64) - 1)
+        mixed ^= mixed >> 31
+        return mixed % period
+
     def _period_ns(self) -> int:
         return self.initial_count * self.divisor
 
@@ -284,7 +297,7 @@ class LocalApic(Device):
             return  # ignored in TSC-deadline mode
         self.initial_count = value
         self.timer_running = value != 0
-        self.timer_start_ns = now
+        self.timer_start_ns = now - self._phase()
         self.timer_fired = 0
         self.clock.deadlines_changed()
 
