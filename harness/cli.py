@@ -328,6 +328,7 @@ def command_trace(args: argparse.Namespace) -> int:
     machine.events.attach(sink)
     try:
         stop = session.run()
+        machine.tracer.finish()  # a trace ends with the run, even when the machine could go on
         if args.summary:
             stats = syscall_summary(tracer, finished)
             if args.format == "jsonl":

@@ -69,6 +69,7 @@ class EventLog:
         self.ring: deque[Event] = deque(maxlen=capacity)
         self.counts: Counter[Kind] = Counter()
         self.sinks: list[Callable[[Event], None]] = []
+        self.observers: list[Callable[[Event], None]] = []  # see every event as it is added, unordered
         self.next_seq = 0
         self._next_release = 0
         self._ready: dict[int, Event] = {}
@@ -86,6 +87,8 @@ class EventLog:
         self.next_seq += 1
         self.ring.append(event)
         self.counts[event.kind] += 1
+        for observer in self.observers:
+            observer(event)
         if finished:
             self.finish(event)
         return event

@@ -13,6 +13,7 @@ import ctypes
 import enum
 import mmap
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ from .devices.parallel import ParallelPort
 from .devices.pci import AcpiPm, HostBridge, Ich9Lpc, PciHost
 from .devices.pic import Pic8259
 from .devices.reset import SystemControlPortA
-from .events import EventLog
+from .events import Event, EventLog
 from .guestlog import GuestLog
 from .paging import PageFault, PhysicalFault, read_u64, read_virtual
 from .symbols import SymbolTable
@@ -73,6 +74,10 @@ class StopKind(enum.Enum):
     MACHINE_FAULT = "machine fault"
     HANG = "hang"
     RESET = "reset"
+
+
+# Stops after which `run()` may be called again to go on (the others end the machine's life).
+RESUMABLE = frozenset({StopKind.TICKS, StopKind.UNTIL, StopKind.PAUSED, StopKind.BREAKPOINT, StopKind.BUDGET})
 
 
 @dataclass
@@ -489,17 +494,28 @@ class Machine:
             self.halted = False  # a real 8042 would raise IRQ1; a polling kernel needs the CPU to run
 
     def run(self, *, ticks: int | None = None, max_time_ns: int | None = None, until: str | None = None,
-            for_ns: int | None = None) -> Stop:
+            for_ns: int | None = None, until_event: Callable[[Event], bool] | None = None) -> Stop:
         """Run until the guest powers off or a stop condition holds; returns why it stopped.
 
         `ticks`: stop (successfully) once that many more LAPIC timer periods have elapsed.
         `max_time_ns`: the safety budget of virtual time; running out of it is a failure.
         `until`: stop (successfully) once this text is on the screen or in a line of the log. The log is
-        checked line by line as it is written; the screen whenever the CPU stops (at least every timer tick).
+        checked line by line as it is written; the screen at every system call and whenever the CPU stops.
+        `for_ns`: pause (successfully) after this much virtual time. `until_event`: stop (successfully) right
+        after an event for which this returns true (a system call entry, a fault, a process exit, ...).
         """
+        if until_event is not None:
+            def watch(event: Event) -> None:
+                if self.stop is None and until_event(event):
+                    self._request_stop(StopKind.UNTIL, f"event {event.kind.value} #{event.seq} happened")
+
+            self.events.observers.append(watch)
+            try:
+                return self.run(ticks=ticks, max_time_ns=max_time_ns, until=until, for_ns=for_ns)
+            finally:
+                self.events.observers.remove(watch)
         clock, cpu, lapic = self.clock, self.cpu, self.lapic
-        if self.stop is not None and self.stop.kind in (StopKind.TICKS, StopKind.UNTIL, StopKind.BUDGET,
-                                                        StopKind.PAUSED, StopKind.BREAKPOINT):
+        if self.stop is not None and self.stop.kind in RESUMABLE:
             if self.stop.kind is StopKind.BREAKPOINT:
                 self._resume_address = self.stop.rip
             self.stop = None  # a requested stop only paused the machine: run on
@@ -566,7 +582,8 @@ class Machine:
         self._pause_end = None
         if self._panic is not None and self.stop.kind is not StopKind.PANIC:
             self.stop = self._panic  # a panic is what matters, even if a key then powered the machine off
-        self.tracer.finish()
+        if self.stop.kind not in RESUMABLE:
+            self.tracer.finish()  # the machine is done: close what will never complete
         self.log.flush()
         return self.stop
 

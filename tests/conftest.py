@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,23 +11,13 @@ from harness import project
 from harness.api import boot_machine
 from harness.machine import Machine, MachineConfig, Stop
 
+pytest_plugins = ["pytester"]
+
 
 @pytest.fixture(scope="session")
-def build_tree() -> project.BuildTree:
-    """The guest, built once; parallel workers (pytest -n) take turns on a lock file.
-
-    WEENSY_BUILD_DIR=DIR tests the kernel and programs in DIR; WEENSY_NO_BUILD=1 uses them as they are."""
-    source = project.default_source_dir()
-    build_dir = project.default_build_dir()
-    if source is not None and not os.environ.get("WEENSY_NO_BUILD"):
-        build_dir.parent.mkdir(parents=True, exist_ok=True)
-        with open(build_dir.parent / ".weensyos-build.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            project.build(source, build_dir)
-    tree = project.BuildTree(build_dir)
-    if not tree.kernel.exists():
-        pytest.fail(f"no kernel at {tree.kernel}")
-    return tree
+def build_tree(weensy_build: project.BuildTree) -> project.BuildTree:
+    """The guest, built once (the harness's pytest plugin does it: see harness/pytest_plugin.py)."""
+    return weensy_build
 
 
 BootFn = Callable[..., tuple[Machine, Stop]]
