@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import enum
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -24,6 +24,31 @@ class Kind(enum.Enum):
     LOG = "log"  # a line of the kernel's log
     PANIC = "panic"
     MACHINE = "machine"  # power-off, reset, unknown device access, budget
+
+
+class _NoDetail(Mapping[str, Any]):
+    """The empty, read-only detail shared by the many events that carry none (hashable: a dataclass default)."""
+
+    def __getitem__(self, key: str) -> Any:
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def __hash__(self) -> int:
+        return 0
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and not other
+
+    def __repr__(self) -> str:
+        return "{}"
+
+
+NO_DETAIL: Mapping[str, Any] = _NoDetail()
 
 
 @dataclass(slots=True)
@@ -49,7 +74,7 @@ class Event:
     ret: int | None = None
     end_ns: int | None = None
     blocked: bool = False
-    detail: dict[str, Any] = field(default_factory=dict)
+    detail: Mapping[str, Any] = NO_DETAIL  # writers give an event its own dict before adding to it
 
     @property
     def is_page_fault(self) -> bool:
@@ -67,7 +92,7 @@ class EventLog:
 
     def __init__(self, capacity: int = 4096) -> None:
         self.ring: deque[Event] = deque(maxlen=capacity)
-        self.counts: Counter[Kind] = Counter()
+        self.counts: Counter[Kind] = Counter({kind: 0 for kind in Kind})
         self.sinks: list[Callable[[Event], None]] = []
         self.observers: list[Callable[[Event], None]] = []  # see every event as it is added, unordered
         self.next_seq = 0
@@ -107,7 +132,7 @@ class EventLog:
     def release_unfinished(self, event: Event) -> None:
         """Let a blocked event through now so that it does not hold back everyone else's."""
         if event.seq >= self._next_release and event.seq not in self._ready:
-            event.detail["unfinished"] = True
+            event.detail = {**event.detail, "unfinished": True}
             self.finish(event)
 
     def _emit(self, event: Event) -> None:

@@ -19,7 +19,7 @@ import json
 import mmap
 import struct
 import zlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,9 +46,10 @@ class Snapshot:
 
 
 def _event_to_json(event: Event) -> dict[str, Any]:
-    data = asdict(event)
+    data = {f.name: getattr(event, f.name) for f in fields(Event)}
     data["kind"] = event.kind.value
     data["args"] = list(event.args)
+    data["detail"] = dict(event.detail)
     return data
 
 

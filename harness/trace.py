@@ -121,13 +121,14 @@ class Tracer:
             self.events.add(event)
             return
         event.pid = self._pid(cr3)
+        event.detail = {}
         spec = self.syscalls.by_number.get(number)
         if spec is not None:
             shown: list[list[str]] = []  # [name, rendering] pairs (lists: they survive a JSON round trip)
             for i, arg in enumerate(spec.args):
                 shown.append([arg.name, self._format_argument(spec.args, i, args, cr3)])
-            event.detail["args"] = shown
-            event.detail["name"] = spec.name
+            event.detail["args"] = shown  # type: ignore[index]
+            event.detail["name"] = spec.name  # type: ignore[index]
         previous = self._pending_syscall.pop(event.pid, None)
         if previous is not None:  # it never returned (should not happen): close it as unfinished
             self.events.finish(previous)
@@ -189,7 +190,7 @@ class Tracer:
             return
         event.pid = self._pid(cr3)
         if event.is_page_fault:
-            event.detail.update(self.explain_page_fault(event))
+            event.detail = self.explain_page_fault(event)
             self._pending_fault[event.pid] = self.events.add(event, finished=False)
             return
         self.events.add(event)
