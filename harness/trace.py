@@ -145,8 +145,10 @@ class Tracer:
             length = args[index + 1] if index + 1 < len(args) else 0
             data = self._read(cr3, value, min(length, STRING_LIMIT + 1))
             return quote(data) if data is not None else f"{value:#x}"
-        if arg.type in ("ptr",):
+        if arg.type == "ptr":
             return f"{value:#x}"
+        if arg.type in ("size", "uint"):
+            return str(value) if value < 1 << 32 else f"{value:#x}"  # huge sizes read better in hex
         return str(signed(value))
 
     def format_return(self, event: Event) -> str:

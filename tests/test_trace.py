@@ -138,3 +138,33 @@ def test_trace_diff_finds_the_first_divergence(build_tree: project.BuildTree, tm
     b.write_text("".join(json.dumps(r) + "\n" for r in records))
     result = run_cli("trace-diff", str(a), str(b))
     assert result.returncode == 1 and "diverge at event 5" in result.stdout
+
+
+def test_every_confused_deputy_attack_of_eve_is_refused_in_the_trace(build_tree: project.BuildTree) -> None:
+    machine, events = traced(build_tree, "friends")
+    eve = next(e.pid for e in events if e.kind is Kind.PROCESS and e.detail.get("name") == "eve")
+    calls = [e for e in events if e.kind is Kind.SYSCALL and e.pid == eve and not e.detail.get("unfinished")]
+    name = machine.tracer.syscalls.name
+    attacks = [e for e in calls if name(e.number) not in ("getpid", "yield", "exit")][1:]  # after her own page
+    assert len(attacks) >= 20
+    refused = [machine.tracer.format_return(e) for e in attacks]
+    assert all(r.split()[0].startswith("-") and len(r.split()) == 2 for r in refused), refused
+    assert {r.split()[1] for r in refused} <= set(machine.tracer.syscalls.errors.values())
+    alice = next(e.pid for e in events if e.kind is Kind.PROCESS and e.detail.get("name") == "alice")
+    assert len([e for e in events if e.kind is Kind.SYSCALL and e.pid == alice]) > 50  # alice kept going
+
+
+def test_the_pipe_moves_each_message_in_at_most_two_system_calls(build_tree: project.BuildTree) -> None:
+    machine, events = traced(build_tree, "pipe")
+    seen: set[int] = set()
+    pipe_calls = []
+    for e in events:
+        if e.kind is Kind.SYSCALL and e.seq not in seen and machine.tracer.syscalls.name(e.number).startswith("pipe"):
+            seen.add(e.seq)
+            pipe_calls.append(e)
+    messages = 200
+    assert "200 messages" in machine.screen_text() and "200 intact" in machine.screen_text()
+    assert len(pipe_calls) <= 2 * messages
+    moved = sum(e.ret for e in pipe_calls if machine.tracer.syscalls.name(e.number) == "piperead" and e.ret)
+    written = sum(e.ret for e in pipe_calls if machine.tracer.syscalls.name(e.number) == "pipewrite" and e.ret)
+    assert moved == written > 0
