@@ -15,8 +15,16 @@ from pathlib import Path
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from .paging import PageFault, PhysicalFault, read_virtual
+from .paging import PageFault, PhysicalFault, read_virtual, translate
 from .symbols import SymbolTable
+
+
+def read_virtual_frame(memory: memoryview, cr3: int, page: int) -> int:
+    """The physical frame behind a supervisor access to virtual `page`."""
+    frame = translate(memory, cr3, page)
+    if frame + 0x1000 > len(memory):
+        raise PhysicalFault(frame)
+    return frame
 
 
 @dataclass(frozen=True)
@@ -102,6 +110,7 @@ class KernelView:
         if self.current_address is not None or self.ptable_address is not None:
             layout = proc_layout_from_dwarf(kernel_path) if kernel_path is not None else None
             self.layout = layout or CONTRACT_LAYOUT
+        self._frames: dict[tuple[int, int], int] = {}  # (cr3, page) -> physical frame, or -1 if unmapped
         self.nproc = 0
         if ptable is not None and self.layout is not None and self.layout.size:
             self.nproc = ptable.size // self.layout.size
@@ -111,13 +120,33 @@ class KernelView:
         return self.layout is not None and self.current_address is not None
 
     def _read(self, cr3: int, address: int, length: int) -> bytes | None:
-        """Kernel memory by virtual address: through `cr3` if it maps it, else identity (VA = PA)."""
+        """Kernel memory by virtual address: through `cr3` if it maps it, else identity (VA = PA).
+
+        Where the kernel's own data lives does not change while it runs, so the frame of each (page table,
+        page) pair is looked up once and remembered: tracing reads `current` on every system call."""
+        page = address & ~0xFFF
+        if (address + length - 1) & ~0xFFF == page:
+            frame = self._frames.get((cr3, page))
+            if frame is None:
+                try:
+                    frame = read_virtual_frame(self.memory, cr3, page)
+                except (PageFault, PhysicalFault):
+                    frame = page if page + 0x1000 <= len(self.memory) else -1
+                self._frames[(cr3, page)] = frame
+            if frame < 0:
+                return None
+            start = frame + (address & 0xFFF)
+            return self.memory[start:start + length].tobytes()
         try:
             return read_virtual(self.memory, cr3, address, length)
         except (PageFault, PhysicalFault):
             if address + length <= len(self.memory):
                 return bytes(self.memory[address:address + length])
             return None
+
+    def read_kernel(self, cr3: int, address: int, length: int) -> bytes | None:
+        """Public form of the cached kernel-memory read (the machine reads interrupt frames with it)."""
+        return self._read(cr3, address, length)
 
     def current_pid(self, cr3: int) -> int | None:
         """The pid of the kernel's `current` process, or None if unknown."""

@@ -39,7 +39,7 @@ from unicorn import x86_const as X
 from . import loader
 from . import snapshot as snapshots
 from .clock import DEFAULT_NS_PER_BLOCK, VirtualClock
-from .cpu import FLAG_IF, GP, NOT_AN_ADDRESS, RBP, RDI, RDX, RSI, Cpu, TripleFault
+from .cpu import FLAG_IF, GP, NOT_AN_ADDRESS, RAX, RBP, RCX, RDI, RDX, RSI, RSP, Cpu, TripleFault
 from .devices.cga import CgaConsole
 from .devices.ioapic import IoApic
 from .devices.keyboard import Keyboard8042
@@ -335,18 +335,19 @@ class Machine:
         if size != length:
             return  # the byte pattern was inside another instruction
         cpu = self.cpu
-        cr3 = cpu.read_register(X.UC_X86_REG_CR3)
+        cpu.save()  # one call for CR3, RSP, RCX and RAX
+        cr3, regs = cpu.cr3.value, cpu.regs
         if length == 3:  # sysretq: always to user mode, at RCX
-            rip = cpu.read_register(X.UC_X86_REG_RCX)
+            rip = regs[RCX]
         else:
-            try:
-                frame = read_virtual(self.memory, cr3, cpu.read_register(X.UC_X86_REG_RSP), 16)
-            except (PageFault, PhysicalFault):
+            kernel = self.tracer.kernel
+            frame = kernel.read_kernel(cr3, regs[RSP], 16) if kernel is not None else None
+            if frame is None:
                 return
             rip, cs = struct.unpack("<QQ", frame)
             if cs & 3 != 3:
                 return
-        self.tracer.return_to_user(rip, cpu.read_register(X.UC_X86_REG_RAX), cr3)
+        self.tracer.return_to_user(rip, regs[RAX], cr3)
 
     # -- snapshots ---------------------------------------------------------------------------------------------
     def devices(self) -> dict[str, Any]:
