@@ -45,7 +45,7 @@ def test_a_blocked_reader_uses_no_cpu_while_another_process_runs(boot: BootFn) -
     reader_cr3 = next(e.cr3 for e in calls if e.number == SYSCALL_PIPEREAD)
     # getpid, then one piperead that sleeps: no polling while the spinner runs.
     assert [e.number for e in calls if e.cr3 == reader_cr3] == [SYSCALL_GETPID, SYSCALL_PIPEREAD]
-    assert sum(e.number == SYSCALL_YIELD and e.cr3 != reader_cr3 for e in calls) >= 3  # the spinner runs on
+    assert sum(e.number == SYSCALL_YIELD and e.cr3 != reader_cr3 for e in calls) >= 2  # the spinner runs on
     assert "spinner 2 running" in machine.screen_text()
 
 

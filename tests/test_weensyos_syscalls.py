@@ -4,13 +4,16 @@ spawn, page_alloc, the command line's pseudo-commands, and the programs that exe
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from harness import project
+from harness.api import boot_machine
 from harness.events import Kind
 from harness.loader import read_elf
 from harness.machine import StopKind
 
 from .conftest import BootFn
+from .elfmaker import ElfSpec, make_elf
 from .weensyos_state import baseline_free_pages, exits, free_pages
 
 SYSCALL_YIELD, SYSCALL_PAGE_ALLOC = 2, 4
@@ -124,4 +127,26 @@ def test_yielder_makes_ten_thousand_system_calls_and_exits(boot: BootFn) -> None
     assert stop.kind is StopKind.POWER_OFF, stop.message
     assert "yielder 1: 10000 yields" in machine.screen_text()
     assert machine.events.counts[Kind.SYSCALL] == 10_002  # the yields, getpid and exit
+    assert free_pages(machine) == baseline_free_pages(machine)
+
+
+def test_the_kernel_refuses_program_images_that_do_not_fit_user_memory(build_tree: project.BuildTree,
+                                                                       tmp_path: Path) -> None:
+    """The harness hands over any x86-64 executable; our kernel checks each before loading it."""
+    bad = {
+        "overkernel": (ElfSpec(entry=0x40000, segments=[(0x40000, 0x40000, 5, b"\xf4" * 16, 0x1000)]),
+                       "bad ELF: segment [0x40000, +0x1000) outside user memory [0x100000, 0x2ff000)"),
+        "overstack": (ElfSpec(entry=0x2FF000, segments=[(0x2FF000, 0x2FF000, 5, b"\xf4" * 16, 0x1000)]),
+                      "bad ELF: segment [0x2ff000, +0x1000) outside user memory [0x100000, 0x2ff000)"),
+    }
+    programs = dict(build_tree.programs())
+    for name, (spec, _) in bad.items():
+        programs[name] = tmp_path / name
+        programs[name].write_bytes(make_elf(spec))
+    machine = boot_machine(build_tree.kernel, " ".join([*bad, "hello"]), programs)
+    stop = machine.run(max_time_ns=5_000_000_000)
+    assert stop.kind is StopKind.POWER_OFF, stop.message
+    for name, (_, why) in bad.items():
+        assert f"cannot start '{name}': {why}" in machine.log.lines()  # also on screen, wrapped
+    assert "Hello from WeensyOS process 1!" in machine.screen_text()  # the first good program gets pid 1
     assert free_pages(machine) == baseline_free_pages(machine)

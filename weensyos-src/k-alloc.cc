@@ -8,6 +8,7 @@ physpageinfo physpages[NPAGES];
 
 namespace {
 size_t next_search;         // rotate, so a freed page is not reused at once
+size_t nfree;               // pages with owner PO_FREE
 
 bool reserved_physical_address(uintptr_t pa) {
     return pa < PAGESIZE                                    // null page
@@ -24,10 +25,12 @@ physpageinfo& page_of(uintptr_t pa) {
 }
 
 void init_physpages() {
+    nfree = 0;
     for (size_t pn = 0; pn != NPAGES; ++pn) {
         physpages[pn].owner = reserved_physical_address(pn * PAGESIZE)
             ? PO_RESERVED : PO_FREE;
         physpages[pn].refcount = 0;
+        nfree += physpages[pn].owner == PO_FREE;
     }
     next_search = 0;
 }
@@ -43,6 +46,7 @@ void* kalloc(size_t size) {
             physpages[pn].owner = PO_KERNEL;
             physpages[pn].refcount = 1;
             next_search = pn + 1;
+            --nfree;
             // Zeroed: page tables and user pages both rely on it.
             void* ptr = pa2kptr(pn * PAGESIZE);
             memset(ptr, 0, PAGESIZE);
@@ -69,6 +73,7 @@ void kfree(void* ptr) {
     }
     if (--pp.refcount == 0) {
         pp.owner = PO_FREE;
+        ++nfree;
         // Poison it: a stale pointer into a freed page shows up quickly.
         memset(ptr, 0xCC, PAGESIZE);
     }
@@ -82,9 +87,5 @@ void physpage_set_owner(uintptr_t pa, int owner) {
 }
 
 size_t kalloc_free_pages() {
-    size_t n = 0;
-    for (size_t pn = 0; pn != NPAGES; ++pn) {
-        n += physpages[pn].owner == PO_FREE;
-    }
-    return n;
+    return nfree;
 }

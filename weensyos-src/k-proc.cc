@@ -170,22 +170,30 @@ pid_t free_slot() {
 }
 
 
+// Loops over address spaces visit only what is mapped (next_mapped_va):
+// a process maps a few dozen of its 768 pages.
+#define FOR_EACH_MAPPING(it, pt, lo, hi) \
+    for (vmiter it(pt, next_mapped_va(pt, lo, hi)); it.va() < (hi); \
+         it.find(next_mapped_va(pt, it.va() + PAGESIZE, hi)))
+
+// A mapping's permission bits, as map() takes them. Accessed and dirty
+// are the hardware's notes about one page table, not permissions.
+static int mapping_perm(const vmiter& it) {
+    return int(it.perm() & 0xFFF & ~(PTE_A | PTE_D));
+}
+
 int copy_mappings(x86_64_pagetable* dst, x86_64_pagetable* src) {
-    for (vmiter it(src, 0); it.va() < MEMSIZE_VIRTUAL; it += PAGESIZE) {
-        if (it.present()) {
-            // Same permissions; accessed/dirty are the hardware's notes
-            // about `src`, not permissions.
-            int perm = int(it.perm() & 0xFFF & ~(PTE_A | PTE_D));
-            if (vmiter(dst, it.va()).try_map(it.pa(), perm) < 0) {
-                return -1;
-            }
+    FOR_EACH_MAPPING(it, src, 0, MEMSIZE_VIRTUAL) {
+        assert(it.present());
+        if (vmiter(dst, it.va()).try_map(it.pa(), mapping_perm(it)) < 0) {
+            return -1;
         }
     }
     return 0;
 }
 
 void free_everything(x86_64_pagetable* pt) {
-    for (vmiter it(pt, PROC_START_ADDR); it.va() < MEMSIZE_VIRTUAL; it += PAGESIZE) {
+    FOR_EACH_MAPPING(it, pt, PROC_START_ADDR, MEMSIZE_VIRTUAL) {
         if (it.user()) {
             kfree(it.kptr());
         }
@@ -250,22 +258,24 @@ pid_t process_fork(proc* parent) {
     // Start from the parent's mappings, then give the child its own copy
     // of every user page (the console excepted: it is meant to be shared).
     bool ok = copy_mappings(pt, parent->pagetable) == 0;
-    for (vmiter it(pt, PROC_START_ADDR); ok && it.va() < MEMSIZE_VIRTUAL; it += PAGESIZE) {
-        if (it.user()) {
-            void* page = kalloc(PAGESIZE);
-            if (!page) {
-                ok = false;
-                break;
+    if (ok) {
+        FOR_EACH_MAPPING(it, pt, PROC_START_ADDR, MEMSIZE_VIRTUAL) {
+            if (it.user()) {
+                void* page = kalloc(PAGESIZE);
+                if (!page) {
+                    ok = false;
+                    break;
+                }
+                memcpy(page, it.kptr(), PAGESIZE);
+                physpage_set_owner(kptr2pa(page), pid);
+                it.map(kptr2pa(page), mapping_perm(it));    // the L1 page exists
             }
-            memcpy(page, it.kptr(), PAGESIZE);
-            physpage_set_owner(kptr2pa(page), pid);
-            it.map(kptr2pa(page), int(it.perm() & 0xFFF & ~(PTE_A | PTE_D)));  // L1 exists
         }
     }
     if (!ok) {
         // Out of memory part way. Pages still shared with the parent must
         // not be freed with the rest: unmap them first.
-        for (vmiter it(pt, PROC_START_ADDR); it.va() < MEMSIZE_VIRTUAL; it += PAGESIZE) {
+        FOR_EACH_MAPPING(it, pt, PROC_START_ADDR, MEMSIZE_VIRTUAL) {
             if (it.user() && it.pa() == vmiter(parent, it.va()).pa()) {
                 it.map(0, 0);
             }

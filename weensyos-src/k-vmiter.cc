@@ -106,6 +106,36 @@ static unsigned next_nonzero(const x86_64_pagetable* pt, unsigned i, unsigned en
     return end;
 }
 
+uintptr_t next_mapped_va(const x86_64_pagetable* pt, uintptr_t va, uintptr_t end) {
+    assert(va % PAGESIZE == 0 && end <= VA_LOWMAX);
+    while (va < end) {
+        const x86_64_pagetable* t = pt;
+        int level = 3;
+        x86_64_pageentry_t e = t->entry[pageindex(va, level)];
+        while (is_table_entry(e, level) && level > 1) {
+            t = pa2kptr<const x86_64_pagetable*>(e & PTE_PAMASK);
+            --level;
+            e = t->entry[pageindex(va, level)];
+        }
+        if (is_table_entry(e, level)) {
+            // An L1 table: find its next nonzero entry from va on.
+            t = pa2kptr<const x86_64_pagetable*>(e & PTE_PAMASK);
+            unsigned i = next_nonzero(t, pageindex(va, 0), NPAGETABLEENTRIES);
+            va = round_down(va, pageentry_span(1)) + i * PAGESIZE;
+            if (i == NPAGETABLEENTRIES) {
+                continue;               // va is already past this table
+            } else if (t->entry[i] & PTE_P) {
+                return min(va, end);
+            }
+            level = 0;                  // not present: step past it
+        } else if (e & PTE_P) {
+            return va;                  // inside a large page
+        }
+        va = round_down(va, pageentry_span(level)) + pageentry_span(level);
+    }
+    return end;
+}
+
 void ptiter::scan(bool skip_current) {
     // Either leave the page we stopped on (resume in its parent, after its
     // entry) or, at construction, examine the top-level entry for va_.

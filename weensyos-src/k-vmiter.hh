@@ -86,6 +86,16 @@ class ptiter {
 };
 
 
+// The first page-aligned address in [va, end) that `pt` maps present, or
+// `end` if there is none (`va` page-aligned, `end` <= VA_LOWMAX). Unmapped
+// stretches are skipped a whole table entry, or eight L1 entries, at a
+// time, so a loop costs what is mapped rather than the size of the range:
+//
+//     for (vmiter it(pt, next_mapped_va(pt, lo, hi)); it.va() < hi;
+//          it.find(next_mapped_va(pt, it.va() + PAGESIZE, hi))) { ... }
+uintptr_t next_mapped_va(const x86_64_pagetable* pt, uintptr_t va, uintptr_t end);
+
+
 inline vmiter::vmiter(x86_64_pagetable* pt, uintptr_t va)
     : pt_(pt) {
     real_find(va);

@@ -190,7 +190,8 @@ static bool start_program(const char* name) {
 }
 
 // Set every option of `command`, then start one process per program word,
-// expanding pseudo-commands. Returns how many processes started.
+// expanding pseudo-commands; no program word at all means `hello`. Returns
+// how many processes started.
 static int run_command(const char* command) {
     char word[64];
     for (const char* s = command; (s = next_word(s, word, sizeof(word))); ) {
@@ -198,8 +199,12 @@ static int run_command(const char* command) {
             set_option(option_t(option));
         }
     }
-    int nstarted = 0;
+    int nstarted = 0, nwords = 0;
     for (const char* s = command; (s = next_word(s, word, sizeof(word))); ) {
+        if (find_option(word) >= 0) {
+            continue;
+        }
+        ++nwords;
         const command_entry* cmd = nullptr;
         for (auto& c : commands) {
             if (strcmp(c.name, word) == 0) {
@@ -211,9 +216,12 @@ static int run_command(const char* command) {
             for (const char* t = cmd->programs; (t = next_word(t, name, sizeof(name))); ) {
                 nstarted += start_program(name);
             }
-        } else if (find_option(word) < 0) {
+        } else {
             nstarted += start_program(word);
         }
+    }
+    if (nwords == 0) {
+        nstarted += start_program("hello");
     }
     return nstarted;
 }
@@ -235,12 +243,7 @@ extern "C" [[noreturn]] void kernel_start(uint32_t magic, uintptr_t mbinfo) {
     current = nullptr;
     log_printf("weensyos: %zu free pages\n", kalloc_free_pages());
 
-    char word[64];
-    const char* command = boot_command;
-    if (!next_word(command, word, sizeof(word))) {
-        command = "hello";
-    }
-    if (run_command(command) == 0) {
+    if (run_command(boot_command) == 0) {
         log_printf("weensyos: no process started; powering off\n");
         poweroff();
     }

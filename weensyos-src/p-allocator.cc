@@ -3,8 +3,12 @@
 // Fill memory: map fresh pages one after another above the program image
 // with page_alloc until the kernel runs out (E_NOMEM) or the heap reaches
 // the stack page, stamping every page and giving way after each (so that
-// several allocators compete for memory). Then check that every page still
-// holds our stamps, print a summary, and exit 0 if all went as it should.
+// several allocators compete for memory). A little work per page paces the
+// filling so the memory viewer can show it (a few tenths of a second).
+// Then check that every page still holds our stamps, print a summary, and
+// exit 0 if all went as it should.
+
+#define WORK_PER_PAGE   20000           // spin iterations
 
 void process_main() {
     pid_t pid = sys_getpid();
@@ -17,6 +21,7 @@ void process_main() {
             break;
         }
         page_stamp(pid, va);
+        spin(WORK_PER_PAGE);
         sys_yield();
     }
     int npages = (va - heap) / PAGESIZE, nbad = 0;
