@@ -57,8 +57,7 @@ from .trace import Tracer
 
 PANIC_PREFIXES = ("PANIC:", "USER PANIC:")
 PANIC_GRACE_NS = 5_000_000  # after a panic line in the log, let the kernel finish drawing for 5 ms
-POLL_MIN_NS = 256  # re-check an interrupt blocked by IF=0 this soon, then back off
-POLL_MAX_NS = 250_000
+POLL_NS = 100_000  # while an interrupt waits for IF=1, look again this often (the hooks below usually see it first)
 MSR_IA32_APIC_BASE = 0x1B
 
 
@@ -169,7 +168,7 @@ class Machine:
         self._unmapped_access: str | None = None
         self._panic: Stop | None = None
         self._panic_deadline: int | None = None
-        self._poll_ns = POLL_MIN_NS
+        self._irq_waiting = False  # an interrupt is pending while IF=0: stop as soon as the kernel re-enables them
         self._budget_end: int | None = None
         self._until: str | None = None
         self._until_screen = b""
@@ -204,6 +203,7 @@ class Machine:
         self.kernel_image = kernel
         self.programs = {module.name: module.image.path for module in modules or []}
         self._install_msr_shims(kernel)
+        self._install_interrupt_window_hooks()
         uc.ctl_flush_tb()
         return state
 
@@ -215,6 +215,26 @@ class Machine:
         """
         for address, _ in self._kernel_code_matches((b"\x0f\x32",)):
             self.uc.hook_add(UC_HOOK_CODE, self._hook_rdmsr, None, address, address)
+
+    def _install_interrupt_window_hooks(self) -> None:
+        """Watch the kernel's instructions that turn interrupts back on: `iretq`/`sysretq` (also the tracer's
+        view of returns to user mode), `sti` and `popfq`. An interrupt that came due while IF was 0 is then
+        delivered right after the instruction that set IF, as the hardware does, instead of at the next
+        timer deadline. Each candidate byte pattern gets a one-address hook that checks the decoded length."""
+        for address, length in self._kernel_code_matches((b"\x48\xcf", b"\x48\x0f\x07")):
+            self.uc.hook_add(UC_HOOK_CODE, self._hook_return, length, address, address)
+        for address, length in self._kernel_code_matches((b"\xfb", b"\x9d")):
+            self.uc.hook_add(UC_HOOK_CODE, self._hook_interrupt_window, length, address, address)
+
+    def _hook_interrupt_window(self, uc: Uc, address: int, size: int, length: object) -> None:
+        if self._irq_waiting and size == length:
+            self._stop_after_this_block()
+
+    def _stop_after_this_block(self) -> None:
+        """Stop once the current instruction has run: at the next translation block (a code hook's own
+        emu_stop would stop before the instruction, which would then never run)."""
+        self._slice_interrupted = True
+        self.clock.counter.deadline = self.clock.counter.blocks + 1
 
     def _hook_rdmsr(self, uc: Uc, address: int, size: int, user_data: object) -> None:
         if size == 2 and self.cpu.read_register(X.UC_X86_REG_RCX) & 0xFFFFFFFF == MSR_IA32_APIC_BASE \
@@ -311,9 +331,6 @@ class Machine:
         if self.kernel_image is None:
             raise RuntimeError("boot the machine before enabling tracing")
         self.tracer.enable(syscalls, programs or {}, self.kernel_image.path)
-        for address, length in self._kernel_code_matches((b"\x48\xcf", b"\x48\x0f\x07")):
-            self.uc.hook_add(UC_HOOK_CODE, self._hook_return, length, address, address)
-        self.uc.ctl_flush_tb()
 
     def _kernel_code_matches(self, patterns: tuple[bytes, ...]) -> list[tuple[int, int]]:
         """(address, length) of every occurrence of `patterns` in the kernel's executable segments."""
@@ -331,9 +348,14 @@ class Machine:
         return sorted(found)
 
     def _hook_return(self, uc: Uc, address: int, size: int, length: object) -> None:
-        """At a kernel `iretq`/`sysretq`: if it goes back to user mode, tell the tracer (RAX is the result)."""
+        """At a kernel `iretq`/`sysretq`: end the slice if an interrupt waits for IF=1; if it goes back to user
+        mode and tracing is on, tell the tracer (RAX is the result)."""
         if size != length:
             return  # the byte pattern was inside another instruction
+        if self._irq_waiting:
+            self._stop_after_this_block()  # the iretq ends its block: the CPU stops in the code it returns to
+        if not self.tracer.full:
+            return
         cpu = self.cpu
         cpu.save()  # one call for CR3, RSP, RCX and RAX
         cr3, regs = cpu.cr3.value, cpu.regs
@@ -358,14 +380,14 @@ class Machine:
 
     def run_state(self) -> dict[str, Any]:
         panic = self._panic
-        return {"halted": self.halted, "poll_ns": self._poll_ns, "panic_deadline": self._panic_deadline,
+        return {"halted": self.halted, "irq_waiting": self._irq_waiting, "panic_deadline": self._panic_deadline,
                 "panic": None if panic is None else [panic.message, panic.time_ns, panic.rip, panic.backtrace],
                 "reported": sorted([d, p] for d, p in self.bus._reported),
                 "input": [[when, codes.hex()] for when, codes in self._input]}
 
     def restore_run_state(self, state: dict[str, Any]) -> None:
         self.halted = state["halted"]
-        self._poll_ns = state["poll_ns"]
+        self._irq_waiting = state["irq_waiting"]
         self._panic_deadline = state["panic_deadline"]
         panic = state["panic"]
         self._panic = None if panic is None else Stop(StopKind.PANIC, panic[0], panic[1], panic[2], list(panic[3]))
@@ -441,13 +463,13 @@ class Machine:
         if address not in self._breakpoints:
             self._breakpoints[address] = self.uc.hook_add(UC_HOOK_CODE, self._hook_breakpoint, None, address,
                                                           address)
-            self.uc.ctl_remove_cache(address, address + 1)
+            self.uc.ctl_flush_tb()  # code already translated must be translated again, with the hook
 
     def remove_breakpoint(self, address: int) -> None:
         handle = self._breakpoints.pop(address, None)
         if handle is not None:
             self.uc.hook_del(handle)
-            self.uc.ctl_remove_cache(address, address + 1)
+            self.uc.ctl_flush_tb()
 
     def _hook_breakpoint(self, uc: Uc, address: int, size: int, user_data: object) -> None:
         if address == self._resume_address:
@@ -548,16 +570,16 @@ class Machine:
             if vector is not None:
                 if cpu.interrupts_enabled() and not cpu.interrupt_shadow():
                     lapic.acknowledge(vector)
+                    self._irq_waiting = False
                     try:
                         cpu.deliver(vector, external=True)
                     except TripleFault as fault:
                         self._triple_fault(fault)
                         break
-                    self._poll_ns = POLL_MIN_NS
                     continue
+                self._irq_waiting = True
                 if not self.halted:
-                    poll = now + self._poll_ns
-                    self._poll_ns = min(self._poll_ns * 2, POLL_MAX_NS)
+                    poll = now + POLL_NS
             if self.halted:
                 if not cpu.rflags() & FLAG_IF:
                     self.stop = Stop(StopKind.HANG, "the CPU halted with interrupts disabled; nothing can wake it",

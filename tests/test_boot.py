@@ -68,3 +68,15 @@ def test_a_panic_stops_the_run_with_a_symbolised_backtrace(boot: BootFn) -> None
     frames = [machine.symbols.describe(address) for address in stop.backtrace]
     assert any("<syscall+" in frame for frame in frames), frames
     assert "USER PANIC: deliberate panic from panicker" in machine.screen_text()
+
+
+def test_a_timer_tick_due_while_the_kernel_runs_is_taken_at_its_iretq(boot: BootFn) -> None:
+    """forkexit spends most of its time in the kernel with interrupts off; every tick must still arrive,
+    right after the instruction that turns interrupts back on, as on hardware."""
+    machine, stop = boot("forkexit", max_time=10.0)
+    assert stop.kind is StopKind.POWER_OFF
+    ticks = [e for e in machine.events.of_kind(Kind.INTERRUPT) if e.number == 32]
+    assert machine.timer_ticks >= 10
+    # (the ring keeps the last 4096 events; the totals count all of them)
+    assert machine.events.counts[Kind.INTERRUPT] >= machine.timer_ticks - 1  # the last may still be pending
+    assert ticks and all(e.user for e in ticks)  # each taken in user mode, right after the kernel's iretq
