@@ -51,6 +51,7 @@ HF_INHIBIT_IRQ = 1 << 3
 HF_CS32 = 1 << 4
 HF_SS32 = 1 << 5
 HF_ADDSEG = 1 << 6
+HF_PE = 1 << 7
 HF_LMA = 1 << 14
 HF_CS64 = 1 << 15
 
@@ -70,6 +71,9 @@ DESC_B = 1 << 22
 DESC_G = 1 << 23
 FLAT_CODE64_DPL0 = DESC_G | DESC_L | DESC_P | DESC_S | (0xB << 8)
 FLAT_DATA_DPL0 = DESC_G | DESC_B | DESC_P | DESC_S | (0x3 << 8)
+
+CR0_PE = 1 << 0
+CR0_PG = 1 << 31
 
 MSR_EFER, MSR_STAR, MSR_LSTAR, MSR_FMASK = 0xC0000080, 0xC0000081, 0xC0000082, 0xC0000084
 EFER_SCE = 1 << 0
@@ -246,6 +250,8 @@ class Cpu:
         self.syscalls = 0
         self.replay_requested = False
         self.replaying = False
+        # Real mode: the BIOS services (set by the machine for a disk boot); returns True if it answered.
+        self.bios_call: Callable[[int], bool] | None = None
 
     # -- raw state access ----------------------------------------------------------------------------------
     def save(self) -> None:
@@ -332,6 +338,13 @@ class Cpu:
         """
         if not saved:
             self.save()
+        if not self.cr0.value & CR0_PE:
+            self.old_exception.value = -1
+            self.deliver_real_mode(vector)
+            return
+        if not self.hflags.value & HF_LMA:
+            raise TripleFault(f"{vector_name(vector)} in 32-bit protected mode, which the harness does not "
+                              f"deliver (only real mode and long mode)", self.eip.value)
         rflags = self.rflags()
         rip = self.eip.value
         first = vector
@@ -427,6 +440,9 @@ class Cpu:
         """UC_HOOK_INTR: a CPU exception or `int n` raised by guest code."""
         self.save()
         software = bool(self.exception_is_int.value)
+        if not self.cr0.value & CR0_PE:
+            self._real_mode_interrupt(intno, software)
+            return
         if intno == DF and not software and not self.replaying:
             # Unicorn artifact: without a per-instruction hook, a fault is raised twice inside Unicorn and the
             # second raise turns it into #DF (its error code and vector are lost). Real double faults never
@@ -451,6 +467,68 @@ class Cpu:
                 if previous in (0xCC, 0xCE, 0xF1):
                     length = 1
         self.deliver(intno, error_code=error_code, software=software, instruction_length=length, saved=True)
+
+    # -- real mode (the disk-boot path) -----------------------------------------------------------------------
+    def _real_mode_interrupt(self, vector: int, software: bool) -> None:
+        """An `int n` or exception before the boot loader leaves real mode: a BIOS service, or the IVT."""
+        if software and self.bios_call is not None and self.bios_call(vector):
+            return  # the BIOS (in Python) answered; the CPU goes on after the `int`
+        self.save()
+        self.old_exception.value = -1
+        self.deliver_real_mode(vector)
+
+    def deliver_real_mode(self, vector: int) -> None:
+        """Real-mode delivery: push FLAGS, CS, IP on SS:SP, clear IF and TF, jump to the IVT entry.
+        Expects the blob to hold the live state."""
+        flags = self.rflags() & 0xFFFF
+        cs, ip = self.segs[R_CS].selector.value & 0xFFFF, self.eip.value & 0xFFFF
+        ss_base = self.segs[R_SS].base.value
+        sp = (self.regs[RSP] - 6) & 0xFFFF
+        frame = struct.pack("<HHH", ip, cs, flags)
+        for i, byte in enumerate(frame):
+            self.memory[ss_base + ((sp + i) & 0xFFFF)] = byte
+        self.regs[RSP] = (self.regs[RSP] & ~0xFFFF) | sp
+        offset, segment = struct.unpack_from("<HH", self.memory, vector * 4)
+        self.segs[R_CS].load(segment, segment << 4, 0xFFFF, self.segs[R_CS].flags.value)
+        self.eip.value = offset
+        self.eflags.value &= ~(FLAG_IF | FLAG_TF)
+        self.restore()
+        self.deliveries += 1
+        if self.on_delivery is not None:
+            self.on_delivery(vector, None, ip, 0, False, False, 0)
+
+    def enter_real_mode(self, cs: int, ip: int, sp: int, dl: int) -> None:
+        """Put the CPU in the state a BIOS leaves before jumping to a boot sector (CS:IP = cs:ip, DL = drive).
+
+        Unicorn's 64-bit engine runs real-mode code once its hidden state says so: paging, protection and
+        long mode off, 16-bit segments with base = selector * 16."""
+        uc = self.uc
+        uc.reg_write(X.UC_X86_REG_CR0, 0x10)  # ET only
+        uc.reg_write(X.UC_X86_REG_CR4, 0)
+        uc.msr_write(MSR_EFER, 0)
+        uc.reg_write(X.UC_X86_REG_RFLAGS, 0x2)
+        self.save()
+        self.efer.value = 0
+        self.hflags.value = (self.hflags.value & ~(HF_CS32 | HF_SS32 | HF_CS64 | HF_LMA | HF_PE | HF_CPL_MASK)) \
+            | HF_ADDSEG
+        for index, segment in enumerate(self.segs):
+            selector = cs if index == R_CS else 0
+            kind = 0xB if index == R_CS else 0x3
+            segment.load(selector, selector << 4, 0xFFFF, DESC_P | DESC_S | (kind << 8))
+        for i in range(16):
+            self.regs[i] = 0
+        self.regs[RSP] = sp
+        self.regs[RDX] = dl
+        self.eip.value = ip
+        self.gdt.load(0, 0, 0xFFFF, 0)
+        self.idt.load(0, 0, 0x3FF, 0)
+        self.restore()
+
+    def code_address(self, rip: int) -> tuple[int, bool]:
+        """(linear address of `rip`, whether it must go through the page tables)."""
+        self.save()
+        base = self.segs[R_CS].base.value if not self.hflags.value & HF_CS64 else 0
+        return base + rip, bool(self.cr0.value & CR0_PG)
 
     def replay_fault(self) -> None:
         """Re-run the faulting instruction on its own so that Unicorn reports its real exception."""

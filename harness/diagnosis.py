@@ -67,7 +67,7 @@ def where(machine: Machine, address: int) -> str:
     if machine.cpu.cpl() != 3:
         return f"{machine.symbols.describe(address)} (kernel mode)"
     image = machine.kernel_image
-    kernel = KernelView(machine.memory, machine.symbols, image.path if image is not None else None)
+    kernel = KernelView(machine.memory, machine.symbols, image.data if image is not None else None)
     cr3 = machine.cpu.read_register(UC_X86_REG_CR3)
     pid = kernel.current_pid(cr3) if kernel.available else None
     name = next((p.name for p in kernel.processes(cr3) if p.pid == pid), None)

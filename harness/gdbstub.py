@@ -51,7 +51,7 @@ class GdbStub:
         self.detached = False
         self.buffer = b""
         image = machine.kernel_image
-        self.kernel = KernelView(machine.memory, machine.symbols, image.path if image is not None else None)
+        self.kernel = KernelView(machine.memory, machine.symbols, image.data if image is not None else None)
         self.last_stop: Stop | None = None
 
     # -- transport -----------------------------------------------------------------------------------------

@@ -8,9 +8,11 @@ a kernel without them simply has no pids in its traces.
 
 from __future__ import annotations
 
+import io
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
@@ -51,10 +53,14 @@ def _member_offset(die) -> int | None:  # type: ignore[no-untyped-def]
     return value if isinstance(value, int) else None
 
 
-def proc_layout_from_dwarf(path: Path) -> ProcLayout | None:
+def _open_elf(source: Path | bytes) -> BinaryIO:
+    return io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
+
+
+def proc_layout_from_dwarf(source: Path | bytes) -> ProcLayout | None:
     """Find `struct proc` in the kernel's DWARF; None when there is no debug information or no such struct."""
     try:
-        with open(path, "rb") as f:
+        with _open_elf(source) as f:
             elf = ELFFile(f)
             if not elf.has_dwarf_info():
                 return None
@@ -100,7 +106,7 @@ class ProcInfo:
 class KernelView:
     """Reads `current` and `ptable` of the running kernel from guest memory."""
 
-    def __init__(self, memory: memoryview, symbols: SymbolTable, kernel_path: Path | None) -> None:
+    def __init__(self, memory: memoryview, symbols: SymbolTable, kernel_path: Path | bytes | None) -> None:
         self.memory = memory
         self.symbols = symbols
         self.current_address = symbols.address_of("current")
@@ -205,10 +211,10 @@ def _type_size(die) -> int | None:  # type: ignore[no-untyped-def]
     return None
 
 
-def array_layout_from_dwarf(path: Path, variable: str) -> ArrayLayout | None:
+def array_layout_from_dwarf(source: Path | bytes, variable: str) -> ArrayLayout | None:
     """The layout of a global array of structs (e.g. `physpages`), from the kernel's DWARF."""
     try:
-        with open(path, "rb") as f:
+        with _open_elf(source) as f:
             elf = ELFFile(f)
             if not elf.has_dwarf_info():
                 return None
@@ -255,7 +261,7 @@ class PageAccounting:
     is 0 (the course's). This is the harness-side check that exit and fork lose no page.
     """
 
-    def __init__(self, memory: memoryview, symbols: SymbolTable, kernel_path: Path | None) -> None:
+    def __init__(self, memory: memoryview, symbols: SymbolTable, kernel_path: Path | bytes | None) -> None:
         self.memory = memory
         self.address = symbols.address_of("physpages")
         self.layout = array_layout_from_dwarf(kernel_path, "physpages") if kernel_path and self.address else None

@@ -74,7 +74,7 @@ class LiveConsole:
         self.quit_by_user = False
         self.terminated_by: str | None = None  # the signal that ended the console, if any
         image = machine.kernel_image
-        self.kernel = KernelView(machine.memory, machine.symbols, image.path if image is not None else None)
+        self.kernel = KernelView(machine.memory, machine.symbols, image.data if image is not None else None)
 
     def _status(self, state: str) -> str:
         machine = self.machine

@@ -71,6 +71,12 @@ def read_elf(path: Path | str, what: str = "kernel") -> ElfImage:
         data = path.read_bytes()
     except OSError as e:
         raise LoaderError(f"{label}: cannot read ({e.strerror})") from None
+    return parse_elf(data, label, path)
+
+
+def parse_elf(data: bytes, label: str, path: Path | None = None) -> ElfImage:
+    """Validate ELF contents (`label` names it in errors); trailing bytes after the file are allowed."""
+    path = path or Path(label)
     if data[:4] != b"\x7fELF":
         raise LoaderError(f"{label}: not an ELF file (bad magic number)")
     if len(data) < 64:

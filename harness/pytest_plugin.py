@@ -156,13 +156,13 @@ class Guest:
     def processes(self) -> list[ProcInfo]:
         """The kernel's process table, read from its own memory."""
         image = self.machine.kernel_image
-        view = KernelView(self.machine.memory, self.machine.symbols, image.path if image else None)
+        view = KernelView(self.machine.memory, self.machine.symbols, image.data if image else None)
         return view.processes(self.machine.cpu.cr3.value)
 
     def free_pages(self) -> int:
         """Free physical pages according to the kernel's own `physpages` array."""
         image = self.machine.kernel_image
-        return PageAccounting(self.machine.memory, self.machine.symbols, image.path if image else None).free_pages()
+        return PageAccounting(self.machine.memory, self.machine.symbols, image.data if image else None).free_pages()
 
     def jsonl(self) -> list[str]:
         """The trace as JSON lines (the `trace --format jsonl` schema)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import io
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -61,10 +62,11 @@ class SymbolTable:
         self._by_name.update({s.linkage_name: s for s in self.symbols if s.linkage_name})
 
     @classmethod
-    def from_elf(cls, path: Path) -> SymbolTable:
+    def from_elf(cls, source: Path | bytes) -> SymbolTable:
+        """The symbols of an ELF file (a path, or its contents); empty if it has none or cannot be read."""
         symbols: list[Symbol] = []
         try:
-            with open(path, "rb") as f:
+            with io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb") as f:  # noqa: SIM115
                 elf = ELFFile(f)
                 for section in elf.iter_sections():
                     if not isinstance(section, SymbolTableSection):

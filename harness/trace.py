@@ -69,7 +69,7 @@ class Tracer:
         self._last_user_pid: int | None = None
         self._screen = b""
 
-    def enable(self, syscalls: SyscallTable, programs: dict[str, Path], kernel_path: Path | None) -> None:
+    def enable(self, syscalls: SyscallTable, programs: dict[str, Path], kernel_path: Path | bytes | None) -> None:
         self.full = True
         self.syscalls = syscalls
         self.programs = programs

@@ -134,6 +134,11 @@ class CgaConsole(Device):
         """Cursor cell index from CRTC registers 14/15 (row * 80 + column; 2000 or more is off screen)."""
         return ((self.crtc[CRTC_CURSOR_HIGH] << 8) | self.crtc[CRTC_CURSOR_LOW]) & 0x3FFF
 
+    def set_cursor(self, position: int) -> None:
+        """Move the cursor as the video BIOS does (through CRTC registers 14/15)."""
+        self.crtc[CRTC_CURSOR_HIGH] = (position >> 8) & 0x3F
+        self.crtc[CRTC_CURSOR_LOW] = position & 0xFF
+
     def cursor_visible(self) -> bool:
         """Whether the cursor is enabled (CRTC register 10 bit 5 clear) and inside the 80x25 screen."""
         return not self.crtc[CRTC_CURSOR_START] & CURSOR_DISABLE and self.cursor() < CELLS
