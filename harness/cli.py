@@ -18,6 +18,7 @@ from .events import Event
 from .gdbstub import GdbStub
 from .keys import parse_key_script
 from .liveconsole import LiveConsole, stdout_is_terminal
+from .loader import read_elf
 from .machine import Machine, MachineConfig, Stop, StopKind
 from .screenshot import SUPPORTED_EXTENSIONS, save_screen
 from .syscalls import SyscallTable
@@ -96,7 +97,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-time", type=_positive_float, metavar="SECONDS",
                         help="safety budget of virtual time; running out is a failure (default: 30, and none "
                              "on the live console)")
-    parser.add_argument("--kernel", type=Path, metavar="ELF", help="boot this kernel instead of build/kernel")
+    parser.add_argument("--kernel", type=Path, metavar="ELF", help="boot this kernel instead of build/kernel "
+                        "(with --disk: only its symbols are used)")
+    parser.add_argument("--disk", type=Path, metavar="IMAGE",
+                        help="boot a raw disk image like a PC (boot sector at 0x7C00 in real mode, ATA disk); "
+                             "the command to run is in the image")
     parser.add_argument("--program", action="append", default=[], metavar="NAME=ELF",
                         help="add or replace a program module (repeatable)")
     parser.add_argument("--syscalls", type=Path, metavar="JSON",
@@ -193,9 +198,13 @@ class Session:
             overrides[name] = Path(path)
         build_dir = (args.build_dir or project.default_build_dir()).resolve()
         source = project.default_source_dir()
-        if not args.no_build and args.kernel is None and source is not None:
+        if not args.no_build and args.kernel is None and args.disk is None and source is not None:
             project.build(source, build_dir)
         tree = project.BuildTree(build_dir)
+        self.args = args
+        if args.disk is not None:
+            self._boot_disk(args, tree)
+            return
         kernel_path = args.kernel or tree.kernel
         if args.kernel is None and not kernel_path.exists():
             raise HarnessError(f"no kernel at {kernel_path}: run `python -m harness build` first")
@@ -216,7 +225,27 @@ class Session:
         self.syscalls = SyscallTable.load(table) if table is not None else SyscallTable([])
         self.machine: Machine = boot_machine(kernel_path, " ".join(words), self.programs,
                                              MachineConfig(ram_size=args.memory << 20, seed=args.seed))
-        self.args = args
+        self._schedule_keys(args)
+
+    def _boot_disk(self, args: argparse.Namespace, tree: project.BuildTree) -> None:
+        if args.programs:
+            raise HarnessError("with --disk the command to run is written in the image; give no PROGRAM")
+        try:
+            image = args.disk.read_bytes()
+        except FileNotFoundError:
+            raise HarnessError(f"disk image {args.disk}: no such file") from None
+        except OSError as e:
+            raise HarnessError(f"disk image {args.disk}: cannot read ({e.strerror})") from None
+        kernel = read_elf(args.kernel, "kernel") if args.kernel is not None else None
+        self.programs = tree.programs()
+        table = args.syscalls or tree.syscall_table
+        self.syscalls = SyscallTable.load(table) if table.exists() else SyscallTable([])
+        self.machine = Machine(MachineConfig(ram_size=args.memory << 20, seed=args.seed))
+        self.machine.boot_disk(image, kernel, label=f"disk image {args.disk}")
+        self.machine.programs = dict(self.programs)
+        self._schedule_keys(args)
+
+    def _schedule_keys(self, args: argparse.Namespace) -> None:
         for spec in args.keys:
             scheduled = parse_key_script(spec)
             self.machine.type_keys(scheduled.codes, at_ns=scheduled.time_ns)
