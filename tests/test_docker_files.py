@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -74,23 +73,6 @@ def test_test_sh_help_documents_the_user_kernel_option(repo_root: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "--build-dir DIR" in result.stdout
     assert "WEENSY_BUILD_DIR=/work/build-user WEENSY_NO_BUILD=1" in result.stdout
-
-
-def test_results_json_summarises_junit_xml(tmp_path: Path, repo_root: Path) -> None:
-    junit, out = tmp_path / "junit.xml", tmp_path / "results.json"
-    junit.write_text(JUNIT)
-    subprocess.run([sys.executable, str(repo_root / "docker" / "results_json.py"), str(junit), str(out), "1"],
-                   check=True)
-    data = json.loads(out.read_text())
-    assert data["exit_status"] == 1
-    assert data["summary"] == {"total": 4, "passed": 1, "failed": 1, "error": 1, "skipped": 1, "duration": 1.5}
-    outcomes = {t["id"]: (t["outcome"], t.get("message")) for t in data["tests"]}
-    assert outcomes == {
-        "tests.test_a::test_ok": ("passed", None),
-        "tests.test_a::test_bad": ("failed", "assert 1 == 2"),
-        "tests.test_b::test_skip": ("skipped", "no gdb"),
-        "tests.test_b::test_err": ("error", "fixture broke"),
-    }
 
 
 def fetch(url: str) -> tuple[int, bytes]:
