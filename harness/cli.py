@@ -45,6 +45,8 @@ EXIT_FOR_STOP = {
     StopKind.MACHINE_FAULT: ExitCode.MACHINE_FAULT,
     StopKind.HANG: ExitCode.HANG,
     StopKind.RESET: ExitCode.RESET,
+    StopKind.ISOLATION: ExitCode.ISOLATION,
+    StopKind.BREAKPOINT: ExitCode.OK,
 }
 
 EPILOG = """\
@@ -54,7 +56,7 @@ exit status:
   2  bad command-line usage
   3  kernel panic            4  triple fault           5  budget of virtual time exhausted
   6  access to memory that does not exist          7  CPU halted with nothing to wake it
-  8  the guest asked for a reset
+  8  the guest asked for a reset   9  --audit found a mapping that breaks process isolation
 """
 
 
@@ -110,6 +112,10 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-build", action="store_true", help="do not rebuild WeensyOS when its build is stale")
     parser.add_argument("--log", type=Path, metavar="FILE", help="also write the kernel's log to FILE")
     parser.add_argument("--memory", type=_positive_int, default=128, metavar="MIB", help="guest RAM (default: 128)")
+    parser.add_argument("--audit", action="store_true",
+                        help="check every process's page table at every return to user mode (kernel pages, "
+                             "page-table pages, shared writable pages, ownership, freed pages); stop at the first "
+                             "isolation violation (exit status 9)")
     parser.add_argument("--seed", type=int, default=0, metavar="N",
                         help="start the timer at a phase derived from N (default 0: no offset); the same seed "
                              "gives the same run, another seed shows timing-dependent behaviour")
@@ -253,6 +259,13 @@ class Session:
             raise HarnessError(f"--screen {args.screen}: unknown format (use one of "
                                f"{', '.join(SUPPORTED_EXTENSIONS)})")
 
+    def enable_audit(self) -> None:
+        if self.args.audit:
+            try:
+                self.machine.enable_audit()
+            except RuntimeError as e:
+                raise HarnessError(f"--audit: {e}") from None
+
     def resume(self) -> None:
         """Apply --load-snapshot (after tracing is set up, so that the trace state is restored too)."""
         if self.args.load_snapshot is not None:
@@ -296,6 +309,7 @@ class Session:
 
 def command_boot(args: argparse.Namespace) -> int:
     session = Session(args)
+    session.enable_audit()
     session.resume()
     if args.gdb is not None:
         stub = GdbStub(session.machine, args.gdb, announce=lambda text: print(text, file=sys.stderr, flush=True))
@@ -334,6 +348,7 @@ def command_trace(args: argparse.Namespace) -> int:
     session = Session(args)
     machine = session.machine
     machine.enable_tracing(session.syscalls, session.programs)
+    session.enable_audit()
     session.resume()
     tracer = machine.tracer
     out = _open_output(args.output)

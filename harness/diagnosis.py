@@ -90,6 +90,8 @@ def diagnose(machine: Machine, stop: Stop, syscalls: SyscallTable, last: int = 1
     lines = [summary(machine, stop)]
     if stop.kind is StopKind.PANIC:
         lines.append(f"  panic message: {stop.message}")
+    if stop.kind is StopKind.ISOLATION and machine.violation_cause is not None:
+        lines.append(f"  caused by: {format_event(machine, machine.violation_cause, syscalls)}")
     lines.append(f"  where: {where(machine, stop.rip)}")
     instruction = disassemble_at(machine, stop.rip)
     if instruction:

@@ -30,3 +30,4 @@ class ExitCode(enum.IntEnum):
     MACHINE_FAULT = 6  # the guest touched memory that does not exist, or the emulator refused an instruction
     HANG = 7  # the CPU halted with nothing left that could wake it
     RESET = 8  # the guest asked the chipset for a reset (the harness does not reboot, like QEMU -no-reboot)
+    ISOLATION = 9  # --audit found a page mapping that breaks process isolation

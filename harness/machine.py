@@ -38,6 +38,7 @@ from unicorn import x86_const as X
 
 from . import loader
 from . import snapshot as snapshots
+from .audit import IsolationAuditor, Violation
 from .bios import Bios
 from .clock import DEFAULT_NS_PER_BLOCK, VirtualClock
 from .cpu import FLAG_IF, GP, NOT_AN_ADDRESS, RAX, RBP, RCX, RDI, RDX, RSI, RSP, Cpu, TripleFault
@@ -51,7 +52,7 @@ from .devices.pci import AcpiPm, HostBridge, Ich9Lpc, PciHost
 from .devices.pic import Pic8259
 from .devices.reset import SystemControlPortA
 from .errors import LoaderError
-from .events import Event, EventLog
+from .events import Event, EventLog, Kind
 from .guestlog import GuestLog
 from .paging import PageFault, PhysicalFault, read_u64, read_virtual
 from .symbols import SymbolTable
@@ -70,6 +71,7 @@ class StopKind(enum.Enum):
     UNTIL = "text appeared"
     PAUSED = "paused"
     BREAKPOINT = "breakpoint"
+    ISOLATION = "isolation violation"
     PANIC = "kernel panic"
     TRIPLE_FAULT = "triple fault"
     BUDGET = "budget exhausted"
@@ -164,6 +166,9 @@ class Machine:
         self.symbols = SymbolTable([])
         self.kernel_image: loader.ElfImage | None = None
         self.disk: AtaDisk | None = None
+        self.auditor: IsolationAuditor | None = None
+        self.violation: Violation | None = None
+        self.violation_cause: Event | None = None
         self.bios: Bios | None = None
         self.programs: dict[str, Path] = {}  # name -> ELF of every program module
         self.stop: Stop | None = None  # set when the run must end
@@ -357,6 +362,13 @@ class Machine:
             self.tracer.panic(line, rip, cr3, backtrace)
             self._rearm()
 
+    # -- isolation audit ---------------------------------------------------------------------------------------
+    def enable_audit(self) -> None:
+        """Check every process's page table at every return to user mode; stop at the first violation."""
+        self.auditor = IsolationAuditor(self)
+        if self.tracer.kernel is None:
+            self.tracer.kernel = self.auditor.kernel  # the return hook reads interrupt frames through it
+
     # -- full tracing ----------------------------------------------------------------------------------------
     def enable_tracing(self, syscalls: SyscallTable, programs: dict[str, Path] | None = None) -> None:
         """Trace with pids, return values, page-walk explanations, context switches and console output.
@@ -389,7 +401,7 @@ class Machine:
             return  # the byte pattern was inside another instruction
         if self._irq_waiting:
             self._stop_after_this_block()  # the iretq ends its block: the CPU stops in the code it returns to
-        if not self.tracer.full:
+        if not self.tracer.full and self.auditor is None:
             return
         cpu = self.cpu
         cpu.save()  # one call for CR3, RSP, RCX and RAX
@@ -404,7 +416,16 @@ class Machine:
             rip, cs = struct.unpack("<QQ", frame)
             if cs & 3 != 3:
                 return
-        self.tracer.return_to_user(rip, regs[RAX], cr3)
+        if self.tracer.full:
+            self.tracer.return_to_user(rip, regs[RAX], cr3)
+        if self.auditor is not None and self.stop is None:
+            violation = self.auditor.check(cr3)
+            if violation is not None:
+                cause = next((e for e in reversed(self.events.ring) if e.kind in (Kind.SYSCALL, Kind.INTERRUPT,
+                                                                                   Kind.EXCEPTION)), None)
+                self.violation = violation
+                self.violation_cause = cause
+                self._request_stop(StopKind.ISOLATION, str(violation))
 
     # -- snapshots ---------------------------------------------------------------------------------------------
     def devices(self) -> dict[str, Any]:
