@@ -46,6 +46,7 @@ EXIT_FOR_STOP = {
     StopKind.HANG: ExitCode.HANG,
     StopKind.RESET: ExitCode.RESET,
     StopKind.ISOLATION: ExitCode.ISOLATION,
+    StopKind.STORM: ExitCode.STORM,
     StopKind.BREAKPOINT: ExitCode.OK,
 }
 
@@ -57,6 +58,7 @@ exit status:
   3  kernel panic            4  triple fault           5  budget of virtual time exhausted
   6  access to memory that does not exist          7  CPU halted with nothing to wake it
   8  the guest asked for a reset   9  --audit found a mapping that breaks process isolation
+  10 interrupt storm (e.g. a timer programmed with a period of nanoseconds)
 """
 
 

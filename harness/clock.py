@@ -168,7 +168,9 @@ class VirtualClock:
             self.counter.deadline = NEVER
             return
         remaining = when_ns - self.now_ns()
-        blocks = max(1, -(-remaining // self.ns_per_block))
+        # The hook stops emulation at the start of the block that reaches the deadline, before that block runs;
+        # a slice must run at least one block, or a deadline due now would stop every slice with no progress.
+        blocks = max(2, -(-remaining // self.ns_per_block) + 1)
         self.counter.deadline = self.counter.blocks + blocks
 
     def skip_to_ns(self, when_ns: int) -> None:

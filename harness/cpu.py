@@ -250,6 +250,7 @@ class Cpu:
         self.syscalls = 0
         self.replay_requested = False
         self.replaying = False
+        self.triple_fault: TripleFault | None = None  # raised where an exception could not carry it
         # Real mode: the BIOS services (set by the machine for a disk boot); returns True if it answered.
         self.bios_call: Callable[[int], bool] | None = None
 
@@ -350,6 +351,7 @@ class Cpu:
         first = vector
         from_user = self.hflags.value & HF_CPL_MASK == 3
         cr3 = self.cr3.value
+        chain: list[str] = []  # why each delivery failed, for the diagnosis
         for _ in range(3):
             try:
                 self._enter_gate(vector, error_code, software, instruction_length, external, rip, rflags)
@@ -357,9 +359,10 @@ class Cpu:
             except _NestedFault as nested:
                 if nested.vector == PF and nested.address is not None:
                     self.cr2.value = nested.address
+                where = f" at {nested.address:#x}" if nested.address is not None else ""
+                chain.append(f"{vector_name(vector)} could not be delivered ({nested.why}{where})")
                 if vector == DF:
-                    raise TripleFault(f"cannot deliver #DF ({nested.why or vector_name(nested.vector)}) "
-                                      f"after {vector_name(first)}", rip) from None
+                    raise TripleFault("; then ".join(chain), rip) from None
                 if (vector == PF and (nested.vector == PF or nested.vector in CONTRIBUTORY)) or \
                         (vector in CONTRIBUTORY and nested.vector in CONTRIBUTORY):
                     vector, error_code = DF, 0
@@ -541,7 +544,13 @@ class Cpu:
 
     def hook_invalid_instruction(self, uc: Uc, user_data: object) -> bool:
         """UC_HOOK_INSN_INVALID: deliver #UD to the guest and tell Unicorn it was handled."""
-        self.deliver(UD)
+        try:
+            self.deliver(UD)
+        except TripleFault as fault:
+            # Unicorn would report an unhandled invalid instruction before our exception: keep it for the
+            # machine, which checks `triple_fault` when the slice ends.
+            self.triple_fault = fault
+            uc.emu_stop()
         return True
 
     def hook_syscall(self, uc: Uc, user_data: object) -> None:

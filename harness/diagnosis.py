@@ -90,6 +90,10 @@ def diagnose(machine: Machine, stop: Stop, syscalls: SyscallTable, last: int = 1
     lines = [summary(machine, stop)]
     if stop.kind is StopKind.PANIC:
         lines.append(f"  panic message: {stop.message}")
+        fault = next((e for e in reversed(machine.events.ring) if e.kind is Kind.EXCEPTION and not e.user
+                      and e.time_ns <= stop.time_ns), None)
+        if fault is not None:  # the kernel panicked over its own exception: show where that happened
+            lines.append(f"  kernel exception: {format_event(machine, fault, syscalls)}")
     if stop.kind is StopKind.ISOLATION and machine.violation_cause is not None:
         lines.append(f"  caused by: {format_event(machine, machine.violation_cause, syscalls)}")
     lines.append(f"  where: {where(machine, stop.rip)}")

@@ -31,3 +31,4 @@ class ExitCode(enum.IntEnum):
     HANG = 7  # the CPU halted with nothing left that could wake it
     RESET = 8  # the guest asked the chipset for a reset (the harness does not reboot, like QEMU -no-reboot)
     ISOLATION = 9  # --audit found a page mapping that breaks process isolation
+    STORM = 10  # device interrupts came as a storm (e.g. a LAPIC timer programmed with a period of nanoseconds)

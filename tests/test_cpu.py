@@ -167,7 +167,8 @@ def test_a_missing_handler_stack_is_a_double_fault_then_a_triple_fault(machine: 
     struct.pack_into("<Q", machine.memory, TSS + 4, 0x7FF000000)  # RSP0 points at unmapped memory
     machine.run_slice()
     assert machine.stop is not None and machine.stop.kind is StopKind.TRIPLE_FAULT
-    assert "cannot deliver #DF" in machine.stop.message and "after #PF page fault" in machine.stop.message
+    assert "#PF page fault could not be delivered (pushing the interrupt frame" in machine.stop.message
+    assert "#DF double fault could not be delivered" in machine.stop.message
     assert machine.stop.rip == USER_CODE
 
 

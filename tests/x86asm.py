@@ -24,3 +24,13 @@ def assemble(source: str, base: int) -> tuple[bytes, dict[str, int]]:
             if len(parts) == 3:
                 symbols[parts[2]] = int(parts[0], 16)
         return (d / "s.bin").read_bytes(), symbols
+
+
+def assemble_kernel(source: str, path: Path, base: int = 0x40000) -> Path:
+    """Assemble a tiny kernel (entry `_start`, with its symbol table) into an ELF file at `path`."""
+    work = path.parent
+    (work / "k.s").write_text(".text\n.globl _start\n_start:\n" + source + "\n")
+    subprocess.run(["as", "--64", "-o", work / "k.o", work / "k.s"], check=True, capture_output=True)
+    subprocess.run(["ld", "-m", "elf_x86_64", "-N", "--no-warn-rwx-segments", "-Ttext", hex(base), "-e", "_start",
+                    "-o", path, work / "k.o"], check=True, capture_output=True)
+    return path

@@ -1,5 +1,6 @@
 #include "kernel.hh"
 #include "commands.h"
+#include "multiboot.h"
 
 // The kernel proper: boot, the scheduler, exceptions and system calls.
 //
@@ -21,30 +22,34 @@ static_assert(sizeof(SYSTEM_NAME) <= SYSNAME_MAX, "system name fits");
 
 // Boot: multiboot information, command line, modules
 
-#define MULTIBOOT_MAGIC         0x2BADB002U
-#define MULTIBOOT_FLAG_MEM      0x1U
-#define MULTIBOOT_FLAG_CMDLINE  0x4U
-#define MULTIBOOT_FLAG_MODS     0x8U
 #define BOOT_MAP_LIMIT          0x40000000UL    // the boot page table maps 1 GiB
-
-struct multiboot_info {
-    uint32_t flags;
-    uint32_t mem_lower;         // KiB below 1 MiB
-    uint32_t mem_upper;         // KiB above 1 MiB
-    uint32_t boot_device;
-    uint32_t cmdline;           // physical address of a C string
-    uint32_t mods_count;
-    uint32_t mods_addr;         // physical address of multiboot_module[]
-};
-struct multiboot_module {
-    uint32_t mod_start;
-    uint32_t mod_end;           // exclusive
-    uint32_t string;            // physical address of the module's name
-    uint32_t reserved;
-};
 
 static char boot_command[256];
 static char program_names[NPROGRAMS][32];
+
+// Course mode (build/kernel-course, -DCOURSE_MODE) boots like the course's
+// kernel: its programs are built in (k-embed.S), multiboot modules are
+// ignored, and without a command line from a multiboot loader (after the
+// course-style disk boot, EAX is not the magic) the command is the
+// compiled-in WEENSYOS_FIRST_PROCESS.
+#ifdef COURSE_MODE
+static constexpr bool course_mode = true;
+#ifndef WEENSYOS_FIRST_PROCESS
+#define WEENSYOS_FIRST_PROCESS "hello"
+#endif
+extern "C" const program embedded_programs[];   // ends with a null name
+
+static void use_embedded_programs() {
+    for (const program* p = embedded_programs; p->name && nprograms != NPROGRAMS; ++p) {
+        programs[nprograms++] = *p;
+    }
+    if (boot_command[0] == '\0') {
+        strlcpy(boot_command, WEENSYOS_FIRST_PROCESS, sizeof(boot_command));
+    }
+}
+#else
+static constexpr bool course_mode = false;
+#endif
 
 // Is [pa, pa + n) outside managed memory and inside what we can map?
 static bool boot_range_ok(uintptr_t pa, size_t n) {
@@ -88,7 +93,7 @@ static uintptr_t read_boot_info(uint32_t magic, uintptr_t mbinfo) {
         log_printf("weensyos: command line at %#x out of range; ignored\n", mbi->cmdline);
     }
 
-    if (mbi->flags & MULTIBOOT_FLAG_MODS) {
+    if (!course_mode && (mbi->flags & MULTIBOOT_FLAG_MODS)) {
         uint32_t count = mbi->mods_count;
         if (!boot_range_ok(mbi->mods_addr, size_t(count) * sizeof(multiboot_module))) {
             log_printf("weensyos: module list at %#x out of range; ignored\n", mbi->mods_addr);
@@ -230,6 +235,9 @@ static int run_command(const char* command) {
 // with the multiboot magic and information address from the loader.
 extern "C" [[noreturn]] void kernel_start(uint32_t magic, uintptr_t mbinfo) {
     uintptr_t phys_end = read_boot_info(magic, mbinfo);
+#ifdef COURSE_MODE
+    use_embedded_programs();
+#endif
     log_printf("weensyos: booting, command \"%s\"\n", boot_command);
 
     init_hardware(phys_end);
