@@ -176,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("second", type=Path, metavar="B.jsonl")
     diff.add_argument("--context", type=int, default=3, metavar="N", help="events shown before the difference")
 
+    bench = commands.add_parser("bench", help="measure the harness's speed against QEMU on the same disk images")
+    bench.add_argument("--repeat", type=_positive_int, default=3, metavar="N", help="runs per row (default: 3)")
+    bench.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
+    bench.add_argument("--no-qemu", action="store_true", help="measure the harness only")
+
     build = commands.add_parser("build", help="build WeensyOS (kernel and programs) into the build directory")
     build.add_argument("--build-dir", type=Path, metavar="DIR", help="where to build")
     build.add_argument("--force", action="store_true", help="rebuild everything")
@@ -414,6 +419,12 @@ def command_trace_diff(args: argparse.Namespace) -> int:
     return 1
 
 
+def command_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    return bench.main(args.repeat, args.json, not args.no_qemu)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -424,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return ExitCode.USAGE
     handlers = {"build": command_build, "boot": command_boot, "trace": command_trace,
-                "trace-diff": command_trace_diff}
+                "trace-diff": command_trace_diff, "bench": command_bench}
     try:
         return handlers[args.command](args)
     except HarnessError as error:

@@ -5,7 +5,7 @@ PIIX4 IDE controller, the log on the parallel port. QEMU runs with `-no-shutdown
 off the VM only stops and the screen can still be read; QMP (a unix socket) reports the power-off and reads
 the text buffer with `pmemsave`.
 
-    run = boot_image(Path("build/weensyos.img"), timeout=10)
+    run = boot_image(Path("build/weensyos.img"), timeout=10)   # (harness.qemu)
     run.powered_off, run.log, run.text, run.lines[0], run.cells[0][0]
 
 `until="some log text"` stops the run as soon as the log contains it (for programs that never end); the
@@ -36,6 +36,7 @@ class QemuRun:
     cells: list[list[tuple[int, int]]]  # 25 rows of 80 (character byte, attribute byte)
     powered_off: bool  # the guest powered off (ACPI soft-off) before the run was stopped
     seconds: float  # wall time from QEMU's start to the end of the run
+    first_log_seconds: float | None = None  # wall time from QEMU's start to the first byte of the log
 
     @property
     def lines(self) -> list[str]:
@@ -137,11 +138,16 @@ def boot_image(image: Path, *, timeout: float = 10.0, until: str | None = None, 
             monitor = _Qmp(qmp, process, start + 10.0)
             deadline = start + timeout
             powered_off = False
+            first_log = None
             while time.monotonic() < deadline:
-                if monitor.wait_event("SHUTDOWN", 0.05):
+                if first_log is None and log.exists() and log.stat().st_size:
+                    first_log = time.monotonic() - start
+                if monitor.wait_event("SHUTDOWN", 0.005 if first_log is None else 0.02):
                     powered_off = True
                     break
                 if until is not None and log.exists() and until in log.read_text(errors="replace"):
+                    if first_log is None:
+                        first_log = time.monotonic() - start
                     time.sleep(settle)
                     break
             powered_off = powered_off or "SHUTDOWN" in monitor.events
@@ -158,4 +164,5 @@ def boot_image(image: Path, *, timeout: float = 10.0, until: str | None = None, 
         raw = screen.read_bytes()
         cells = [[(raw[i], raw[i + 1]) for i in range(row * COLUMNS * 2, (row + 1) * COLUMNS * 2, 2)]
                  for row in range(ROWS)]
-        return QemuRun(log.read_text(errors="replace") if log.exists() else "", cells, powered_off, seconds)
+        return QemuRun(log.read_text(errors="replace") if log.exists() else "", cells, powered_off, seconds,
+                       first_log)
