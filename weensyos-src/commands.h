@@ -15,7 +15,8 @@
 #define WEENSYOS_COMMANDS(COMMAND) \
     COMMAND(friends, "alice eve") \
     COMMAND(pipe, "pipewriter pipereader") \
-    COMMAND(allocators, "allocator allocator allocator allocator")
+    COMMAND(allocators, "allocator allocator allocator allocator") \
+    COMMAND(fuzzfriends, "fuzz spectator")
 
 #define WEENSYOS_OPTIONS(OPTION) \
     OPTION(memviewer, "show the memory viewer in rows 0-22 (program output in rows 23-24)")

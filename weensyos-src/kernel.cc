@@ -416,8 +416,12 @@ static int syscall_page_alloc(uintptr_t addr) {
     return r;
 }
 
+// getsysname(buf): the ABI gives the name a SYSNAME_MAX-byte buffer, so
+// all of it must be writable, as for any caller's char[SYSNAME_MAX],
+// whatever the name's length today; the bytes after the NUL are zeroed.
 static int syscall_getsysname(uintptr_t buf) {
-    return copy_to_user(current, buf, SYSTEM_NAME, sizeof(SYSTEM_NAME));
+    char name[SYSNAME_MAX] = SYSTEM_NAME;
+    return copy_to_user(current, buf, name, sizeof(name));
 }
 
 // spawn(name): the name must be a string in the caller's memory, ending
