@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
@@ -53,43 +54,46 @@ def _member_offset(die) -> int | None:  # type: ignore[no-untyped-def]
     return value if isinstance(value, int) else None
 
 
-def _open_elf(source: Path | bytes) -> BinaryIO:
-    return io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
+def _dies(source: Path | bytes) -> Iterator[Any]:
+    """Every debugging-information entry of an ELF file (a path or its contents); none without DWARF.
+
+    The contents are held in memory, so a DIE stays readable after the caller stops iterating."""
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    elf = ELFFile(io.BytesIO(data))
+    if not elf.has_dwarf_info():
+        return
+    for cu in elf.get_dwarf_info().iter_CUs():
+        yield from cu.iter_DIEs()
 
 
 def proc_layout_from_dwarf(source: Path | bytes) -> ProcLayout | None:
     """Find `struct proc` in the kernel's DWARF; None when there is no debug information or no such struct."""
     try:
-        with _open_elf(source) as f:
-            elf = ELFFile(f)
-            if not elf.has_dwarf_info():
+        for die in _dies(source):
+            if die.tag != "DW_TAG_structure_type":
+                continue
+            name = die.attributes.get("DW_AT_name")
+            if name is None or name.value != b"proc" or "DW_AT_byte_size" not in die.attributes:
+                continue
+            members = {}
+            name_size = 0
+            for child in die.iter_children():
+                if child.tag == "DW_TAG_member" and "DW_AT_name" in child.attributes:
+                    member = child.attributes["DW_AT_name"].value.decode()
+                    members[member] = _member_offset(child)
+                    if member == "name":
+                        array = child.get_DIE_from_attribute("DW_AT_type")
+                        for sub in array.iter_children():
+                            bound = sub.attributes.get("DW_AT_upper_bound") or sub.attributes.get(
+                                "DW_AT_count")
+                            if bound is not None:
+                                name_size = bound.value + (1 if "DW_AT_upper_bound" in sub.attributes
+                                                           else 0)
+            if members.get("pid") is None:
                 return None
-            for cu in elf.get_dwarf_info().iter_CUs():
-                for die in cu.iter_DIEs():
-                    if die.tag != "DW_TAG_structure_type":
-                        continue
-                    name = die.attributes.get("DW_AT_name")
-                    if name is None or name.value != b"proc" or "DW_AT_byte_size" not in die.attributes:
-                        continue
-                    members = {}
-                    name_size = 0
-                    for child in die.iter_children():
-                        if child.tag == "DW_TAG_member" and "DW_AT_name" in child.attributes:
-                            member = child.attributes["DW_AT_name"].value.decode()
-                            members[member] = _member_offset(child)
-                            if member == "name":
-                                array = child.get_DIE_from_attribute("DW_AT_type")
-                                for sub in array.iter_children():
-                                    bound = sub.attributes.get("DW_AT_upper_bound") or sub.attributes.get(
-                                        "DW_AT_count")
-                                    if bound is not None:
-                                        name_size = bound.value + (1 if "DW_AT_upper_bound" in sub.attributes
-                                                                   else 0)
-                    if members.get("pid") is None:
-                        return None
-                    return ProcLayout(size=die.attributes["DW_AT_byte_size"].value, pid=members["pid"],
-                                      state=members.get("state"), name=members.get("name"),
-                                      name_size=name_size, pagetable=members.get("pagetable"))
+            return ProcLayout(size=die.attributes["DW_AT_byte_size"].value, pid=members["pid"],
+                              state=members.get("state"), name=members.get("name"),
+                              name_size=name_size, pagetable=members.get("pagetable"))
     except (OSError, ELFError, ValueError, KeyError, AttributeError):
         return None
     return None
@@ -214,41 +218,36 @@ def _type_size(die) -> int | None:  # type: ignore[no-untyped-def]
 def array_layout_from_dwarf(source: Path | bytes, variable: str) -> ArrayLayout | None:
     """The layout of a global array of structs (e.g. `physpages`), from the kernel's DWARF."""
     try:
-        with _open_elf(source) as f:
-            elf = ELFFile(f)
-            if not elf.has_dwarf_info():
+        for die in _dies(source):
+            if die.tag != "DW_TAG_variable" or die.attributes.get("DW_AT_name") is None:
+                continue
+            if die.attributes["DW_AT_name"].value.decode() != variable or "DW_AT_type" not in die.attributes:
+                continue
+            array = die.get_DIE_from_attribute("DW_AT_type")
+            while array.tag in ("DW_TAG_typedef", "DW_TAG_volatile_type", "DW_TAG_const_type"):
+                array = array.get_DIE_from_attribute("DW_AT_type")
+            if array.tag != "DW_TAG_array_type":
+                continue
+            count = None
+            for sub in array.iter_children():
+                if "DW_AT_upper_bound" in sub.attributes:
+                    count = sub.attributes["DW_AT_upper_bound"].value + 1
+                elif "DW_AT_count" in sub.attributes:
+                    count = sub.attributes["DW_AT_count"].value
+            element = array.get_DIE_from_attribute("DW_AT_type")
+            while element.tag in ("DW_TAG_typedef", "DW_TAG_volatile_type", "DW_TAG_const_type"):
+                element = element.get_DIE_from_attribute("DW_AT_type")
+            size = _type_size(element)
+            if count is None or not size:
                 return None
-            for cu in elf.get_dwarf_info().iter_CUs():
-                for die in cu.iter_DIEs():
-                    if die.tag != "DW_TAG_variable" or die.attributes.get("DW_AT_name") is None:
-                        continue
-                    if die.attributes["DW_AT_name"].value.decode() != variable or "DW_AT_type" not in die.attributes:
-                        continue
-                    array = die.get_DIE_from_attribute("DW_AT_type")
-                    while array.tag in ("DW_TAG_typedef", "DW_TAG_volatile_type", "DW_TAG_const_type"):
-                        array = array.get_DIE_from_attribute("DW_AT_type")
-                    if array.tag != "DW_TAG_array_type":
-                        continue
-                    count = None
-                    for sub in array.iter_children():
-                        if "DW_AT_upper_bound" in sub.attributes:
-                            count = sub.attributes["DW_AT_upper_bound"].value + 1
-                        elif "DW_AT_count" in sub.attributes:
-                            count = sub.attributes["DW_AT_count"].value
-                    element = array.get_DIE_from_attribute("DW_AT_type")
-                    while element.tag in ("DW_TAG_typedef", "DW_TAG_volatile_type", "DW_TAG_const_type"):
-                        element = element.get_DIE_from_attribute("DW_AT_type")
-                    size = _type_size(element)
-                    if count is None or not size:
-                        return None
-                    members = {}
-                    for child in element.iter_children():
-                        if child.tag == "DW_TAG_member" and "DW_AT_name" in child.attributes:
-                            offset = _member_offset(child)
-                            member_size = _type_size(child)
-                            if offset is not None and member_size:
-                                members[child.attributes["DW_AT_name"].value.decode()] = (offset, member_size)
-                    return ArrayLayout(size, count, members)
+            members = {}
+            for child in element.iter_children():
+                if child.tag == "DW_TAG_member" and "DW_AT_name" in child.attributes:
+                    offset = _member_offset(child)
+                    member_size = _type_size(child)
+                    if offset is not None and member_size:
+                        members[child.attributes["DW_AT_name"].value.decode()] = (offset, member_size)
+            return ArrayLayout(size, count, members)
     except (OSError, ELFError, ValueError, KeyError, AttributeError):
         return None
     return None
