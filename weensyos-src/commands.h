@@ -19,6 +19,7 @@
     COMMAND(fuzzfriends, "fuzz spectator")
 
 #define WEENSYOS_OPTIONS(OPTION) \
-    OPTION(memviewer, "show the memory viewer in rows 0-22 (program output in rows 23-24)")
+    OPTION(memviewer, "show the memory viewer in rows 0-22 (program output in rows 23-24)") \
+    OPTION(loop, "when the last process exits, log the free pages and start the command line again")
 
 #endif

@@ -167,10 +167,16 @@ static int find_option(const char* word) {
     return -1;
 }
 
+static bool loop_command;            // option `loop`
+static unsigned long loops_done;
+
 static void set_option(option_t option) {
     switch (option) {              // no default: -Wswitch flags a new option
     case OPTION_memviewer:
         memviewer_enable();
+        break;
+    case OPTION_loop:
+        loop_command = true;
         break;
     case NOPTIONS:
         break;
@@ -194,12 +200,12 @@ static bool start_program(const char* name) {
     return true;
 }
 
-// Set every option of `command`, then start one process per program word,
-// expanding pseudo-commands; no program word at all means `hello`. Returns
-// how many processes started.
-static int run_command(const char* command) {
+// Set every option of `command` (the first time), then start one process
+// per program word, expanding pseudo-commands; no program word at all means
+// `hello`. Returns how many processes started.
+static int run_command(const char* command, bool first) {
     char word[64];
-    for (const char* s = command; (s = next_word(s, word, sizeof(word))); ) {
+    for (const char* s = command; first && (s = next_word(s, word, sizeof(word))); ) {
         if (int option = find_option(word); option >= 0) {
             set_option(option_t(option));
         }
@@ -251,7 +257,7 @@ extern "C" [[noreturn]] void kernel_start(uint32_t magic, uintptr_t mbinfo) {
     current = nullptr;
     log_printf("weensyos: %zu free pages\n", kalloc_free_pages());
 
-    if (run_command(boot_command) == 0) {
+    if (run_command(boot_command, true) == 0) {
         log_printf("weensyos: no process started; powering off\n");
         poweroff();
     }
@@ -272,7 +278,9 @@ static void run(proc* p) {
 // Run the next runnable process after `current`, round robin. Blocked
 // processes wait on the pipe, which only a running process can change: if
 // none can run, the waits can never end, so end them (pipe_end_waits). With
-// no processes at all, power off.
+// no processes at all, power off; or, with the option `loop`, log the free
+// page count and run the command line again (a soak test: it must be the
+// boot value every time).
 static void schedule() {
     pid_t pid = current ? current->pid : 0;
     while (true) {
@@ -285,6 +293,13 @@ static void schedule() {
             blocked = blocked || ptable[pid].state == P_BLOCKED;
         }
         if (!blocked) {
+            if (loop_command) {
+                ++loops_done;
+                log_printf("weensyos: loop %lu done; %zu free pages\n", loops_done, kalloc_free_pages());
+                if (run_command(boot_command, false) != 0) {
+                    continue;
+                }
+            }
             log_printf("all processes exited; powering off\n");
             poweroff();
         }
