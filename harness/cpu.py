@@ -114,7 +114,8 @@ class BlobLayout:
         uc.mem_map(0, 0x2000)
 
         def blob() -> bytes:
-            return bytes(ctypes.string_at(uc.context_save().context, uclib.uc_context_size(uc._uch)))[CTX_DATA:]
+            context = uc.context_save()  # kept alive while its bytes are copied out
+            return bytes(ctypes.string_at(context.context, uclib.uc_context_size(uc._uch)))[CTX_DATA:]
 
         def find(data: bytes, value: int) -> int:
             at = data.find(struct.pack("<Q", value))
@@ -156,7 +157,8 @@ class BlobLayout:
         uc.mem_write(0x1000, b"\xcd\x30\xf4")
         uc.hook_add(UC_HOOK_INTR, lambda uc, intno, ud: uc.emu_stop())
         uc.emu_start(0x1000, 0x1003)
-        data = ctypes.string_at(uc.context_save().context, uclib.uc_context_size(uc._uch))[CTX_DATA:]
+        context = uc.context_save()  # kept alive while its bytes are copied out
+        data = ctypes.string_at(context.context, uclib.uc_context_size(uc._uch))[CTX_DATA:]
         if struct.unpack_from("<iiQ", data, OFF_ERROR_CODE) != (0, 1, 0x1002):
             raise RuntimeError("unicorn CPU-state layout not recognised (exception fields)")
 

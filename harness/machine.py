@@ -61,6 +61,7 @@ from .trace import Tracer
 
 PANIC_PREFIXES = ("PANIC:", "USER PANIC:")
 PANIC_GRACE_NS = 5_000_000  # after a panic line in the log, let the kernel finish drawing for 5 ms
+TRANSLATION_BUFFER_BYTES = 16 << 20
 STORM_WINDOW_NS = 1_000_000  # more than STORM_LIMIT device interrupts in this much virtual time is a storm
 STORM_LIMIT = 2_000  # (2 MHz: far beyond any timer a kernel means to program)
 POLL_NS = 100_000  # while an interrupt waits for IF=1, look again this often (the hooks below usually see it first)
@@ -119,6 +120,9 @@ class Machine:
     def __init__(self, config: MachineConfig | None = None) -> None:
         self.config = config = config or MachineConfig()
         self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        # A bounded buffer for translated code: Unicorn reuses it only when full, and forked programs keep
+        # bringing code in on new physical pages, so the default (1 GiB) would make a long run's memory grow.
+        uc.ctl_set_tcg_buffer_size(TRANSLATION_BUFFER_BYTES)
         self._ram = mmap.mmap(-1, config.ram_size)  # anonymous, zero-filled, backed lazily by the host
         self._ram_anchor = ctypes.c_char.from_buffer(self._ram)
         self.memory = memoryview(self._ram)
