@@ -61,14 +61,8 @@ exception_stubs:
         # Fails to assemble ("move .org backwards") if any stub outgrew 16 bytes.
         .org exception_stubs + 256 * 16
 
-# exception_entry: complete the regstate on the stack (the CPU pushed
-# ss..rip, the stub errcode and intno), switch to the kernel page table and
-# call exception(regstate*). exception() returns only for interrupts taken
-# in kernel mode (the idle loop); then we resume exactly where we were.
-        .globl exception_entry
-        .type exception_entry, @function
-exception_entry:
-        subq $16, %rsp                  # gs, fs slots
+// Push the general-purpose registers in regstate order (rax ends up at the lowest address).
+.macro PUSH_GPRS
         pushq %r15
         pushq %r14
         pushq %r13
@@ -84,6 +78,17 @@ exception_entry:
         pushq %rdx
         pushq %rcx
         pushq %rax
+.endm
+
+# exception_entry: complete the regstate on the stack (the CPU pushed
+# ss..rip, the stub errcode and intno), switch to the kernel page table and
+# call exception(regstate*). exception() returns only for interrupts taken
+# in kernel mode (the idle loop); then we resume exactly where we were.
+        .globl exception_entry
+        .type exception_entry, @function
+exception_entry:
+        subq $16, %rsp                  # gs, fs slots
+        PUSH_GPRS
         movl %fs, %eax                  # zero-extends the selector
         movq %rax, 120(%rsp)
         movl %gs, %eax
@@ -137,21 +142,7 @@ syscall_entry:
         movl $0, 4(%rsp)                # ... and swapgs = 0
         pushq $0                        # gs
         pushq $0                        # fs
-        pushq %r15
-        pushq %r14
-        pushq %r13
-        pushq %r12
-        pushq %r11
-        pushq %r10
-        pushq %r9
-        pushq %r8
-        pushq %rdi
-        pushq %rsi
-        pushq %rbp
-        pushq %rbx
-        pushq %rdx
-        pushq %rcx
-        pushq %rax
+        PUSH_GPRS
         movq $kernel_pagetable, %rax
         movq %rax, %cr3
         movq %rsp, %rdi
