@@ -21,7 +21,8 @@ from pathlib import Path
 from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE, Uc
 from unicorn.unicorn_py3.unicorn import uclib
 
-NATIVE_SOURCE = Path(__file__).with_name("native") / "blockclock.c"
+NATIVE_DIR = Path(__file__).with_name("native")
+NATIVE_SOURCES = ("blockclock.c", "fastpath.c")  # one shared library: the clock and the hot paths (fastpath.py)
 NEVER = (1 << 64) - 1
 
 # One block is about four instructions; at 20 ns a block the guest runs like a ~200 MHz CPU, so the course's
@@ -39,6 +40,8 @@ class BlockCounter(ctypes.Structure):
         ("deadline", ctypes.c_uint64),
         ("stops", ctypes.c_uint64),
         ("stop", ctypes.c_void_p),
+        ("ns_per_block", ctypes.c_uint64),
+        ("skipped_ns", ctypes.c_uint64),
     ]
 
 
@@ -51,10 +54,13 @@ def _cache_dir() -> Path:
 
 
 def native_library_path() -> Path | None:
-    """Build (once per source version) and return the block-clock shared library, or None if no C compiler."""
-    source = NATIVE_SOURCE.read_bytes()
-    tag = hashlib.sha256(source + sys.platform.encode()).hexdigest()[:16]
-    target = _cache_dir() / f"blockclock-{tag}.so"
+    """Build (once per source version) and return the harness's native library, or None if no C compiler."""
+    digest = hashlib.sha256(sys.platform.encode())
+    for path in sorted(NATIVE_DIR.iterdir()):
+        if path.suffix in (".c", ".h"):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    tag = digest.hexdigest()[:16]
+    target = _cache_dir() / f"native-{tag}.so"
     if target.exists():
         return target
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
@@ -65,7 +71,7 @@ def native_library_path() -> Path | None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", tmp, str(NATIVE_SOURCE)],
+        subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", tmp, *(str(NATIVE_DIR / s) for s in NATIVE_SOURCES)],
                        check=True, capture_output=True)
         os.replace(tmp, target)
     except (OSError, subprocess.CalledProcessError):
@@ -100,11 +106,13 @@ class VirtualClock:
         if ns_per_block < 1:
             raise ValueError("ns_per_block must be at least 1")
         self.ns_per_block = ns_per_block
-        self.skipped_ns = 0  # time jumped over while halted
-        self.counter = BlockCounter(0, NEVER, 0, ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value)
+        # The counter also carries the time parameters, so the native hot paths (fastpath.c) timestamp events.
+        self.counter = BlockCounter(0, NEVER, 0, ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value,
+                                    ns_per_block, 0)
         self.on_deadlines_changed: Callable[[], None] = lambda: None
         self.instructions: ctypes.c_uint64 | None = None  # set by count_instructions()
         handle = ctypes.c_size_t()
+        self._handle = handle
         native = None if force_python else _load_native()
         self.native = native is not None
         if native is not None:
@@ -145,6 +153,15 @@ class VirtualClock:
                                 ctypes.c_uint64(1), ctypes.c_uint64(0))
         if err:
             raise RuntimeError(f"cannot install the instruction-count hook (unicorn error {err})")
+
+    @property
+    def skipped_ns(self) -> int:
+        """Virtual time jumped over while the CPU was halted."""
+        return self.counter.skipped_ns
+
+    @skipped_ns.setter
+    def skipped_ns(self, value: int) -> None:
+        self.counter.skipped_ns = value
 
     # -- the Clock protocol that devices use --------------------------------------------------------------
     def now_ns(self) -> int:

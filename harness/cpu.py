@@ -247,7 +247,7 @@ class Cpu:
         self._value_pointer = ctypes.cast(ctypes.pointer(self._value), ctypes.c_void_p)
         # Observers, set by the machine: called after a successful delivery / syscall entry.
         self.on_delivery: Callable[[int, int | None, int, int, bool, bool, int], None] | None = None
-        self.on_syscall: Callable[[int, int, int], None] | None = None
+        self.on_syscall: Callable[[int, int, int, tuple[int, ...]], None] | None = None
         self.deliveries = 0
         self.syscalls = 0
         self.replay_requested = False
@@ -580,7 +580,7 @@ class Cpu:
             self.write_register(X.UC_X86_REG_RFLAGS, self.rflags() & ~fmask)
         self.syscalls += 1
         if self.on_syscall is not None:
-            self.on_syscall(rip, regs[RAX], self.cr3.value)
+            self.on_syscall(rip, regs[RAX], self.cr3.value, (regs[RDI], regs[RSI], regs[RDX], regs[R10]))
 
     # -- I/O privilege -------------------------------------------------------------------------------------
     def io_permitted(self, port: int, size: int) -> bool:

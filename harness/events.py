@@ -8,10 +8,11 @@ footprint; `counts` keeps totals per kind; sinks (a trace file, a test's list) r
 from __future__ import annotations
 
 import enum
+import heapq
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 
 class Kind(enum.Enum):
@@ -81,6 +82,20 @@ class Event:
         return self.kind is Kind.EXCEPTION and self.number == 14
 
 
+class RawSyscalls(Protocol):
+    """System-call entries recorded outside Python (fastpath.c), numbered from the same sequence as events."""
+
+    next_seq: int  # the shared event numbering
+
+    def total(self) -> int:
+        """Records ever written."""
+        ...
+
+    def events(self, start: int, stop: int, limit: int) -> list[Event]:
+        """Records number `start` to `stop` (of all ever written) as events, at most the last `limit`."""
+        ...
+
+
 class EventLog:
     """A ring of the most recent events plus per-kind totals, and the sinks that see every finished event.
 
@@ -88,16 +103,73 @@ class EventLog:
     page fault waiting for the kernel's answer) holds back the ones after it. A system call that blocks is
     released early, marked `detail["unfinished"]`, and released again when it completes (like strace's
     "<unfinished ...>" and "<... resumed>").
+
+    When nobody watches events as they happen (no sink, no observer, no full trace), system-call entries are
+    recorded raw by the native fast path (`raw`) and become Event objects only when the ring or the counts are
+    read: the hot path never builds a Python object.
     """
 
     def __init__(self, capacity: int = 4096) -> None:
-        self.ring: deque[Event] = deque(maxlen=capacity)
-        self.counts: Counter[Kind] = Counter({kind: 0 for kind in Kind})
+        self._ring: deque[Event] = deque(maxlen=capacity)
+        self._counts: Counter[Kind] = Counter({kind: 0 for kind in Kind})
         self.sinks: list[Callable[[Event], None]] = []
         self.observers: list[Callable[[Event], None]] = []  # see every event as it is added, unordered
-        self.next_seq = 0
+        self._next_seq = 0
         self._next_release = 0
         self._ready: dict[int, Event] = {}
+        self.raw: RawSyscalls | None = None
+        self._raw_seen = 0  # raw records already merged into the ring and counts
+
+    def connect_raw(self, raw: RawSyscalls) -> None:
+        """Number events together with the native recorder from now on."""
+        self._settle()
+        raw.next_seq = self._next_seq
+        self.raw = raw
+        self._raw_seen = raw.total()
+
+    @property
+    def watched(self) -> bool:
+        """Does somebody need every event as it happens?"""
+        return bool(self.sinks or self.observers)
+
+    @property
+    def next_seq(self) -> int:
+        return self.raw.next_seq if self.raw is not None else self._next_seq
+
+    @next_seq.setter
+    def next_seq(self, value: int) -> None:
+        if self.raw is not None:
+            self.raw.next_seq = value
+        self._next_seq = value
+
+    @property
+    def ring(self) -> deque[Event]:
+        self._settle()
+        return self._ring
+
+    @property
+    def counts(self) -> Counter[Kind]:
+        self._settle()
+        return self._counts
+
+    def _settle(self) -> None:
+        """Merge the raw records written since the last look into the ring (by seq) and the counts."""
+        raw = self.raw
+        if raw is None:
+            return
+        total = raw.total()
+        if total == self._raw_seen:
+            return
+        new = raw.events(self._raw_seen, total, self._ring.maxlen or total)
+        self._counts[Kind.SYSCALL] += total - self._raw_seen
+        self._raw_seen = total
+        if not new:
+            return
+        later: list[Event] = []
+        while self._ring and self._ring[-1].seq > new[0].seq:
+            later.append(self._ring.pop())
+        later.reverse()
+        self._ring.extend(heapq.merge(later, new, key=lambda event: event.seq))
 
     def attach(self, sink: Callable[[Event], None]) -> None:
         """Send every event finished from now on (in order) to `sink`."""
@@ -108,10 +180,15 @@ class EventLog:
 
     def add(self, event: Event, *, finished: bool = True) -> Event:
         """Number the event and keep it; it goes to the sinks now if `finished`, else at `finish()`."""
-        event.seq = self.next_seq
-        self.next_seq += 1
-        self.ring.append(event)
-        self.counts[event.kind] += 1
+        raw = self.raw
+        if raw is not None:
+            event.seq = raw.next_seq
+            raw.next_seq = event.seq + 1
+        else:
+            event.seq = self._next_seq
+            self._next_seq += 1
+        self._ring.append(event)
+        self._counts[event.kind] += 1
         for observer in self.observers:
             observer(event)
         if finished:

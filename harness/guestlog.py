@@ -22,16 +22,22 @@ class GuestLog:
         self.on_line: Callable[[str], None] = lambda line: None
 
     def write_byte(self, byte: int) -> None:
-        self.data.append(byte)
-        if byte == 0x0A:
+        self.write(bytes((byte,)))
+
+    def write(self, data: bytes) -> None:
+        """Bytes as printed, in order; each completed line goes to the sink and to `on_line`."""
+        self.data += data
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            self._line += data[start:end]
             line = bytes(self._line)
             self._line.clear()
+            start = end + 1
             if self.sink is not None:
                 self.sink.write(line + b"\n")
                 self.sink.flush()
             self.on_line(_ANSI.sub(b"", line).decode("utf-8", "replace").rstrip("\r"))
-        else:
-            self._line.append(byte)
+        self._line += data[start:]
 
     def flush(self) -> None:
         """Write out a final line that has no newline yet (at the end of a run)."""

@@ -41,7 +41,7 @@ from . import snapshot as snapshots
 from .audit import IsolationAuditor, Violation
 from .bios import Bios
 from .clock import DEFAULT_NS_PER_BLOCK, VirtualClock
-from .cpu import FLAG_IF, GP, NOT_AN_ADDRESS, RAX, RBP, RCX, RDI, RDX, RSI, RSP, Cpu, TripleFault
+from .cpu import FLAG_IF, GP, NOT_AN_ADDRESS, RAX, RBP, RCX, RSP, Cpu, TripleFault
 from .devices.ata import AtaDisk
 from .devices.cga import CgaConsole
 from .devices.ioapic import IoApic
@@ -53,6 +53,7 @@ from .devices.pic import Pic8259
 from .devices.reset import SystemControlPortA
 from .errors import LoaderError
 from .events import Event, EventLog, Kind
+from .fastpath import WATCH_IF, WATCH_RETURN, Callbacks, FastPath, RawSyscall
 from .guestlog import GuestLog
 from .paging import PageFault, PhysicalFault, read_u64, read_virtual
 from .symbols import SymbolTable
@@ -111,6 +112,8 @@ class MachineConfig:
     event_capacity: int = 4096
     count_instructions: bool = False  # exact instruction count (slow; for measurements)
     seed: int = 0  # timer phase: 0 = the timer starts on the instruction that programs it
+    # The native hot paths (fastpath.py); False runs Python's reference versions of the same work.
+    fast_paths: bool = True
 
 
 class Machine:
@@ -164,9 +167,19 @@ class Machine:
 
         uc.hook_add(UC_HOOK_INTR, self.cpu.hook_interrupt)
         uc.hook_add(UC_HOOK_INSN_INVALID, self.cpu.hook_invalid_instruction)
-        uc.hook_add(UC_HOOK_INSN, self.cpu.hook_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
-        uc.hook_add(UC_HOOK_INSN, self._hook_in, None, 1, 0, X.UC_X86_INS_IN)
-        uc.hook_add(UC_HOOK_INSN, self._hook_out, None, 1, 0, X.UC_X86_INS_OUT)
+        self.fast: FastPath | None = None
+        if config.fast_paths:
+            self.fast = FastPath.create(uc, self.clock, self.parallel.state, Callbacks(
+                slow_syscall=lambda: self.cpu.hook_syscall(uc, None), notify_syscall=self._fast_syscall,
+                log_bytes=self.log.write, slow_in=self._fast_slow_in, slow_out=self._fast_slow_out,
+                notify_return=self._hook_return_at))
+        if self.fast is not None:
+            self.events.connect_raw(self.fast)
+            self._refresh_fast_ports()
+        else:
+            uc.hook_add(UC_HOOK_INSN, self.cpu.hook_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
+            uc.hook_add(UC_HOOK_INSN, self._hook_in, None, 1, 0, X.UC_X86_INS_IN)
+            uc.hook_add(UC_HOOK_INSN, self._hook_out, None, 1, 0, X.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED,
                     self._hook_unmapped)
 
@@ -185,7 +198,7 @@ class Machine:
         self._unmapped_access: str | None = None
         self._panic: Stop | None = None
         self._panic_deadline: int | None = None
-        self._irq_waiting = False  # an interrupt is pending while IF=0: stop as soon as the kernel re-enables them
+        self._irq_waiting_python = False
         self._storm_window = (0, 0)  # (start of the window in virtual ns, interrupts delivered in it)
         self._budget_end: int | None = None
         self._until: str | None = None
@@ -264,14 +277,37 @@ class Machine:
         for address, _ in self._kernel_code_matches((b"\x0f\x32",)):
             self.uc.hook_add(UC_HOOK_CODE, self._hook_rdmsr, None, address, address)
 
+    @property
+    def syscall_count(self) -> int:
+        """System calls entered since power-on (by either path)."""
+        return self.cpu.syscalls + (self.fast.state.syscalls if self.fast is not None else 0)
+
+    @property
+    def _irq_waiting(self) -> bool:
+        """An interrupt is pending while IF=0: stop as soon as the kernel re-enables them."""
+        return bool(self.fast.state.irq_waiting) if self.fast is not None else self._irq_waiting_python
+
+    @_irq_waiting.setter
+    def _irq_waiting(self, value: bool) -> None:
+        if self.fast is not None:
+            self.fast.state.irq_waiting = value
+        else:
+            self._irq_waiting_python = value
+
     def _install_interrupt_window_hooks(self) -> None:
         """Watch the kernel's instructions that turn interrupts back on: `iretq`/`sysretq` (also the tracer's
         view of returns to user mode), `sti` and `popfq`. An interrupt that came due while IF was 0 is then
         delivered right after the instruction that set IF, as the hardware does, instead of at the next
         timer deadline. Each candidate byte pattern gets a one-address hook that checks the decoded length."""
-        for address, length in self._kernel_code_matches((b"\x48\xcf", b"\x48\x0f\x07")):
+        returns = self._kernel_code_matches((b"\x48\xcf", b"\x48\x0f\x07"))
+        enables = self._kernel_code_matches((b"\xfb", b"\x9d"))
+        if self.fast is not None:
+            self.fast.watch([(address, length, WATCH_RETURN) for address, length in returns]
+                            + [(address, length, WATCH_IF) for address, length in enables])
+            return
+        for address, length in returns:
             self.uc.hook_add(UC_HOOK_CODE, self._hook_return, length, address, address)
-        for address, length in self._kernel_code_matches((b"\xfb", b"\x9d")):
+        for address, length in enables:
             self.uc.hook_add(UC_HOOK_CODE, self._hook_interrupt_window, length, address, address)
 
     def _hook_interrupt_window(self, uc: Uc, address: int, size: int, length: object) -> None:
@@ -344,15 +380,44 @@ class Machine:
         self.halted = False
         self.tracer.delivery(vector, error_code, rip, cr2, external, from_user, cr3)
 
-    def _record_syscall(self, rip: int, number: int, cr3: int) -> None:
-        regs = self.cpu.regs
-        self.tracer.syscall(rip, number, cr3, (regs[RDI], regs[RSI], regs[RDX], regs[10]))
+    def _record_syscall(self, rip: int, number: int, cr3: int, args: tuple[int, ...],
+                        time_ns: int | None = None) -> None:
+        self.tracer.syscall(rip, number, cr3, args, time_ns)
         if self._until is not None:  # programs print between system calls: look at the screen now
             screen = self._ram[0xB8000:0xB8000 + 4000]
             if screen != self._until_screen:
                 self._until_screen = screen
                 if self._until_seen() and self.stop is None:
                     self._request_stop(StopKind.UNTIL, f"{self._until!r} appeared on the screen")
+
+    # -- the native fast paths' calls back into Python -------------------------------------------------------
+    def _fast_syscall(self, record: RawSyscall) -> None:
+        self._record_syscall(record.rip, record.number, record.cr3, tuple(record.args), record.time_ns)
+
+    def _fast_slow_in(self, port: int, size: int) -> int:
+        self.fast.flush_log()  # type: ignore[union-attr]
+        value = self._hook_in(self.uc, port, size, None)
+        self._refresh_fast_ports()
+        return value
+
+    def _fast_slow_out(self, port: int, size: int, value: int) -> None:
+        self.fast.flush_log()  # type: ignore[union-attr]
+        self._hook_out(self.uc, port, size, value, None)
+        self._refresh_fast_ports()
+
+    def _refresh_fast_ports(self) -> None:
+        """Port values the native path answers from a copy: copy them again after the devices changed."""
+        if self.fast is not None:
+            self.fast.state.kbd_status = self.keyboard.status()
+
+    def _watching(self) -> None:
+        """Tell the native paths which events Python must see as they happen (before each slice)."""
+        fast = self.fast
+        if fast is None:
+            return
+        state = fast.state
+        state.want_syscalls = bool(self.tracer.full or self._until is not None or self.events.watched)
+        state.want_returns = bool(self.tracer.full or self.auditor is not None)
 
     def _machine_event(self, text: str) -> None:
         self.tracer.machine_event(text)
@@ -409,6 +474,10 @@ class Machine:
             return  # the byte pattern was inside another instruction
         if self._irq_waiting:
             self._stop_after_this_block()  # the iretq ends its block: the CPU stops in the code it returns to
+        self._hook_return_at(address, size, length)  # type: ignore[arg-type]
+
+    def _hook_return_at(self, address: int, size: int, length: int) -> None:
+        """The tracer's and the auditor's part of a kernel return (the native watch calls it when they are on)."""
         if not self.tracer.full and self.auditor is None:
             return
         cpu = self.cpu
@@ -472,6 +541,7 @@ class Machine:
 
     def restore(self, snapshot: snapshots.Snapshot) -> None:
         snapshots.restore(self, snapshot)
+        self._refresh_fast_ports()
 
     def save_snapshot(self, path: Path) -> None:
         snapshots.save(self.snapshot(), path)
@@ -573,10 +643,15 @@ class Machine:
             self.stop = None
         rip = self.cpu.rip()
         self._resume_address = rip
+        self._watching()
         try:
-            self.uc.emu_start(rip, NOT_AN_ADDRESS, count=1)
-            while self.cpu.replay_requested:
-                self.cpu.replay_fault()
+            try:
+                self.uc.emu_start(rip, NOT_AN_ADDRESS, count=1)
+                while self.cpu.replay_requested:
+                    self.cpu.replay_fault()
+            finally:
+                if self.fast is not None:
+                    self.fast.flush_log()
         except TripleFault as fault:
             self._triple_fault(fault)
         except UcError as error:
@@ -599,6 +674,7 @@ class Machine:
         while self._input and self._input[0][0] <= now:
             self.keyboard.push(self._input.pop(0)[1])
             self.halted = False  # a real 8042 would raise IRQ1; a polling kernel needs the CPU to run
+            self._refresh_fast_ports()
 
     def run(self, *, ticks: int | None = None, max_time_ns: int | None = None, until: str | None = None,
             for_ns: int | None = None, until_event: Callable[[Event], bool] | None = None) -> Stop:
@@ -711,12 +787,21 @@ class Machine:
         clock.stop_at_ns(deadline)
         deadline_stops = clock.deadline_stops
         self._slice_interrupted = False
+        fast = self.fast
+        if fast is not None:
+            self._watching()
+            fast.state.interrupted = 0
         rip = cpu.rip()
         try:
-            self.uc.emu_start(rip, NOT_AN_ADDRESS)
-            while cpu.replay_requested:
-                cpu.replay_fault()
-                self._slice_interrupted = True
+            try:
+                self.uc.emu_start(rip, NOT_AN_ADDRESS)
+                while cpu.replay_requested:
+                    cpu.replay_fault()
+                    self._slice_interrupted = True
+            finally:
+                if fast is not None:
+                    fast.flush_log()  # a line not finished yet: the log holds every byte printed so far
+                    self._slice_interrupted |= bool(fast.state.interrupted)
         except TripleFault as fault:
             self._triple_fault(fault)
             return

@@ -115,8 +115,9 @@ class Tracer:
         return bytes(out)
 
     # -- system calls ----------------------------------------------------------------------------------------
-    def syscall(self, rip: int, number: int, cr3: int, args: tuple[int, ...]) -> None:
-        event = Event(self._now(), Kind.SYSCALL, rip, cr3, number, args=args, user=True)
+    def syscall(self, rip: int, number: int, cr3: int, args: tuple[int, ...], time_ns: int | None = None) -> None:
+        event = Event(self._now() if time_ns is None else time_ns, Kind.SYSCALL, rip, cr3, number, args=args,
+                      user=True)
         if not self.full:
             self.events.add(event)
             return

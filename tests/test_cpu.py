@@ -90,9 +90,12 @@ def frame(machine: Machine, words: int) -> list[int]:
     return list(struct.unpack_from(f"<{words}Q", machine.memory, rsp))
 
 
-@pytest.fixture
-def machine() -> Machine:
-    return Machine(MachineConfig(ram_size=8 << 20))
+@pytest.fixture(params=[True, False], ids=["native-paths", "python-paths"])
+def machine(request: pytest.FixtureRequest) -> Machine:
+    """Each CPU behaviour holds for the native hot paths and for Python's reference versions alike."""
+    machine = Machine(MachineConfig(ram_size=8 << 20, fast_paths=request.param))
+    assert (machine.fast is not None) == request.param
+    return machine
 
 
 def test_user_page_fault_enters_the_handler_on_the_tss_stack_with_the_error_code(machine: Machine) -> None:
@@ -148,7 +151,7 @@ def test_syscall_enters_lstar_in_ring_0_with_rcx_and_r11(machine: Machine) -> No
     assert cpu.read_register(X.UC_X86_REG_R11) & 0x200
     assert not cpu.rflags() & 0x200  # FMASK cleared IF
     assert cpu.read_register(X.UC_X86_REG_CS) == 0x08 and cpu.read_register(X.UC_X86_REG_SS) == 0x10
-    assert machine.cpu.syscalls == 1
+    assert machine.syscall_count == 1
 
 
 def test_device_interrupt_in_user_mode_switches_stacks(machine: Machine) -> None:
@@ -182,6 +185,19 @@ def test_user_port_io_is_refused_with_general_protection(machine: Machine) -> No
     assert stop.kind is StopKind.POWER_OFF
     gp = [e for e in machine.events if e.number == 13]
     assert len(gp) == 1 and gp[0].rip == symbols["bad"] and gp[0].error_code == 0
+
+
+def test_user_writes_to_the_log_port_are_refused_too(machine: Machine) -> None:
+    """LPT1 is a port the native path answers itself, for ring 0 only: user code still gets #GP."""
+    symbols = build_world(machine, "mov $0x378, %dx\nmov $0x41, %al\nbad: out %al, %dx\n")
+    handler = assemble("mov $0x604, %dx\nmov $0x2000, %ax\nout %ax, %dx\nhlt\n", HANDLERS + 16 * 13)[0]
+    machine.memory[HANDLERS + 16 * 13:HANDLERS + 16 * 13 + len(handler)] = handler
+    machine.uc.ctl_flush_tb()
+    stop = machine.run(max_time_ns=10_000_000)
+    assert stop.kind is StopKind.POWER_OFF
+    gp = [e for e in machine.events if e.number == 13]
+    assert len(gp) == 1 and gp[0].rip == symbols["bad"]
+    assert machine.parallel.data == 0
 
 
 def test_reading_unassigned_physical_memory_is_harmless_and_reported_once(machine: Machine) -> None:

@@ -154,6 +154,10 @@ class Keyboard8042(Device):
             self.last_was_command = False
             self._data_write(value)
 
+    def status(self) -> int:
+        """What the status register reads now (reading it changes nothing)."""
+        return self._status()
+
     def _status(self) -> int:
         status = STATUS_UNLOCKED | (self.ccb & CCB_SYSTEM)
         if self.output is not None:

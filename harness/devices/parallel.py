@@ -12,6 +12,7 @@ The printer is never busy and never out of paper, so the status register always 
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +43,14 @@ CONTROL_READ_ONES = 0xC0  # unimplemented bits read as 1
 CONTROL_RESET = CONTROL_NINIT | CONTROL_SELECT
 
 
+class LptState(ctypes.Structure):
+    """The port's registers in one C-compatible record: the native fast path (native/fastpath.c, which prints
+    the kernel's log without calling Python per byte) reads and writes the same record."""
+
+    _fields_ = [("data", ctypes.c_uint8), ("control", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 6),
+                ("printed", ctypes.c_uint64)]
+
+
 class ParallelPort(Device):
     """LPT1 with an always-ready printer that passes each strobed byte to `output(byte)`."""
 
@@ -50,9 +59,31 @@ class ParallelPort(Device):
 
     def __init__(self, output: Callable[[int], None]) -> None:
         self.output = output
-        self.data = 0
-        self.control = CONTROL_RESET
-        self.bytes_printed = 0
+        self.state = LptState(0, CONTROL_RESET)
+
+    @property
+    def data(self) -> int:
+        return self.state.data
+
+    @data.setter
+    def data(self, value: int) -> None:
+        self.state.data = value
+
+    @property
+    def control(self) -> int:
+        return self.state.control
+
+    @control.setter
+    def control(self, value: int) -> None:
+        self.state.control = value
+
+    @property
+    def bytes_printed(self) -> int:
+        return self.state.printed
+
+    @bytes_printed.setter
+    def bytes_printed(self, value: int) -> None:
+        self.state.printed = value
 
     def reset(self) -> None:
         self.data = 0

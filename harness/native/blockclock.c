@@ -10,12 +10,7 @@
  */
 #include <stdint.h>
 
-struct block_clock {
-    uint64_t blocks;    /* translation blocks executed since power-on */
-    uint64_t deadline;  /* stop emulation when `blocks` reaches this */
-    uint64_t stops;     /* how many times the deadline stopped emulation */
-    int (*stop)(void *uc);
-};
+#include "blockclock.h"
 
 void block_clock_hook(void *uc, uint64_t address, uint32_t size, void *opaque)
 {

@@ -1,0 +1,297 @@
+"""The native hot paths (native/fastpath.c): system-call entry, the log port, the keyboard poll, IF watches.
+
+Python's versions of these (cpu.Cpu.hook_syscall, the port hooks, the interrupt-window hooks in machine.py) stay
+the reference: `MachineConfig(fast_paths=False)` runs them, and the tests check that both give the same run,
+event for event. The native versions need the address of Unicorn's live CPU state, which the API does not
+give: `find_live_state` looks for it once per process on a scratch engine and checks it on every machine's
+engine by writing a register through the API. If anything does not match, the machine falls back to Python.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from unicorn import UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INSN, UC_MODE_64, Uc
+from unicorn import x86_const as X
+from unicorn.unicorn_py3.unicorn import uclib
+
+from . import clock as clock_module
+from .cpu import CTX_DATA, OFF_OLD_EXCEPTION, OFF_REGS, BlobLayout, blob_layout
+from .devices.parallel import LptState
+from .events import Event, Kind
+
+_GPRS = (X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RBX, X.UC_X86_REG_RSP,
+         X.UC_X86_REG_RBP, X.UC_X86_REG_RSI, X.UC_X86_REG_RDI, X.UC_X86_REG_R8, X.UC_X86_REG_R9,
+         X.UC_X86_REG_R10, X.UC_X86_REG_R11, X.UC_X86_REG_R12, X.UC_X86_REG_R13, X.UC_X86_REG_R14,
+         X.UC_X86_REG_R15)
+_SEARCH_SPAN = 1 << 18  # how far past each pointer of the engine the state may sit (it is ~40 KiB in)
+_STATE_BYTES = OFF_OLD_EXCEPTION + 8  # the part of CPUX86State the harness touches
+
+
+class RawSyscall(ctypes.Structure):
+    _fields_ = [("seq", ctypes.c_uint64), ("time_ns", ctypes.c_uint64), ("rip", ctypes.c_uint64),
+                ("cr3", ctypes.c_uint64), ("number", ctypes.c_uint64), ("args", ctypes.c_uint64 * 4)]
+
+
+_SYSCALL_HOOK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
+_IN_HOOK = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_void_p)
+_OUT_HOOK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32,
+                             ctypes.c_void_p)
+_RETURN_HOOK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
+
+
+def _state_type(native: ctypes.CDLL) -> type[ctypes.Structure]:
+    """The ctypes mirror of `struct fastpath`, checked against the compiled library's own sizes."""
+    ring_size = native.fastpath_ring_size()
+    log_size = native.fastpath_log_size()
+    u64, u32, ptr = ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p
+
+    class FastPathState(ctypes.Structure):
+        _fields_ = [
+            ("env", ptr), ("off_efer", ctypes.c_int64), ("off_star", ctypes.c_int64), ("off_lstar", ctypes.c_int64),
+            ("off_fmask", ctypes.c_int64), ("off_cr3", ctypes.c_int64), ("clock", ptr), ("lpt", ptr),
+            ("reg_read", ptr), ("reg_write", ptr),
+            ("slow_syscall", ptr), ("notify_syscall", ptr), ("log_flush", ptr), ("slow_in", ptr),
+            ("slow_out", ptr), ("notify_return", ptr),
+            ("fast_syscalls", u32), ("want_syscalls", u32), ("fast_ports", u32), ("want_returns", u32),
+            ("irq_waiting", u32), ("interrupted", u32), ("kbd_status", u32), ("rflags_regid", u32),
+            ("next_seq", u64), ("syscalls", u64), ("raw_total", u64), ("last", RawSyscall),
+            ("log_length", u64), ("log", ctypes.c_uint8 * log_size), ("ring", RawSyscall * ring_size),
+        ]
+
+    layout = (ctypes.sizeof(FastPathState), FastPathState.ring.offset, FastPathState.log.offset,
+              FastPathState.last.offset)
+    native_layout = (native.fastpath_size(), native.fastpath_ring_offset(), native.fastpath_log_offset(),
+                     native.fastpath_last_offset())
+    if layout != native_layout:
+        raise RuntimeError(f"fastpath.c and fastpath.py disagree on struct fastpath: {layout} != {native_layout}")
+    return FastPathState
+
+
+class CodeWatch(ctypes.Structure):
+    _fields_ = [("fast", ctypes.c_void_p), ("length", ctypes.c_uint32), ("kind", ctypes.c_uint32)]
+
+
+WATCH_RETURN = 0  # iretq / sysretq
+WATCH_IF = 1  # sti / popfq
+
+
+# -- finding Unicorn's live CPU state ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StatePath:
+    """Where the live CPUX86State is: `uc_offset` bytes into the engine sits a pointer, `env_offset` past it."""
+
+    uc_offset: int
+    env_offset: int
+
+
+_PATH: StatePath | None | bool = False  # False: not looked for yet
+
+
+def _marker(index: int) -> int:
+    return 0x5AFE_0000_0000_0000 | (index << 36) | 0x0C0F_FEE0 + index
+
+
+def _configure_native(native: ctypes.CDLL) -> None:
+    native.fastpath_find_env.restype = ctypes.c_int
+    native.fastpath_find_env.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t,
+                                         ctypes.c_size_t, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
+                                         ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)]
+    native.fastpath_env_at.restype = ctypes.c_size_t
+    native.fastpath_env_at.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_size_t]
+    for name in ("fastpath_size", "fastpath_ring_offset", "fastpath_log_offset", "fastpath_last_offset",
+                 "fastpath_ring_size", "fastpath_log_size"):
+        getattr(native, name).restype = ctypes.c_size_t
+
+
+def _context_bytes(uc: Uc, length: int) -> bytes:
+    context = uc.context_save()  # kept alive while its bytes are copied out
+    return ctypes.string_at(ctypes.cast(context.context, ctypes.c_void_p).value + CTX_DATA, length)
+
+
+def _state_path(native: ctypes.CDLL) -> StatePath | None:
+    """Look once per process, on a scratch engine with marker values in all sixteen registers; a path counts
+    only if it also leads to the state of a second engine (heap neighbours can fake one engine's layout)."""
+    global _PATH
+    if _PATH is False:
+        _PATH = None
+        uc, other = Uc(UC_ARCH_X86, UC_MODE_64), Uc(UC_ARCH_X86, UC_MODE_64)
+        for index, register in enumerate(_GPRS):
+            uc.reg_write(register, _marker(index))
+        needle = _context_bytes(uc, 16 * 8)
+        reg_write = ctypes.cast(uclib.uc_reg_write, ctypes.c_void_p)
+        start = 0
+        uc_offset, env_offset = ctypes.c_size_t(), ctypes.c_size_t()
+        while native.fastpath_find_env(uc._uch, start, needle, len(needle), _SEARCH_SPAN, reg_write,
+                                       X.UC_X86_REG_RBX, 3, ctypes.byref(uc_offset), ctypes.byref(env_offset)):
+            path = StatePath(uc_offset.value, env_offset.value)
+            if live_state(native, uc, path) is not None and live_state(native, other, path) is not None:
+                _PATH = path
+                break
+            start = path.uc_offset + 8
+    return _PATH  # type: ignore[return-value]
+
+
+def live_state(native: ctypes.CDLL, uc: Uc, path: StatePath) -> int | None:
+    """The address of `uc`'s live CPU state if `path` leads to it: same bytes as a context save, and a register
+    written through the API shows up there."""
+    rbx = uc.reg_read(X.UC_X86_REG_RBX)  # also makes Unicorn create the CPU, which it does on first use
+    env = native.fastpath_env_at(uc._uch, path.uc_offset, path.env_offset, _STATE_BYTES)
+    if not env:
+        return None
+    if ctypes.string_at(env, 256) != _context_bytes(uc, 256):
+        return None
+    try:
+        for probe in (0x0123_4567_89AB_CDEF, 0xFEDC_BA98_7654_3210):
+            uc.reg_write(X.UC_X86_REG_RBX, probe)
+            if ctypes.c_uint64.from_address(env + OFF_REGS + 3 * 8).value != probe:
+                return None
+    finally:
+        uc.reg_write(X.UC_X86_REG_RBX, rbx)
+    return env
+
+
+# -- the machine's side --------------------------------------------------------------------------------------
+
+@dataclass
+class Callbacks:
+    """What the native paths call back into (Python's own versions of the same work)."""
+
+    slow_syscall: Callable[[], None]
+    notify_syscall: Callable[[RawSyscall], None]
+    log_bytes: Callable[[bytes], None]
+    slow_in: Callable[[int, int], int]
+    slow_out: Callable[[int, int, int], None]
+    notify_return: Callable[[int, int, int], None]  # address, decoded size, expected length
+
+
+class FastPath:
+    """The native hot paths of one machine: its state record, hooks and Python callbacks.
+
+    Exceptions raised by a callback are handed to the Unicorn binding, which stops emulation and re-raises them
+    from `emu_start`, as for its own hooks.
+    """
+
+    def __init__(self, native: ctypes.CDLL, uc: Uc, env: int, layout: BlobLayout, clock: clock_module.VirtualClock,
+                 lpt: LptState, callbacks: Callbacks) -> None:
+        self.native = native
+        self.uc = uc
+        self.lpt = lpt
+        self.callbacks = callbacks
+        self.state = state = _state_type(native)()
+        self._state_pointer = ctypes.cast(ctypes.pointer(state), ctypes.c_void_p).value
+        state.env = env
+        state.off_efer, state.off_star, state.off_lstar = layout.efer, layout.star, layout.lstar
+        state.off_fmask, state.off_cr3 = layout.fmask, layout.cr3
+        state.clock = ctypes.cast(ctypes.pointer(clock.counter), ctypes.c_void_p).value
+        state.lpt = ctypes.cast(ctypes.pointer(lpt), ctypes.c_void_p).value
+        state.reg_read = ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value
+        state.reg_write = ctypes.cast(uclib.uc_reg_write, ctypes.c_void_p).value
+        state.rflags_regid = X.UC_X86_REG_RFLAGS
+        self._python_hooks = [  # kept alive as long as the engine may call them
+            _SYSCALL_HOOK(self._guard(lambda uc, user: callbacks.slow_syscall())),
+            _SYSCALL_HOOK(self._guard(lambda uc, user: callbacks.notify_syscall(self.state.last))),
+            _SYSCALL_HOOK(self._guard(lambda uc, user: self.flush_log())),
+            _IN_HOOK(self._guard(lambda uc, port, size, user: callbacks.slow_in(port, size), 0)),
+            _OUT_HOOK(self._guard(lambda uc, port, size, value, user: callbacks.slow_out(port, size, value))),
+            _RETURN_HOOK(self._guard(self._on_return)),
+        ]
+        (state.slow_syscall, state.notify_syscall, state.log_flush, state.slow_in, state.slow_out,
+         state.notify_return) = (ctypes.cast(hook, ctypes.c_void_p).value for hook in self._python_hooks)
+        state.fast_syscalls = 1
+        state.fast_ports = 1
+        self._watches: list[ctypes.Array[CodeWatch]] = []
+        self._add_hook(UC_HOOK_INSN, native.fast_syscall_hook, 1, 0, X.UC_X86_INS_SYSCALL)
+        self._add_hook(UC_HOOK_INSN, native.fast_in_hook, 1, 0, X.UC_X86_INS_IN)
+        self._add_hook(UC_HOOK_INSN, native.fast_out_hook, 1, 0, X.UC_X86_INS_OUT)
+
+    @classmethod
+    def create(cls, uc: Uc, clock: clock_module.VirtualClock, lpt: LptState, callbacks: Callbacks) -> FastPath | None:
+        """The fast paths for this engine, or None (no C compiler, or Unicorn's state not where expected)."""
+        native = clock_module._load_native()
+        if native is None or not clock.native:
+            return None
+        _configure_native(native)
+        path = _state_path(native)
+        if path is None:
+            return None
+        env = live_state(native, uc, path)
+        if env is None:
+            return None
+        return cls(native, uc, env, blob_layout(), clock, lpt, callbacks)
+
+    def _guard(self, function: Callable[..., object], failed: object = None) -> Callable[..., object]:
+        uc = self.uc
+
+        def call(*args: object) -> object:
+            try:
+                return function(*args)
+            except Exception as error:  # noqa: BLE001 - handed over to emu_start, which re-raises it
+                if uc._hook_exception is None:
+                    uc._hook_exception = error
+                uc.emu_stop()
+                return failed
+
+        return call
+
+    def _add_hook(self, kind: int, function: object, begin: int, end: int, *extra: int,
+                  user_data: int | None = None) -> None:
+        handle = ctypes.c_size_t()
+        args = [ctypes.c_uint64(begin), ctypes.c_uint64(end)] + [ctypes.c_int(value) for value in extra]
+        err = uclib.uc_hook_add(self.uc._uch, ctypes.byref(handle), kind, ctypes.cast(function, ctypes.c_void_p),
+                                ctypes.c_void_p(user_data if user_data is not None else self._state_pointer), *args)
+        if err:
+            raise RuntimeError(f"cannot install a native hook (unicorn error {err})")
+
+    def watch(self, instructions: list[tuple[int, int, int]]) -> None:
+        """Hook kernel instructions (address, length, WATCH_RETURN or WATCH_IF)."""
+        if not instructions:
+            return
+        watches = (CodeWatch * len(instructions))()
+        self._watches.append(watches)
+        for watch, (address, length, kind) in zip(watches, instructions, strict=True):
+            watch.fast, watch.length, watch.kind = self._state_pointer, length, kind
+            self._add_hook(UC_HOOK_CODE, self.native.fast_watch_hook, address, address,
+                           user_data=ctypes.addressof(watch))
+
+    def _on_return(self, uc: int, address: int, size: int, watch: int) -> None:
+        self.callbacks.notify_return(address, size, CodeWatch.from_address(watch).length)
+
+    # -- between slices --------------------------------------------------------------------------------------
+    def flush_log(self) -> None:
+        """Hand the bytes printed so far to the log."""
+        state = self.state
+        length = state.log_length
+        if length:
+            data = ctypes.string_at(ctypes.addressof(state.log), length)
+            state.log_length = 0
+            self.callbacks.log_bytes(data)
+
+    # -- raw system-call records, for EventLog (events.RawSyscalls) -------------------------------------------
+    @property
+    def next_seq(self) -> int:
+        return self.state.next_seq
+
+    @next_seq.setter
+    def next_seq(self, value: int) -> None:
+        self.state.next_seq = value
+
+    def total(self) -> int:
+        return self.state.raw_total
+
+    def events(self, start: int, stop: int, limit: int) -> list[Event]:
+        size = len(self.state.ring)
+        start = max(start, stop - min(limit, size))
+        ring = self.state.ring
+        out = []
+        for index in range(start, stop):
+            record = ring[index % size]
+            event = Event(record.time_ns, Kind.SYSCALL, record.rip, record.cr3, record.number,
+                          args=tuple(record.args), user=True)
+            event.seq = record.seq
+            out.append(event)
+        return out
+

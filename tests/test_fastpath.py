@@ -1,0 +1,104 @@
+"""The native hot paths (system-call entry, the log port, the keyboard poll) change speed, never behaviour.
+
+Every run here is made twice: with the native paths (the default) and with Python's reference versions of the
+same work (`MachineConfig(fast_paths=False)`), and the two runs must agree block for block and event for event.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
+from unicorn import x86_const as X
+
+from harness import fastpath
+from harness.clock import VirtualClock, _load_native
+from harness.devices.parallel import LptState
+from harness.events import Event, Kind
+from harness.machine import Machine, MachineConfig, StopKind
+from harness.syscalls import SyscallTable
+
+from .conftest import BootFn
+
+
+def fingerprint(event: Event) -> tuple[Any, ...]:
+    return (event.seq, event.time_ns, event.kind, event.rip, event.cr3, event.number, event.error_code,
+            event.address, event.args, event.text, event.pid, event.user, event.ret, event.end_ns, event.blocked)
+
+
+def run_both(boot: BootFn, command: str, **options: Any) -> tuple[Machine, Machine]:
+    native, _ = boot(command, config=MachineConfig(fast_paths=True), **options)
+    python, _ = boot(command, config=MachineConfig(fast_paths=False), **options)
+    assert native.fast is not None and python.fast is None
+    return native, python
+
+
+@pytest.mark.parametrize("command", ["pipe", "forkexit", "friends"])
+def test_native_and_python_paths_give_the_same_run(boot: BootFn, command: str) -> None:
+    native, python = run_both(boot, command, ticks=30)
+    assert native.clock.blocks == python.clock.blocks
+    assert native.clock.now_ns() == python.clock.now_ns()
+    assert bytes(native.log.data) == bytes(python.log.data)
+    assert native.console.cells() == python.console.cells()
+    assert native.syscall_count == python.syscall_count > 100
+    assert [fingerprint(e) for e in native.events.ring] == [fingerprint(e) for e in python.events.ring]
+    assert native.events.counts == python.events.counts
+    assert native.events.next_seq == python.events.next_seq
+    assert native.parallel.bytes_printed == python.parallel.bytes_printed == len(native.log.data)
+
+
+def test_traced_runs_agree_too(boot: BootFn, build_tree: Any) -> None:
+    table = SyscallTable.load(build_tree.syscall_table)
+    seen: dict[bool, list[tuple[Any, ...]]] = {}
+    for fast in (True, False):
+        machine, _ = boot("pipe", config=MachineConfig(fast_paths=fast), ticks=0)
+        machine.enable_tracing(table, build_tree.programs())
+        events: list[Event] = []
+        machine.events.attach(events.append)
+        stop = machine.run(max_time_ns=5_000_000_000)
+        assert stop.kind is StopKind.POWER_OFF
+        seen[fast] = [fingerprint(e) for e in events]
+    assert seen[True] == seen[False]
+    assert sum(1 for e in seen[True] if e[2] is Kind.SYSCALL) > 200
+
+
+def test_raw_system_calls_merge_with_python_events_in_order(boot: BootFn) -> None:
+    machine, stop = boot("forkexit", config=MachineConfig(fast_paths=True))
+    assert stop.kind is StopKind.POWER_OFF
+    ring = list(machine.events.ring)
+    assert len(ring) == machine.config.event_capacity
+    assert [e.seq for e in ring] == sorted(e.seq for e in ring)
+    assert len({e.seq for e in ring}) == len(ring)
+    kinds = {e.kind for e in ring}
+    assert {Kind.SYSCALL, Kind.LOG} <= kinds
+    assert machine.events.counts[Kind.SYSCALL] == machine.syscall_count
+    assert ring[-1].seq == machine.events.next_seq - 1
+
+
+def test_a_snapshot_taken_on_the_native_path_resumes_identically(boot: BootFn) -> None:
+    machine, stop = boot("forkexit", ticks=5)
+    assert stop.kind is StopKind.TICKS and machine.fast is not None
+    snapshot = machine.snapshot()
+    machine.run(max_time_ns=5_000_000_000)
+    first = (bytes(machine.log.data), [fingerprint(e) for e in machine.events.ring], machine.clock.blocks)
+    machine.restore(snapshot)
+    machine.run(max_time_ns=5_000_000_000)
+    second = (bytes(machine.log.data), [fingerprint(e) for e in machine.events.ring], machine.clock.blocks)
+    assert first == second
+
+
+def test_the_live_cpu_state_is_found_and_checked_on_every_engine() -> None:
+    native = _load_native()
+    assert native is not None, "the harness's native library did not build"
+    for _ in range(3):
+        uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        uc.mem_map(0, 0x1000)
+        clock = VirtualClock(uc)
+        fast = fastpath.FastPath.create(uc, clock, LptState(), fastpath.Callbacks(
+            slow_syscall=lambda: None, notify_syscall=lambda record: None, log_bytes=lambda data: None,
+            slow_in=lambda port, size: 0, slow_out=lambda port, size, value: None,
+            notify_return=lambda address, size, length: None))
+        assert fast is not None
+        uc.reg_write(X.UC_X86_REG_R12, 0x1234_5678_9ABC_DEF0)
+        assert fastpath.ctypes.c_uint64.from_address(fast.state.env + 12 * 8).value == 0x1234_5678_9ABC_DEF0
