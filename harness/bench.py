@@ -3,16 +3,22 @@
 Rows (each the median of several runs, with the spread):
 - boot: process start to the kernel's first log line (a fresh `python -m harness boot` process; QEMU from its
   start), and, in process, Machine creation to the first user instruction;
-- compute: a fixed amount of register-only work (`compute`), to power-off; guest instructions per second;
-- yield loop (10,000 system calls), pipe (200 messages), fork+exit (1,000 cycles): to power-off, as rates;
-- tracing overhead: the same workloads with the full trace on, as a ratio.
+- compute: a fixed amount of register-only work (`compute`); guest instructions per second;
+- yield loop (10,000 system calls), page faults (1,000 forked children that fault and are killed), fork+exit
+  (1,000 cycles), pipe (200 messages): as rates, each over several rounds (the kernel's `loop` option runs the
+  command again when it ends);
+- tracing overhead: the same workloads with the full trace on, as a ratio of wall times.
 QEMU boots the same disk image (one per command, made with weensyos-src/mkimage.py), the harness boots it from
-its boot sector too, so both machines do the same work. Results are printed as a table and written as JSON.
+its boot sector too, so both machines do the same work. Each workload's rate is measured as a difference: the
+time of a run from power-on to power-off minus the time of a `hello` run made just before it, so that neither
+machine's start-up and boot (QEMU's process and firmware, the harness's Python) is counted as workload time.
+Results are printed as a table and written as JSON.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -59,11 +65,20 @@ class Row:
         return data
 
 
-WORKLOADS = {  # name -> (command, unit of work, work done)
-    "compute": ("compute", "Minsn/s", None),
-    "yield loop": ("yielder", "syscalls/s", 10_000),
-    "pipe": ("pipe", "messages/s", 200),
-    "fork+exit": ("forkexit", "cycles/s", 1_000),
+@dataclass(frozen=True)
+class Workload:
+    command: str  # a program (or pseudo-program) of our WeensyOS
+    unit: str
+    per_round: int | None  # work units per run of the command; None: count the guest instructions
+    rounds: int  # runs of the command in one measurement (the kernel's `loop` option repeats it)
+
+
+WORKLOADS = {
+    "compute": Workload("compute", "Minsn/s", None, 2),
+    "yield loop": Workload("yielder", "syscalls/s", 10_000, 20),
+    "page faults (fork, fault, kill)": Workload("faulter", "faults/s", 1_000, 4),
+    "fork+exit": Workload("forkexit", "cycles/s", 1_000, 4),
+    "pipe": Workload("pipe", "messages/s", 200, 40),
 }
 
 
@@ -73,17 +88,48 @@ def _make_image(build: Path, command: str, out: Path) -> Path:
     return out
 
 
-def _harness_disk_run(image: bytes, traced: bool, tree: project.BuildTree) -> tuple[float, Machine]:
+def _round_marker(rounds: int) -> str:
+    return f"weensyos: loop {rounds} done"  # what the kernel logs when its `loop` option restarts the command
+
+
+def _harness_disk_run(image: bytes, traced: bool, tree: project.BuildTree, count_instructions: bool = False,
+                      rounds: int | None = None) -> tuple[float, Machine]:
+    """Boot `image` to power-off, or (`rounds`) until the kernel logs that many rounds of its command done.
+    The log is looked at every virtual millisecond (a stop condition on the log alone would make the harness
+    watch every system call, which is not what is measured)."""
     start = time.perf_counter()
-    machine = Machine(MachineConfig())
+    machine = Machine(MachineConfig(count_instructions=count_instructions))
     machine.boot_disk(image)
     if traced:
         machine.enable_tracing(SyscallTable.load(tree.syscall_table), tree.programs())
-    stop = machine.run(max_time_ns=120_000_000_000)
+    if rounds is None:
+        stop = machine.run(max_time_ns=120_000_000_000)
+        ok = stop.kind is StopKind.POWER_OFF
+    else:
+        marker = _round_marker(rounds).encode()
+        ok, stop = False, None
+        while not ok and machine.clock.now_ns() < 600_000_000_000:
+            stop = machine.run(for_ns=1_000_000, max_time_ns=600_000_000_000)
+            ok = marker in machine.log.data
+            if stop.kind is not StopKind.PAUSED:
+                break
     elapsed = time.perf_counter() - start
-    if stop.kind is not StopKind.POWER_OFF:
-        raise RuntimeError(f"the harness did not power off: {stop.message}")
+    if not ok:
+        raise RuntimeError(f"the harness did not finish the workload: {stop.message if stop else ''}")
     return elapsed, machine
+
+
+def _qemu_seconds(image: Path, rounds: int | None = None) -> float | None:
+    if rounds is None:
+        result = boot_image(image, timeout=120)
+        return result.seconds if result.powered_off else None
+    result = boot_image(image, timeout=300, until=_round_marker(rounds))
+    return result.seconds if _round_marker(rounds) in result.log else None
+
+
+def _rates(work: float, runs: list[float], baselines: list[float]) -> list[float]:
+    """Work per second of workload time: each run minus the baseline run made just before it."""
+    return [work / (run - base) for run, base in zip(runs, baselines, strict=True) if run > base]
 
 
 def run(repeat: int = 3, use_qemu: bool = True, progress: Callable[[str], None] = print) -> dict[str, object]:
@@ -94,11 +140,13 @@ def run(repeat: int = 3, use_qemu: bool = True, progress: Callable[[str], None] 
     use_qemu = use_qemu and qemu_available()
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="weensy-bench-") as tmp:
-        images = {command: _make_image(tree.directory, command, Path(tmp) / f"{command}.img")
-                  for command in ["hello"] + [w[0] for w in WORKLOADS.values()]}
+        images = {command: _make_image(tree.directory, command, Path(tmp) / f"{command.replace(' ', '-')}.img")
+                  for command in ["hello"] + [w.command for w in WORKLOADS.values()]
+                  + [f"loop {w.command}" for w in WORKLOADS.values()]}
 
         progress("boot ...")
-        boot = Row("boot to the first log line", "s", higher_is_better=False)
+        boot = Row("boot to the first log line", "s", higher_is_better=False,
+                   note="a new process: Python start-up and imports, or QEMU's start and firmware, included")
         for _ in range(repeat):
             start = time.perf_counter()
             subprocess.run([sys.executable, "-m", "harness", "boot", "--disk", str(images["hello"]), "--headless",
@@ -123,42 +171,60 @@ def run(repeat: int = 3, use_qemu: bool = True, progress: Callable[[str], None] 
             first_user.harness.append((time.perf_counter() - start) * 1e3)
         rows.append(first_user)
 
-        for name, (command, unit, work) in WORKLOADS.items():
+        hello_image = images["hello"].read_bytes()
+        for name, workload in WORKLOADS.items():
             progress(f"{name} ...")
-            image = images[command].read_bytes()
-            row = Row(name, unit)
+            command, rounds = workload.command, workload.rounds
+            image = images[f"loop {command}"].read_bytes()
+            row = Row(name, workload.unit)
             traced = Row(f"{name}: tracing on / off", "ratio", higher_is_better=False,
-                         note="wall time with the full trace divided by wall time without")
-            plain_times = []
+                         note="wall time of the whole run with the full trace divided by wall time without")
+            times: dict[str, list[float]] = {"harness": [], "harness hello": [], "qemu": [], "qemu hello": []}
             for _ in range(repeat):
-                elapsed, machine = _harness_disk_run(image, False, tree)
-                plain_times.append(elapsed)
-                traced_elapsed, _ = _harness_disk_run(image, True, tree)
+                times["harness hello"].append(_harness_disk_run(hello_image, False, tree)[0])
+                elapsed, machine = _harness_disk_run(image, False, tree, rounds=rounds)
+                times["harness"].append(elapsed)
+                traced_elapsed, _ = _harness_disk_run(image, True, tree, rounds=rounds)
                 traced.harness.append(traced_elapsed / elapsed)
                 if use_qemu:
-                    result = boot_image(images[command], timeout=120)
-                    if result.powered_off:
-                        row.qemu.append(result.seconds)
-            if work is None:  # compute: instructions per second, from one exact count of the same run
-                exact = Machine(MachineConfig(count_instructions=True))
-                exact.boot_disk(image)
-                exact.run(max_time_ns=120_000_000_000)
-                instructions = exact.clock.instructions.value if exact.clock.instructions else 0
-                row.harness = [instructions / t / 1e6 for t in plain_times]
-                row.qemu = [instructions / t / 1e6 for t in row.qemu]  # the same guest work in QEMU's time
-                row.note = f"{instructions / 1e6:.0f} M guest instructions, boot to power-off"
+                    base = _qemu_seconds(images["hello"])
+                    total = _qemu_seconds(images[f"loop {command}"], rounds)
+                    if base is not None and total is not None:
+                        times["qemu hello"].append(base)
+                        times["qemu"].append(total)
+            if workload.per_round is None:  # compute: guest instructions, counted exactly (same every run)
+                single = images[command].read_bytes()
+                counts = [_harness_disk_run(data, False, tree, count_instructions=True)[1].clock.instructions
+                          for data in (single, hello_image)]
+                per_round = (counts[0].value - counts[1].value) if counts[0] and counts[1] else 0
+                work = per_round * rounds / 1e6
+                row.note = (f"{rounds} x {per_round / 1e6:.0f} M guest instructions (beyond a hello run), "
+                            f"less a hello run's time")
             else:
-                row.harness = [work / t for t in plain_times]
-                row.qemu = [work / t for t in row.qemu]
-                row.note = f"{work} in a run from boot to power-off (boot time included)"
+                work = workload.per_round * rounds
+                row.note = f"{rounds} x {workload.per_round:,} per run, less a hello run's time"
+            row.harness = _rates(work, times["harness"], times["harness hello"])
+            row.qemu = _rates(work, times["qemu"], times["qemu hello"])
             if name == "yield loop":
-                calls = machine.events.counts[Kind.SYSCALL]
-                row.note += f"; {calls} system calls counted by the harness"
+                row.note += f"; {machine.events.counts[Kind.SYSCALL]:,} system calls counted by the harness"
+            if name.startswith("page faults"):
+                row.note += f"; {machine.events.counts[Kind.EXCEPTION]:,} exceptions counted by the harness"
             rows.append(row)
             rows.append(traced)
     return {"machine": {"python": platform.python_version(), "platform": platform.platform(),
-                        "processor": platform.processor() or platform.machine()},
+                        "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                        "cpu model": _cpu_model()},
             "qemu": use_qemu, "repeat": repeat, "rows": [row.summary() for row in rows]}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def table(result: dict[str, object]) -> str:

@@ -8,19 +8,16 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from . import __version__, project
 from .api import boot_machine
 from .diagnosis import diagnose, summary
 from .errors import ExitCode, HarnessError
 from .events import Event
-from .gdbstub import GdbStub
 from .keys import parse_key_script
-from .liveconsole import LiveConsole, stdout_is_terminal
 from .loader import read_elf
 from .machine import Machine, MachineConfig, Stop, StopKind
-from .screenshot import SUPPORTED_EXTENSIONS, save_screen
 from .syscalls import SyscallTable
 from .traceformat import (
     FILTERS,
@@ -33,6 +30,9 @@ from .traceformat import (
     summary_table,
 )
 from .traceformat import summary as syscall_summary
+
+if TYPE_CHECKING:
+    from .liveconsole import LiveConsole
 
 EXIT_FOR_STOP = {
     StopKind.POWER_OFF: ExitCode.OK,
@@ -262,6 +262,8 @@ class Session:
         for spec in args.keys:
             scheduled = parse_key_script(spec)
             self.machine.type_keys(scheduled.codes, at_ns=scheduled.time_ns)
+        from .screenshot import SUPPORTED_EXTENSIONS
+
         if args.screen is not None and args.screen.suffix.lower() not in SUPPORTED_EXTENSIONS:
             raise HarnessError(f"--screen {args.screen}: unknown format (use one of "
                                f"{', '.join(SUPPORTED_EXTENSIONS)})")
@@ -297,6 +299,8 @@ class Session:
             if args.save_snapshot is not None:
                 machine.save_snapshot(args.save_snapshot)
             if args.screen is not None:
+                from .screenshot import save_screen
+
                 save_screen(args.screen, machine.console.cells(), machine.console.cursor()
                             if machine.console.cursor_visible() else None)
             return stop
@@ -319,6 +323,8 @@ def command_boot(args: argparse.Namespace) -> int:
     session.enable_audit()
     session.resume()
     if args.gdb is not None:
+        from .gdbstub import GdbStub
+
         stub = GdbStub(session.machine, args.gdb, announce=lambda text: print(text, file=sys.stderr, flush=True))
         stop = stub.serve()
         if not stub.detached:
@@ -327,6 +333,8 @@ def command_boot(args: argparse.Namespace) -> int:
                 print("harness: gdb ended the session", file=sys.stderr)
                 return ExitCode.OK
             return session.report(stop, args.quiet)
+    from .liveconsole import LiveConsole, stdout_is_terminal
+
     if not args.headless and stdout_is_terminal():
         console = LiveConsole(session.machine)
         stop = session.run(console)

@@ -19,6 +19,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 from . import clock as clock_module
 from .cpu import CTX_DATA, OFF_OLD_EXCEPTION, OFF_REGS, BlobLayout, blob_layout
+from .devices.ata import AtaTransfer
 from .devices.parallel import LptState
 from .events import Event, Kind
 
@@ -51,7 +52,7 @@ def _state_type(native: ctypes.CDLL) -> type[ctypes.Structure]:
     class FastPathState(ctypes.Structure):
         _fields_ = [
             ("env", ptr), ("off_efer", ctypes.c_int64), ("off_star", ctypes.c_int64), ("off_lstar", ctypes.c_int64),
-            ("off_fmask", ctypes.c_int64), ("off_cr3", ctypes.c_int64), ("clock", ptr), ("lpt", ptr),
+            ("off_fmask", ctypes.c_int64), ("off_cr3", ctypes.c_int64), ("clock", ptr), ("lpt", ptr), ("ata", ptr),
             ("reg_read", ptr), ("reg_write", ptr),
             ("slow_syscall", ptr), ("notify_syscall", ptr), ("log_flush", ptr), ("slow_in", ptr),
             ("slow_out", ptr), ("notify_return", ptr),
@@ -256,6 +257,11 @@ class FastPath:
             watch.fast, watch.length, watch.kind = self._state_pointer, length, kind
             self._add_hook(UC_HOOK_CODE, self.native.fast_watch_hook, address, address,
                            user_data=ctypes.addressof(watch))
+
+    def attach_disk(self, transfer: AtaTransfer) -> None:
+        """Serve the disk's data-port reads natively too."""
+        self._ata = transfer
+        self.state.ata = ctypes.addressof(transfer)
 
     def _on_return(self, uc: int, address: int, size: int, watch: int) -> None:
         self.callbacks.notify_return(address, size, CodeWatch.from_address(watch).length)

@@ -249,6 +249,8 @@ class Machine:
             image = image + bytes(512 - len(image) % 512)
         self.disk = AtaDisk(image, irq=lambda: self.ioapic.raise_irq(14))
         self.bus.add_device_ports(self.disk)
+        if self.fast is not None:
+            self.fast.attach_disk(self.disk.transfer)
         self.bios = Bios(self, image)
         self.bios.install()
         self.cpu.bios_call = self._bios_call

@@ -15,7 +15,6 @@ import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from unicorn.x86_const import UC_X86_REG_CR3
 
 from .events import Event, Kind
@@ -29,7 +28,16 @@ if TYPE_CHECKING:
 
 STRING_LIMIT = 32  # characters of a string or buffer shown, like strace -s 32
 CONSOLE_BYTES = 80 * 25 * 2
-_disassembler = Cs(CS_ARCH_X86, CS_MODE_64)
+_disassembler = None  # capstone, loaded on first use: most runs never disassemble anything
+
+
+def disassembler() -> Any:
+    global _disassembler
+    if _disassembler is None:
+        from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+
+        _disassembler = Cs(CS_ARCH_X86, CS_MODE_64)
+    return _disassembler
 
 
 def quote(data: bytes, limit: int = STRING_LIMIT) -> str:
@@ -224,7 +232,7 @@ class Tracer:
         with contextlib.suppress(PageFault, PhysicalFault):
             raw = read_virtual(self.machine.memory, event.cr3, event.rip, 16)
         if raw is not None:
-            for insn in _disassembler.disasm(raw, event.rip):
+            for insn in disassembler().disasm(raw, event.rip):
                 instruction = f"{insn.mnemonic} {insn.op_str}".strip()
                 break
         return {

@@ -102,3 +102,19 @@ def test_the_live_cpu_state_is_found_and_checked_on_every_engine() -> None:
         assert fast is not None
         uc.reg_write(X.UC_X86_REG_R12, 0x1234_5678_9ABC_DEF0)
         assert fastpath.ctypes.c_uint64.from_address(fast.state.env + 12 * 8).value == 0x1234_5678_9ABC_DEF0
+
+
+def test_a_disk_boot_is_the_same_on_both_paths(build_tree: Any) -> None:
+    """The boot loader's data-port reads (served natively, all but each sector's last word) load the same
+    kernel: same blocks, log and screen as with every read in Python."""
+    image = (build_tree.directory / "weensyos.img").read_bytes()
+    runs = []
+    for fast in (True, False):
+        machine = Machine(MachineConfig(fast_paths=fast))
+        machine.boot_disk(image)
+        stop = machine.run(max_time_ns=5_000_000_000)
+        assert stop.kind is StopKind.POWER_OFF, stop.message
+        runs.append((machine.clock.blocks, bytes(machine.log.data), machine.console.cells(),
+                     machine.disk.transfer.position if machine.disk else None))
+    assert runs[0] == runs[1]
+    assert b"weensyos: booting" in runs[0][1] and b"powering off" in runs[0][1]

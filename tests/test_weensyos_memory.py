@@ -96,6 +96,16 @@ def test_forkexit_churns_1000_forks_and_every_page_comes_back(boot: BootFn) -> N
     assert_all_memory_returned(machine)
 
 
+def test_faulter_loses_no_page_to_1000_killed_children(boot: BootFn) -> None:
+    machine, stop = boot("faulter")
+    assert stop.kind is StopKind.POWER_OFF, stop.message
+    assert "faulter 1: done" in machine.screen_text()
+    faults = [e for e in machine.events.of_kind(Kind.EXCEPTION) if e.number == 14]
+    assert machine.events.counts[Kind.EXCEPTION] == 1000
+    assert all(e.address == 0 and e.user for e in faults)
+    assert_all_memory_returned(machine)
+
+
 def test_fork_copies_memory_and_fails_cleanly_once_memory_is_full(boot: BootFn) -> None:
     machine, stop = boot("fork")
     assert stop.kind is StopKind.POWER_OFF, stop.message

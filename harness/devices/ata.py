@@ -10,6 +10,7 @@ register (nIEN clear); a polling loader simply ignores it.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +49,16 @@ SECTOR = 512
 HEADS, SECTORS_PER_TRACK = 16, 63  # the CHS geometry reported by IDENTIFY
 
 
+class AtaTransfer(ctypes.Structure):
+    """The data-port side of the drive in one C-compatible record. The native fast path (native/fastpath.c)
+    answers the boot loader's data-port reads from it, all but the last word of each buffer: that one ends the
+    sector, which this model handles. It also answers status reads, which change nothing."""
+
+    _fields_ = [("buffer", ctypes.c_void_p), ("position", ctypes.c_uint32), ("length", ctypes.c_uint32),
+                ("status", ctypes.c_uint8), ("writing", ctypes.c_uint8), ("drive_head", ctypes.c_uint8),
+                ("pad", ctypes.c_uint8 * 5)]
+
+
 class AtaDisk(Device):
     """The master drive of the primary channel; `image` is the whole disk."""
 
@@ -58,7 +69,54 @@ class AtaDisk(Device):
         self.disk = bytearray(image)  # writes land here, never in the file
         self.sectors = len(image) // SECTOR
         self.irq = irq
+        self.transfer = AtaTransfer()
+        self._buffer = bytearray()
+        self._buffer_view: ctypes.Array[ctypes.c_char] | None = None
         self.reset()
+
+    # The transfer state lives in `transfer`, shared with the native fast path.
+    @property
+    def buffer(self) -> bytearray:
+        return self._buffer
+
+    @buffer.setter
+    def buffer(self, data: bytearray) -> None:
+        self._buffer = data  # a new bytearray each time: the native side keeps its address, never resized
+        self._buffer_view = (ctypes.c_char * len(data)).from_buffer(data) if data else None
+        self.transfer.buffer = ctypes.addressof(self._buffer_view) if self._buffer_view is not None else None
+        self.transfer.length = len(data)
+
+    @property
+    def position(self) -> int:
+        return self.transfer.position
+
+    @position.setter
+    def position(self, value: int) -> None:
+        self.transfer.position = value
+
+    @property
+    def status(self) -> int:
+        return self.transfer.status
+
+    @status.setter
+    def status(self, value: int) -> None:
+        self.transfer.status = value
+
+    @property
+    def drive_head(self) -> int:
+        return self.transfer.drive_head
+
+    @drive_head.setter
+    def drive_head(self, value: int) -> None:
+        self.transfer.drive_head = value
+
+    @property
+    def writing(self) -> bool:
+        return bool(self.transfer.writing)
+
+    @writing.setter
+    def writing(self, value: bool) -> None:
+        self.transfer.writing = value
 
     def reset(self) -> None:
         self.features = 0

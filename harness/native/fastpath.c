@@ -62,6 +62,22 @@ struct lpt_state { /* mirrored by devices/parallel.py: LptState */
     uint64_t printed;
 };
 
+struct ata_transfer { /* mirrored by devices/ata.py: AtaTransfer */
+    const uint8_t *buffer;
+    uint32_t position;
+    uint32_t length;
+    uint8_t status;
+    uint8_t writing;
+    uint8_t drive_head;
+    uint8_t pad[5];
+};
+
+#define ATA_DATA 0x1F0
+#define ATA_STATUS 0x1F7
+#define ATA_ALT_STATUS 0x3F6
+#define ATA_STATUS_DRQ 0x08
+#define ATA_DRIVE_SLAVE 0x10
+
 /* One system-call entry, as the CPU saw it. Python turns it into an Event only when somebody looks. */
 struct raw_syscall {
     uint64_t seq;
@@ -86,6 +102,7 @@ struct fastpath {
     int64_t off_efer, off_star, off_lstar, off_fmask, off_cr3;
     struct block_clock *clock;
     struct lpt_state *lpt;
+    struct ata_transfer *ata;     /* NULL without a disk */
     int (*reg_read)(void *uc, int regid, void *value);
     int (*reg_write)(void *uc, int regid, const void *value);
     /* Python: the full syscall path; after a fast entry; a log line; any other port; a return to user. */
@@ -208,6 +225,17 @@ uint32_t fast_in_hook(void *uc, uint32_t port, int size, void *opaque)
         case LPT_CONTROL: return f->lpt->control | LPT_CONTROL_READ_ONES;
         default: break;
         }
+    }
+    struct ata_transfer *ata = f->ata;
+    if ((port == ATA_STATUS || port == ATA_ALT_STATUS) && ata && f->fast_ports && size == 1 && cpl(f) == 0) {
+        return ata->drive_head & ATA_DRIVE_SLAVE ? 0 : ata->status; /* no slave drive: floating, reads 0 */
+    }
+    if (port == ATA_DATA && ata && f->fast_ports && (size == 2 || size == 4) && cpl(f) == 0
+        && (ata->status & ATA_STATUS_DRQ) && !ata->writing && ata->position + size < ata->length) {
+        uint32_t value = 0;
+        memcpy(&value, ata->buffer + ata->position, size); /* little-endian, as the port delivers it */
+        ata->position += size;
+        return value;
     }
     return f->slow_in(uc, port, size, opaque);
 }
