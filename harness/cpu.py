@@ -243,6 +243,8 @@ class Cpu:
         self.error_code = ctypes.c_int32.from_address(base + OFF_ERROR_CODE)
         self.exception_is_int = ctypes.c_int32.from_address(base + OFF_EXCEPTION_IS_INT)
         self.old_exception = ctypes.c_int32.from_address(base + OFF_OLD_EXCEPTION)
+        # The same field in the live CPU state, when the native fast paths have found it (Machine sets it).
+        self.live_old_exception: ctypes.c_int32 | None = None
         self._value = ctypes.c_uint64()
         self._value_pointer = ctypes.cast(ctypes.pointer(self._value), ctypes.c_void_p)
         # Observers, set by the machine: called after a successful delivery / syscall entry.
@@ -449,10 +451,11 @@ class Cpu:
             self._real_mode_interrupt(intno, software)
             return
         if intno == DF and not software and not self.replaying:
-            # Unicorn artifact: without a per-instruction hook, a fault is raised twice inside Unicorn and the
-            # second raise turns it into #DF (its error code and vector are lost). Real double faults never
-            # come from Unicorn here: every delivery is ours. Stop, and let the machine re-run the instruction
-            # alone (`replay_fault`), which reports the true vector and error code.
+            # Not a real double fault: every delivery is ours, so QEMU only makes a #DF out of a fault when its
+            # record of a previous exception is stale (see clear_stale_exception, which the machine calls
+            # before every run of the CPU, so this should no longer happen). Its vector and error code are
+            # lost: stop, and let the machine re-run the instruction alone (`replay_fault`), with the record
+            # cleared, which reports the true vector and error code.
             self.old_exception.value = -1
             self.restore()
             self.replay_requested = True
@@ -535,10 +538,28 @@ class Cpu:
         base = self.segs[R_CS].base.value if not self.hflags.value & HF_CS64 else 0
         return base + rip, bool(self.cr0.value & CR0_PG)
 
+    def clear_stale_exception(self) -> None:
+        """Forget the last exception QEMU raised, before the CPU runs again.
+
+        QEMU records each exception it raises (`old_exception`) and resets the record only when its own
+        delivery code has entered the handler, which Unicorn never runs. A raise that never reached a
+        delivery (an instruction a hook redirected, a fault raised while the engine was stopping) therefore
+        leaves the record set, and the guest's next, unrelated fault would be turned into #DF, or into a
+        silent triple-fault halt after a #DF. No delivery is ever in progress between two runs of the CPU.
+        """
+        if self.live_old_exception is not None:
+            self.live_old_exception.value = -1
+            return
+        self.save()
+        if self.old_exception.value != -1:
+            self.old_exception.value = -1
+            self.restore()
+
     def replay_fault(self) -> None:
         """Re-run the faulting instruction on its own so that Unicorn reports its real exception."""
         self.replay_requested = False
         self.replaying = True
+        self.clear_stale_exception()
         try:
             self.uc.emu_start(self.rip(), NOT_AN_ADDRESS, count=1)
         finally:

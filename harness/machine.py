@@ -41,7 +41,7 @@ from . import snapshot as snapshots
 from .audit import IsolationAuditor, Violation
 from .bios import Bios
 from .clock import DEFAULT_NS_PER_BLOCK, VirtualClock
-from .cpu import FLAG_IF, GP, NOT_AN_ADDRESS, RAX, RBP, RCX, RSP, Cpu, TripleFault
+from .cpu import FLAG_IF, GP, NOT_AN_ADDRESS, OFF_OLD_EXCEPTION, RAX, RBP, RCX, RSP, Cpu, TripleFault
 from .devices.ata import AtaDisk
 from .devices.cga import CgaConsole
 from .devices.ioapic import IoApic
@@ -176,6 +176,7 @@ class Machine:
         if self.fast is not None:
             self.events.connect_raw(self.fast)
             self._refresh_fast_ports()
+            self.cpu.live_old_exception = ctypes.c_int32.from_address(self.fast.state.env + OFF_OLD_EXCEPTION)
         else:
             uc.hook_add(UC_HOOK_INSN, self.cpu.hook_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
             uc.hook_add(UC_HOOK_INSN, self._hook_in, None, 1, 0, X.UC_X86_INS_IN)
@@ -646,6 +647,7 @@ class Machine:
         rip = self.cpu.rip()
         self._resume_address = rip
         self._watching()
+        self.cpu.clear_stale_exception()
         try:
             try:
                 self.uc.emu_start(rip, NOT_AN_ADDRESS, count=1)
@@ -794,6 +796,7 @@ class Machine:
             self._watching()
             fast.state.interrupted = 0
         rip = cpu.rip()
+        cpu.clear_stale_exception()
         try:
             try:
                 self.uc.emu_start(rip, NOT_AN_ADDRESS)
