@@ -29,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from unicorn.unicorn_py3.unicorn import uclib
+
 from . import project
 from .events import Kind
 from .loader import Module, read_elf
@@ -205,6 +207,11 @@ def run(repeat: int = 3, use_qemu: bool = True, progress: Callable[[str], None] 
                 row.note = f"{rounds} x {workload.per_round:,} per run, less a hello run's time"
             row.harness = _rates(work, times["harness"], times["harness hello"])
             row.qemu = _rates(work, times["qemu"], times["qemu hello"])
+            if workload.per_round is None:
+                rows.append(row)
+                rows.append(_unclocked_compute(tree, per_round / 1e6, repeat, row))
+                rows.append(traced)
+                continue
             if name == "yield loop":
                 row.note += f"; {machine.events.counts[Kind.SYSCALL]:,} system calls counted by the harness"
             if name.startswith("page faults"):
@@ -215,6 +222,35 @@ def run(repeat: int = 3, use_qemu: bool = True, progress: Callable[[str], None] 
                         "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                         "cpu model": _cpu_model()},
             "qemu": use_qemu, "repeat": repeat, "rows": [row.summary() for row in rows]}
+
+
+def _unclocked_compute(tree: project.BuildTree, work: float, repeat: int, clocked: Row) -> Row:
+    """The compute workload on Unicorn with no hook at all (no block clock, so no timer: not deterministic and
+    not how the harness runs): how fast Unicorn itself runs this guest code, to tell its share of the gap to
+    QEMU from the clock's. ELF boot, less a hello run, like the other rows."""
+    row = Row("compute: Unicorn alone, without the block clock (reference)", "Minsn/s",
+              note="the harness's own clock hook removed; the timer never fires; for the profile only")
+    kernel = read_elf(tree.kernel, "kernel")
+    programs = tree.programs()
+
+    def elapsed(command: str, clocked_run: bool) -> float:
+        start = time.perf_counter()
+        machine = Machine(MachineConfig())
+        machine.boot(kernel, command, [Module(command, read_elf(programs[command], "program"))])
+        if not clocked_run:
+            uclib.uc_hook_del(machine.uc._uch, machine.clock.hook_handle)
+        stop = machine.run(max_time_ns=120_000_000_000)
+        if stop.kind is not StopKind.POWER_OFF:
+            raise RuntimeError(f"compute did not power off: {stop.message}")
+        return time.perf_counter() - start
+
+    runs, bases = [], []
+    for _ in range(repeat):
+        bases.append(elapsed("hello", False))
+        runs.append(elapsed("compute", False))
+    row.harness = _rates(work, runs, bases)
+    row.qemu = list(clocked.qemu)
+    return row
 
 
 def _cpu_model() -> str:

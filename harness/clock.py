@@ -112,7 +112,7 @@ class VirtualClock:
         self.on_deadlines_changed: Callable[[], None] = lambda: None
         self.instructions: ctypes.c_uint64 | None = None  # set by count_instructions()
         handle = ctypes.c_size_t()
-        self._handle = handle
+        self.hook_handle = handle  # the block hook (the benchmark removes it to measure Unicorn without it)
         native = None if force_python else _load_native()
         self.native = native is not None
         if native is not None:

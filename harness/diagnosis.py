@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from unicorn.x86_const import UC_X86_REG_CR3
 
 from .cpu import vector_name
@@ -12,8 +11,7 @@ from .machine import Machine, Stop, StopKind
 from .paging import PageFault, PhysicalFault, read_cstring
 from .symbols import SymbolTable
 from .syscalls import SyscallTable
-
-_disassembler = Cs(CS_ARCH_X86, CS_MODE_64)
+from .trace import disassembler
 
 
 def format_time(ns: int) -> str:
@@ -57,7 +55,7 @@ def disassemble_at(machine: Machine, address: int) -> str | None:
         code = machine.read_virtual(address, 16)
     except (PageFault, PhysicalFault):
         return None
-    for insn in _disassembler.disasm(code, address):
+    for insn in disassembler().disasm(code, address):
         return f"{insn.mnemonic} {insn.op_str}".strip()
     return None
 

@@ -26,6 +26,10 @@ class Kind(enum.Enum):
     PANIC = "panic"
     MACHINE = "machine"  # power-off, reset, unknown device access, budget
 
+    # Members are singletons: hash by identity, in C (Enum's own __hash__ is Python code, and the event log
+    # counts every event by kind).
+    __hash__ = object.__hash__
+
 
 class _NoDetail(Mapping[str, Any]):
     """The empty, read-only detail shared by the many events that carry none (hashable: a dataclass default)."""
@@ -119,6 +123,9 @@ class EventLog:
         self._ready: dict[int, Event] = {}
         self.raw: RawSyscalls | None = None
         self._raw_seen = 0  # raw records already merged into the ring and counts
+        # Called before any event is added or the ring is read: lets a batch of raw system calls that a
+        # consumer (the tracer) takes become events first, so that every event keeps its place in the order.
+        self.before_add: Callable[[], None] | None = None
 
     def connect_raw(self, raw: RawSyscalls) -> None:
         """Number events together with the native recorder from now on."""
@@ -152,8 +159,14 @@ class EventLog:
         self._settle()
         return self._counts
 
+    def raw_taken(self, total: int) -> None:
+        """The first `total` raw records were taken by a consumer that adds them as events itself."""
+        self._raw_seen = max(self._raw_seen, total)
+
     def _settle(self) -> None:
         """Merge the raw records written since the last look into the ring (by seq) and the counts."""
+        if self.before_add is not None:
+            self.before_add()
         raw = self.raw
         if raw is None:
             return
@@ -178,10 +191,15 @@ class EventLog:
             self._ready.clear()
         self.sinks.append(sink)
 
-    def add(self, event: Event, *, finished: bool = True) -> Event:
-        """Number the event and keep it; it goes to the sinks now if `finished`, else at `finish()`."""
+    def add(self, event: Event, *, finished: bool = True, seq: int | None = None) -> Event:
+        """Number the event (unless it was numbered when it happened: `seq`) and keep it; it goes to the sinks
+        now if `finished`, else at `finish()`."""
+        if self.before_add is not None:
+            self.before_add()
         raw = self.raw
-        if raw is not None:
+        if seq is not None:
+            event.seq = seq
+        elif raw is not None:
             event.seq = raw.next_seq
             raw.next_seq = event.seq + 1
         else:

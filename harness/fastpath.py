@@ -32,8 +32,24 @@ _STATE_BYTES = OFF_OLD_EXCEPTION + 8  # the part of CPUX86State the harness touc
 
 
 class RawSyscall(ctypes.Structure):
+    """One system-call entry (`struct raw_syscall`); pid is -1 when it was not read."""
+
     _fields_ = [("seq", ctypes.c_uint64), ("time_ns", ctypes.c_uint64), ("rip", ctypes.c_uint64),
-                ("cr3", ctypes.c_uint64), ("number", ctypes.c_uint64), ("args", ctypes.c_uint64 * 4)]
+                ("cr3", ctypes.c_uint64), ("number", ctypes.c_uint64), ("args", ctypes.c_uint64 * 4),
+                ("pid", ctypes.c_int64)]
+
+
+class UserReturn(ctypes.Structure):
+    """A return to user mode at a watched kernel instruction (`struct user_return`)."""
+
+    _fields_ = [("time_ns", ctypes.c_uint64), ("rip", ctypes.c_uint64), ("rax", ctypes.c_uint64),
+                ("cr3", ctypes.c_uint64), ("pid", ctypes.c_int64)]
+
+
+# How the native path hands system-call entries to Python (fastpath.c WANT_*).
+WANT_RAW = 0  # raw records, turned into events only when somebody reads the event log
+WANT_EACH = 1  # a Python call at every entry (stop conditions look at each one)
+WANT_BATCH = 2  # raw records taken by Python at its next call (full tracing)
 
 
 _SYSCALL_HOOK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
@@ -56,16 +72,18 @@ def _state_type(native: ctypes.CDLL) -> type[ctypes.Structure]:
             ("reg_read", ptr), ("reg_write", ptr),
             ("slow_syscall", ptr), ("notify_syscall", ptr), ("log_flush", ptr), ("slow_in", ptr),
             ("slow_out", ptr), ("notify_return", ptr),
+            ("ram", ptr), ("ram_size", u64), ("current_va", u64), ("pid_offset", ctypes.c_int64),
             ("fast_syscalls", u32), ("want_syscalls", u32), ("fast_ports", u32), ("want_returns", u32),
             ("irq_waiting", u32), ("interrupted", u32), ("kbd_status", u32), ("rflags_regid", u32),
-            ("next_seq", u64), ("syscalls", u64), ("raw_total", u64), ("last", RawSyscall),
+            ("next_seq", u64), ("syscalls", u64), ("raw_total", u64), ("raw_consumed", u64), ("last", RawSyscall),
+            ("returned", UserReturn),
             ("log_length", u64), ("log", ctypes.c_uint8 * log_size), ("ring", RawSyscall * ring_size),
         ]
 
     layout = (ctypes.sizeof(FastPathState), FastPathState.ring.offset, FastPathState.log.offset,
-              FastPathState.last.offset)
+              FastPathState.last.offset, FastPathState.returned.offset)
     native_layout = (native.fastpath_size(), native.fastpath_ring_offset(), native.fastpath_log_offset(),
-                     native.fastpath_last_offset())
+                     native.fastpath_last_offset(), native.fastpath_returned_offset())
     if layout != native_layout:
         raise RuntimeError(f"fastpath.c and fastpath.py disagree on struct fastpath: {layout} != {native_layout}")
     return FastPathState
@@ -104,7 +122,7 @@ def _configure_native(native: ctypes.CDLL) -> None:
     native.fastpath_env_at.restype = ctypes.c_size_t
     native.fastpath_env_at.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_size_t]
     for name in ("fastpath_size", "fastpath_ring_offset", "fastpath_log_offset", "fastpath_last_offset",
-                 "fastpath_ring_size", "fastpath_log_size"):
+                 "fastpath_returned_offset", "fastpath_ring_size", "fastpath_log_size"):
         getattr(native, name).restype = ctypes.c_size_t
 
 
@@ -166,7 +184,7 @@ class Callbacks:
     log_bytes: Callable[[bytes], None]
     slow_in: Callable[[int, int], int]
     slow_out: Callable[[int, int, int], None]
-    notify_return: Callable[[int, int, int], None]  # address, decoded size, expected length
+    notify_return: Callable[[UserReturn], None]  # a return to user mode (when want_returns is set)
 
 
 class FastPath:
@@ -177,7 +195,7 @@ class FastPath:
     """
 
     def __init__(self, native: ctypes.CDLL, uc: Uc, env: int, layout: BlobLayout, clock: clock_module.VirtualClock,
-                 lpt: LptState, callbacks: Callbacks) -> None:
+                 lpt: LptState, callbacks: Callbacks, ram: int, ram_size: int) -> None:
         self.native = native
         self.uc = uc
         self.lpt = lpt
@@ -192,13 +210,15 @@ class FastPath:
         state.reg_read = ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value
         state.reg_write = ctypes.cast(uclib.uc_reg_write, ctypes.c_void_p).value
         state.rflags_regid = X.UC_X86_REG_RFLAGS
+        state.ram, state.ram_size = ram, ram_size
+        state.pid_offset = -1
         self._python_hooks = [  # kept alive as long as the engine may call them
             _SYSCALL_HOOK(self._guard(lambda uc, user: callbacks.slow_syscall())),
             _SYSCALL_HOOK(self._guard(lambda uc, user: callbacks.notify_syscall(self.state.last))),
             _SYSCALL_HOOK(self._guard(lambda uc, user: self.flush_log())),
             _IN_HOOK(self._guard(lambda uc, port, size, user: callbacks.slow_in(port, size), 0)),
             _OUT_HOOK(self._guard(lambda uc, port, size, value, user: callbacks.slow_out(port, size, value))),
-            _RETURN_HOOK(self._guard(self._on_return)),
+            _RETURN_HOOK(self._guard(lambda uc, address, size, watch: callbacks.notify_return(self.state.returned))),
         ]
         (state.slow_syscall, state.notify_syscall, state.log_flush, state.slow_in, state.slow_out,
          state.notify_return) = (ctypes.cast(hook, ctypes.c_void_p).value for hook in self._python_hooks)
@@ -210,7 +230,8 @@ class FastPath:
         self._add_hook(UC_HOOK_INSN, native.fast_out_hook, 1, 0, X.UC_X86_INS_OUT)
 
     @classmethod
-    def create(cls, uc: Uc, clock: clock_module.VirtualClock, lpt: LptState, callbacks: Callbacks) -> FastPath | None:
+    def create(cls, uc: Uc, clock: clock_module.VirtualClock, lpt: LptState, callbacks: Callbacks, ram: int = 0,
+               ram_size: int = 0) -> FastPath | None:
         """The fast paths for this engine, or None (no C compiler, or Unicorn's state not where expected)."""
         native = clock_module._load_native()
         if native is None or not clock.native:
@@ -222,7 +243,7 @@ class FastPath:
         env = live_state(native, uc, path)
         if env is None:
             return None
-        return cls(native, uc, env, blob_layout(), clock, lpt, callbacks)
+        return cls(native, uc, env, blob_layout(), clock, lpt, callbacks, ram, ram_size)
 
     def _guard(self, function: Callable[..., object], failed: object = None) -> Callable[..., object]:
         uc = self.uc
@@ -263,8 +284,23 @@ class FastPath:
         self._ata = transfer
         self.state.ata = ctypes.addressof(transfer)
 
-    def _on_return(self, uc: int, address: int, size: int, watch: int) -> None:
-        self.callbacks.notify_return(address, size, CodeWatch.from_address(watch).length)
+    def know_kernel(self, current_va: int | None, pid_offset: int | None) -> None:
+        """Where the kernel keeps `current` and where a proc keeps its pid (from its symbols and DWARF)."""
+        self.state.current_va = current_va or 0
+        self.state.pid_offset = pid_offset if pid_offset is not None else -1
+
+    def take(self) -> list[RawSyscall]:
+        """WANT_BATCH: the records written since the last take, oldest first (copies)."""
+        state = self.state
+        start, stop = state.raw_consumed, state.raw_total
+        if start == stop:
+            return []
+        state.raw_consumed = stop
+        ring = state.ring
+        size = len(ring)
+        if stop - start == 1:
+            return [RawSyscall.from_buffer_copy(ring[start % size])]
+        return [RawSyscall.from_buffer_copy(ring[index % size]) for index in range(max(start, stop - size), stop)]
 
     # -- between slices --------------------------------------------------------------------------------------
     def flush_log(self) -> None:

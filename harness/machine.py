@@ -53,7 +53,17 @@ from .devices.pic import Pic8259
 from .devices.reset import SystemControlPortA
 from .errors import LoaderError
 from .events import Event, EventLog, Kind
-from .fastpath import WATCH_IF, WATCH_RETURN, Callbacks, FastPath, RawSyscall
+from .fastpath import (
+    WANT_BATCH,
+    WANT_EACH,
+    WANT_RAW,
+    WATCH_IF,
+    WATCH_RETURN,
+    Callbacks,
+    FastPath,
+    RawSyscall,
+    UserReturn,
+)
 from .guestlog import GuestLog
 from .paging import PageFault, PhysicalFault, read_u64, read_virtual
 from .symbols import SymbolTable
@@ -172,9 +182,11 @@ class Machine:
             self.fast = FastPath.create(uc, self.clock, self.parallel.state, Callbacks(
                 slow_syscall=lambda: self.cpu.hook_syscall(uc, None), notify_syscall=self._fast_syscall,
                 log_bytes=self.log.write, slow_in=self._fast_slow_in, slow_out=self._fast_slow_out,
-                notify_return=self._hook_return_at))
+                notify_return=self._fast_return), ctypes.addressof(self._ram_anchor), config.ram_size)
+        self._pulling = False
         if self.fast is not None:
             self.events.connect_raw(self.fast)
+            self.events.before_add = self._pull_syscalls
             self._refresh_fast_ports()
             self.cpu.live_old_exception = ctypes.c_int32.from_address(self.fast.state.env + OFF_OLD_EXCEPTION)
         else:
@@ -395,7 +407,35 @@ class Machine:
 
     # -- the native fast paths' calls back into Python -------------------------------------------------------
     def _fast_syscall(self, record: RawSyscall) -> None:
+        if self.fast.state.want_syscalls == WANT_BATCH:  # type: ignore[union-attr]
+            self._pull_syscalls()  # the ring is half full: take it
+            return
         self._record_syscall(record.rip, record.number, record.cr3, tuple(record.args), record.time_ns)
+
+    def _pull_syscalls(self) -> None:
+        """WANT_BATCH: turn the system calls the native path recorded since Python last ran into events, before
+        anything newer happens in Python (EventLog calls this before each add)."""
+        fast = self.fast
+        if fast is None or fast.state.want_syscalls != WANT_BATCH or self._pulling:
+            return
+        state = fast.state
+        if state.raw_consumed == state.raw_total:
+            return
+        self._pulling = True
+        try:
+            records = fast.take()
+            self.events.raw_taken(state.raw_consumed)
+            syscall = self.tracer.syscall
+            for record in records:
+                pid = record.pid
+                syscall(record.rip, record.number, record.cr3, tuple(record.args), record.time_ns, record.seq,
+                        pid if pid >= 0 else None)
+        finally:
+            self._pulling = False
+
+    def _fast_return(self, record: UserReturn) -> None:
+        self._pull_syscalls()
+        self._user_return(record.rip, record.rax, record.cr3, record.pid if record.pid >= 0 else None)
 
     def _fast_slow_in(self, port: int, size: int) -> int:
         self.fast.flush_log()  # type: ignore[union-attr]
@@ -419,7 +459,18 @@ class Machine:
         if fast is None:
             return
         state = fast.state
-        state.want_syscalls = bool(self.tracer.full or self._until is not None or self.events.watched)
+        if self._until is not None or self.events.observers:
+            want = WANT_EACH  # stop conditions look at every system call as it happens
+        elif self.tracer.full or self.events.sinks:
+            want = WANT_BATCH
+        else:
+            want = WANT_RAW
+        if want != state.want_syscalls:
+            self._pull_syscalls()  # what the old mode recorded first, in its own way
+            self.events.ring  # noqa: B018 - settles raw records into the log
+            state.raw_consumed = state.raw_total
+            self.events.raw_taken(state.raw_total)
+            state.want_syscalls = want
         state.want_returns = bool(self.tracer.full or self.auditor is not None)
 
     def _machine_event(self, text: str) -> None:
@@ -454,6 +505,9 @@ class Machine:
         if self.kernel_image is None:
             raise RuntimeError("boot the machine before enabling tracing")
         self.tracer.enable(syscalls, programs or {}, self.kernel_image.data)
+        kernel = self.tracer.kernel
+        if self.fast is not None and kernel is not None and kernel.available:
+            self.fast.know_kernel(kernel.current_address, kernel.layout.pid if kernel.layout else None)
 
     def _kernel_code_matches(self, patterns: tuple[bytes, ...]) -> list[tuple[int, int]]:
         """(address, length) of every occurrence of `patterns` in the kernel's executable segments."""
@@ -480,7 +534,8 @@ class Machine:
         self._hook_return_at(address, size, length)  # type: ignore[arg-type]
 
     def _hook_return_at(self, address: int, size: int, length: int) -> None:
-        """The tracer's and the auditor's part of a kernel return (the native watch calls it when they are on)."""
+        """The tracer's and the auditor's part of a kernel return, found from the saved CPU state (the Python
+        path; the native watch finds the same and calls `_user_return` itself)."""
         if not self.tracer.full and self.auditor is None:
             return
         cpu = self.cpu
@@ -496,8 +551,12 @@ class Machine:
             rip, cs = struct.unpack("<QQ", frame)
             if cs & 3 != 3:
                 return
+        self._user_return(rip, regs[RAX], cr3)
+
+    def _user_return(self, rip: int, rax: int, cr3: int, pid: int | None | bool = False) -> None:
+        """The CPU returns to user mode at `rip`: the tracer finishes the system call, the auditor checks."""
         if self.tracer.full:
-            self.tracer.return_to_user(rip, regs[RAX], cr3)
+            self.tracer.return_to_user(rip, rax, cr3, pid)
         if self.auditor is not None and self.stop is None:
             violation = self.auditor.check(cr3)
             if violation is not None:
@@ -656,6 +715,7 @@ class Machine:
             finally:
                 if self.fast is not None:
                     self.fast.flush_log()
+                    self._pull_syscalls()
         except TripleFault as fault:
             self._triple_fault(fault)
         except UcError as error:
@@ -806,6 +866,7 @@ class Machine:
             finally:
                 if fast is not None:
                     fast.flush_log()  # a line not finished yet: the log holds every byte printed so far
+                    self._pull_syscalls()
                     self._slice_interrupted |= bool(fast.state.interrupted)
         except TripleFault as fault:
             self._triple_fault(fault)

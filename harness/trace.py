@@ -28,10 +28,11 @@ if TYPE_CHECKING:
 
 STRING_LIMIT = 32  # characters of a string or buffer shown, like strace -s 32
 CONSOLE_BYTES = 80 * 25 * 2
-_disassembler = None  # capstone, loaded on first use: most runs never disassemble anything
+_disassembler: Any = None  # capstone, loaded on first use: most runs never disassemble anything
 
 
 def disassembler() -> Any:
+    """capstone's x86-64 disassembler (imported on first use)."""
     global _disassembler
     if _disassembler is None:
         from capstone import CS_ARCH_X86, CS_MODE_64, Cs
@@ -123,13 +124,16 @@ class Tracer:
         return bytes(out)
 
     # -- system calls ----------------------------------------------------------------------------------------
-    def syscall(self, rip: int, number: int, cr3: int, args: tuple[int, ...], time_ns: int | None = None) -> None:
+    def syscall(self, rip: int, number: int, cr3: int, args: tuple[int, ...], time_ns: int | None = None,
+                seq: int | None = None, pid: int | None | bool = False) -> None:
+        """A system call entered. `time_ns`, `seq` and `pid` come with calls recorded when they happened and
+        taken later (the native fast path's batches); pid False means: read it now."""
         event = Event(self._now() if time_ns is None else time_ns, Kind.SYSCALL, rip, cr3, number, args=args,
                       user=True)
         if not self.full:
-            self.events.add(event)
+            self.events.add(event, seq=seq)
             return
-        event.pid = self._pid(cr3)
+        event.pid = self._pid(cr3) if pid is False else pid  # type: ignore[assignment]
         event.detail = {}
         spec = self.syscalls.by_number.get(number)
         if spec is not None:
@@ -141,7 +145,7 @@ class Tracer:
         previous = self._pending_syscall.pop(event.pid, None)
         if previous is not None:  # it never returned (should not happen): close it as unfinished
             self.events.finish(previous)
-        self._pending_syscall[event.pid] = self.events.add(event, finished=False)
+        self._pending_syscall[event.pid] = self.events.add(event, finished=False, seq=seq)
 
     def _format_argument(self, specs: tuple[SyscallArg, ...], index: int, args: tuple[int, ...], cr3: int) -> str:
         arg = specs[index]
@@ -248,8 +252,12 @@ class Tracer:
         }
 
     # -- returns to user mode (full tracing) -----------------------------------------------------------------------
-    def return_to_user(self, rip: int, rax: int, cr3: int) -> None:
-        pid = self._pid(cr3)
+    def return_to_user(self, rip: int, rax: int, cr3: int, pid: int | None | bool = False,
+                       time_ns: int | None = None) -> None:
+        """The CPU went back to user mode at `rip` (RAX = `rax`): finishes that process's system call or fault.
+        `pid` and `time_ns` when the native path already read them (False: read the pid now)."""
+        if pid is False:
+            pid = self._pid(cr3)
         if pid != self._last_user_pid:
             previous = self._last_user_pid
             waiting = self._pending_syscall.get(previous)

@@ -28,6 +28,7 @@
 #define R_CS 1
 #define R_SS 2
 #define RCX 1
+#define RSP 4
 #define R11 11
 
 #define HF_CPL_MASK 3u
@@ -53,6 +54,12 @@
 #define LPT_CONTROL_READ_ONES 0xC0
 
 #define RING_SIZE 4096 /* raw system-call records kept (a power of two) */
+
+/* How Python wants system-call entries: */
+#define WANT_RAW 0   /* records in the ring, looked at only when somebody reads the events */
+#define WANT_EACH 1  /* a call to notify_syscall at each entry (stop conditions look at every one) */
+#define WANT_BATCH 2 /* records in the ring, taken by Python at its next call (full tracing): entries need
+                        nothing from Python until the process runs again, and most return at once */
 #define LOG_BUFFER 4096
 
 struct lpt_state { /* mirrored by devices/parallel.py: LptState */
@@ -86,6 +93,16 @@ struct raw_syscall {
     uint64_t cr3;
     uint64_t number;
     uint64_t args[4]; /* rdi, rsi, rdx, r10 */
+    int64_t pid;      /* the kernel's current->pid, or -1 if unknown */
+};
+
+/* A return to user mode seen at a watched kernel iretq/sysretq (for notify_return). */
+struct user_return {
+    uint64_t time_ns;
+    uint64_t rip;     /* where the process resumes */
+    uint64_t rax;     /* the system call's result, if it was one */
+    uint64_t cr3;
+    int64_t pid;
 };
 
 struct seg_cache {
@@ -113,8 +130,12 @@ struct fastpath {
     void (*slow_out)(void *uc, uint32_t port, int size, uint32_t value, void *user_data);
     void (*notify_return)(void *uc, uint64_t address, uint32_t size, void *user_data);
     /* --- switches Python flips between slices ---------------------------------------------------------- */
+    uint8_t *ram;                 /* guest physical memory, for page walks */
+    uint64_t ram_size;
+    uint64_t current_va;          /* the kernel's `current` (a proc*), 0 if unknown */
+    int64_t pid_offset;           /* offsetof(proc, pid), -1 if unknown */
     uint32_t fast_syscalls;       /* enter the kernel here (else: slow_syscall) */
-    uint32_t want_syscalls;       /* call notify_syscall after each entry */
+    uint32_t want_syscalls;       /* WANT_RAW, WANT_EACH or WANT_BATCH (below) */
     uint32_t fast_ports;          /* answer LPT1 and the 8042 status here */
     uint32_t want_returns;        /* call notify_return at kernel iretq/sysretq */
     uint32_t irq_waiting;         /* an interrupt waits for IF=1: stop right after the instruction that sets it */
@@ -125,7 +146,9 @@ struct fastpath {
     uint64_t next_seq;            /* shared with Python's EventLog: one numbering for all events */
     uint64_t syscalls;            /* fast entries */
     uint64_t raw_total;           /* raw records ever written (the ring keeps the last RING_SIZE) */
+    uint64_t raw_consumed;        /* WANT_BATCH: records Python has taken */
     struct raw_syscall last;      /* the latest entry, for notify_syscall */
+    struct user_return returned;  /* the latest return to user mode, for notify_return */
     uint64_t log_length;
     uint8_t log[LOG_BUFFER];
     struct raw_syscall ring[RING_SIZE];
@@ -142,6 +165,7 @@ size_t fastpath_size(void) { return sizeof(struct fastpath); }
 size_t fastpath_ring_offset(void) { return offsetof(struct fastpath, ring); }
 size_t fastpath_log_offset(void) { return offsetof(struct fastpath, log); }
 size_t fastpath_last_offset(void) { return offsetof(struct fastpath, last); }
+size_t fastpath_returned_offset(void) { return offsetof(struct fastpath, returned); }
 size_t fastpath_ring_size(void) { return RING_SIZE; }
 size_t fastpath_log_size(void) { return LOG_BUFFER; }
 
@@ -153,6 +177,62 @@ static inline int cpl(const struct fastpath *f) { return ENV32(f, OFF_HFLAGS) & 
 static inline uint64_t now_ns(const struct fastpath *f)
 {
     return f->clock->blocks * f->clock->ns_per_block + f->clock->skipped_ns;
+}
+
+/* The physical address of `va` through the 4-level page table at `cr3`, or -1 (not mapped, or outside RAM).
+ * Supervisor view: no permission checks, as the kernel reads its own data. */
+static int64_t translate(const struct fastpath *f, uint64_t cr3, uint64_t va)
+{
+    uint64_t table = cr3 & 0x000FFFFFFFFFF000ull;
+    static const int shifts[4] = {39, 30, 21, 12};
+    for (int level = 0; level < 4; level++) {
+        uint64_t at = table + 8 * ((va >> shifts[level]) & 0x1FF);
+        if (at + 8 > f->ram_size) {
+            return -1;
+        }
+        uint64_t entry;
+        memcpy(&entry, f->ram + at, 8);
+        if (!(entry & 1)) {
+            return -1;
+        }
+        uint64_t frame = entry & 0x000FFFFFFFFFF000ull;
+        if (level > 0 && level < 3 && (entry & 0x80)) { /* 1 GiB or 2 MiB page */
+            uint64_t offset_mask = (1ull << shifts[level]) - 1;
+            return (int64_t) ((frame & ~offset_mask) | (va & offset_mask));
+        }
+        table = frame;
+    }
+    return (int64_t) (table | (va & 0xFFF));
+}
+
+/* Kernel memory by virtual address: through `cr3` if it maps it, else identity (VA = PA), as KernelView reads
+ * it (kernelview.py), so both paths agree. The bytes must not cross a page. */
+static int read_virtual(const struct fastpath *f, uint64_t cr3, uint64_t va, void *out, size_t length)
+{
+    if (((va & 0xFFF) + length) > 0x1000) {
+        return -1;
+    }
+    int64_t pa = translate(f, cr3, va);
+    if (pa < 0) {
+        pa = (int64_t) va;
+    }
+    if ((uint64_t) pa + length > f->ram_size) {
+        return -1;
+    }
+    memcpy(out, f->ram + pa, length);
+    return 0;
+}
+
+/* current->pid, read as the kernel would through `cr3`; -1 if it cannot be read. */
+static int64_t current_pid(const struct fastpath *f, uint64_t cr3)
+{
+    uint64_t proc;
+    int32_t pid;
+    if (!f->current_va || f->pid_offset < 0 || read_virtual(f, cr3, f->current_va, &proc, 8) != 0 || !proc
+        || read_virtual(f, cr3, proc + (uint64_t) f->pid_offset, &pid, 4) != 0) {
+        return -1;
+    }
+    return pid;
 }
 
 static inline void load_seg(struct fastpath *f, int seg, uint32_t selector, uint32_t flags)
@@ -189,7 +269,7 @@ void fast_syscall_hook(void *uc, void *opaque)
     f->syscalls++;
 
     struct raw_syscall *r = &f->last;
-    r->seq = f->want_syscalls ? 0 : f->next_seq++;
+    r->seq = f->want_syscalls == WANT_EACH ? 0 : f->next_seq++;
     r->time_ns = now_ns(f);
     r->rip = rip;
     r->cr3 = ENV64(f, f->off_cr3);
@@ -198,10 +278,14 @@ void fast_syscall_hook(void *uc, void *opaque)
     r->args[1] = regs[6];
     r->args[2] = regs[2];
     r->args[3] = regs[10];
-    if (f->want_syscalls) {
+    r->pid = f->want_syscalls == WANT_RAW ? -1 : current_pid(f, r->cr3);
+    if (f->want_syscalls == WANT_EACH) {
         f->notify_syscall(uc, opaque); /* Python numbers and keeps this one itself */
-    } else {
-        f->ring[f->raw_total++ & (RING_SIZE - 1)] = *r;
+        return;
+    }
+    f->ring[f->raw_total++ & (RING_SIZE - 1)] = *r;
+    if (f->want_syscalls == WANT_BATCH && f->raw_total - f->raw_consumed >= RING_SIZE / 2) {
+        f->notify_syscall(uc, opaque); /* never let the ring overwrite records Python has not taken */
     }
 }
 
@@ -277,9 +361,30 @@ void fast_watch_hook(void *uc, uint64_t address, uint32_t size, void *opaque)
         f->interrupted = 1;
         f->clock->deadline = f->clock->blocks + 1;
     }
-    if (w->kind == 0 && f->want_returns) {
-        f->notify_return(uc, address, size, w);
+    if (w->kind != 0 || !f->want_returns) {
+        return;
     }
+    /* Only returns to user mode interest Python: sysretq always is one; iretq is one if the frame's CS is. */
+    uint64_t cr3 = ENV64(f, f->off_cr3), *regs = (uint64_t *) (f->env + OFF_REGS), rip;
+    if (w->length == 3) {
+        rip = regs[RCX];
+    } else {
+        uint64_t frame[2];
+        if (read_virtual(f, cr3, regs[RSP], &frame[0], 8) != 0 || read_virtual(f, cr3, regs[RSP] + 8, &frame[1], 8)) {
+            return; /* an unreadable frame: the iretq itself will fault */
+        }
+        if ((frame[1] & 3) != 3) {
+            return;
+        }
+        rip = frame[0];
+    }
+    struct user_return *r = &f->returned;
+    r->time_ns = now_ns(f);
+    r->rip = rip;
+    r->rax = regs[0];
+    r->cr3 = cr3;
+    r->pid = current_pid(f, cr3);
+    f->notify_return(uc, address, size, w);
 }
 
 /* --- finding the live CPU state ------------------------------------------------------------------------------
