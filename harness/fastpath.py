@@ -34,9 +34,13 @@ _STATE_BYTES = OFF_OLD_EXCEPTION + 8  # the part of CPUX86State the harness touc
 class RawSyscall(ctypes.Structure):
     """One system-call entry (`struct raw_syscall`); pid is -1 when it was not read."""
 
-    _fields_ = [("seq", ctypes.c_uint64), ("time_ns", ctypes.c_uint64), ("rip", ctypes.c_uint64),
-                ("cr3", ctypes.c_uint64), ("number", ctypes.c_uint64), ("args", ctypes.c_uint64 * 4),
-                ("pid", ctypes.c_int64)]
+    _fields_ = [("kind", ctypes.c_uint64), ("seq", ctypes.c_uint64), ("time_ns", ctypes.c_uint64),
+                ("rip", ctypes.c_uint64), ("cr3", ctypes.c_uint64), ("number", ctypes.c_uint64),
+                ("args", ctypes.c_uint64 * 4), ("pid", ctypes.c_int64)]
+
+
+RECORD_ENTRY = 0
+RECORD_RETURN = 1  # WANT_BATCH: a return to user nothing needed at once (rip: where it resumes, number: RAX)
 
 
 class UserReturn(ctypes.Structure):
@@ -74,10 +78,14 @@ def _state_type(native: ctypes.CDLL) -> type[ctypes.Structure]:
             ("slow_out", ptr), ("notify_return", ptr),
             ("ram", ptr), ("ram_size", u64), ("current_va", u64), ("pid_offset", ctypes.c_int64),
             ("fast_syscalls", u32), ("want_syscalls", u32), ("fast_ports", u32), ("want_returns", u32),
-            ("irq_waiting", u32), ("interrupted", u32), ("kbd_status", u32), ("rflags_regid", u32),
+            ("irq_waiting", u32), ("interrupted", u32), ("kbd_status", u32),
+            ("see_every_return", u32), ("screen_valid", u32), ("last_user_pid", ctypes.c_int64),
+            ("memory_calls", u64), ("last_entry_number", u64), ("last_entry_pid", ctypes.c_int64),
+            ("rflags_regid", u32),
             ("next_seq", u64), ("syscalls", u64), ("raw_total", u64), ("raw_consumed", u64), ("last", RawSyscall),
             ("returned", UserReturn),
-            ("log_length", u64), ("log", ctypes.c_uint8 * log_size), ("ring", RawSyscall * ring_size),
+            ("log_length", u64), ("log", ctypes.c_uint8 * log_size), ("screen", ctypes.c_uint8 * 4000),
+            ("ring", RawSyscall * ring_size),
         ]
 
     layout = (ctypes.sizeof(FastPathState), FastPathState.ring.offset, FastPathState.log.offset,
@@ -331,6 +339,8 @@ class FastPath:
         out = []
         for index in range(start, stop):
             record = ring[index % size]
+            if record.kind != RECORD_ENTRY:
+                continue
             event = Event(record.time_ns, Kind.SYSCALL, record.rip, record.cr3, record.number,
                           args=tuple(record.args), user=True)
             event.seq = record.seq

@@ -54,6 +54,7 @@ from .devices.reset import SystemControlPortA
 from .errors import LoaderError
 from .events import Event, EventLog, Kind
 from .fastpath import (
+    RECORD_ENTRY,
     WANT_BATCH,
     WANT_EACH,
     WANT_RAW,
@@ -394,6 +395,7 @@ class Machine:
                          from_user: bool, cr3: int) -> None:
         self.halted = False
         self.tracer.delivery(vector, error_code, rip, cr2, external, from_user, cr3)
+        self._sync_tracer_view()
 
     def _record_syscall(self, rip: int, number: int, cr3: int, args: tuple[int, ...],
                         time_ns: int | None = None) -> None:
@@ -425,17 +427,35 @@ class Machine:
         try:
             records = fast.take()
             self.events.raw_taken(state.raw_consumed)
-            syscall = self.tracer.syscall
+            tracer = self.tracer
+            syscall, returned = tracer.syscall, tracer.return_to_user
             for record in records:
                 pid = record.pid
-                syscall(record.rip, record.number, record.cr3, tuple(record.args), record.time_ns, record.seq,
-                        pid if pid >= 0 else None)
+                if record.kind == RECORD_ENTRY:
+                    syscall(record.rip, record.number, record.cr3, tuple(record.args), record.time_ns, record.seq,
+                            pid if pid >= 0 else None)
+                else:  # a return the native watch saw needed nothing at once (same pid, same console)
+                    returned(record.rip, record.number, record.cr3, pid, record.time_ns, console=False)
         finally:
             self._pulling = False
 
     def _fast_return(self, record: UserReturn) -> None:
         self._pull_syscalls()
         self._user_return(record.rip, record.rax, record.cr3, record.pid if record.pid >= 0 else None)
+        self._sync_tracer_view()
+
+    def _sync_tracer_view(self, screen: bool = False) -> None:
+        """What the native return watch must know of the tracer to tell which returns need Python at once:
+        whether a fault waits for its outcome (or the auditor checks), and, after the tracer's view was set
+        from elsewhere (`screen`: enabling, a snapshot), which process and screen it last saw."""
+        if self.fast is None:
+            return
+        state = self.fast.state
+        state.see_every_return = bool(self.auditor is not None or self.tracer._pending_fault)
+        if screen:
+            state.screen_valid = 0
+            pid = self.tracer._last_user_pid
+            state.last_user_pid = pid if pid is not None else -1
 
     def _fast_slow_in(self, port: int, size: int) -> int:
         self.fast.flush_log()  # type: ignore[union-attr]
@@ -472,6 +492,7 @@ class Machine:
             self.events.raw_taken(state.raw_total)
             state.want_syscalls = want
         state.want_returns = bool(self.tracer.full or self.auditor is not None)
+        state.see_every_return = bool(self.auditor is not None or self.tracer._pending_fault)
 
     def _machine_event(self, text: str) -> None:
         self.tracer.machine_event(text)
@@ -508,6 +529,10 @@ class Machine:
         kernel = self.tracer.kernel
         if self.fast is not None and kernel is not None and kernel.available:
             self.fast.know_kernel(kernel.current_address, kernel.layout.pid if kernel.layout else None)
+        if self.fast is not None:
+            self.fast.state.memory_calls = sum(1 << number for number in range(64)
+                                               if self.tracer.reads_user_memory(number))
+        self._sync_tracer_view(screen=True)
 
     def _kernel_code_matches(self, patterns: tuple[bytes, ...]) -> list[tuple[int, int]]:
         """(address, length) of every occurrence of `patterns` in the kernel's executable segments."""
@@ -604,6 +629,7 @@ class Machine:
     def restore(self, snapshot: snapshots.Snapshot) -> None:
         snapshots.restore(self, snapshot)
         self._refresh_fast_ports()
+        self._sync_tracer_view(screen=True)
 
     def save_snapshot(self, path: Path) -> None:
         snapshots.save(self.snapshot(), path)

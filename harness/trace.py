@@ -174,6 +174,12 @@ class Tracer:
         error = self.syscalls.errors.get(value)
         return f"{value} {error}" if error else str(value)
 
+    def reads_user_memory(self, number: int) -> bool:
+        """Does tracing system call `number` read the caller's memory (a string or buffer argument shown at
+        entry, a buffer it wrote shown at its return)? Those must be read before the process runs on."""
+        spec = self.syscalls.by_number.get(number)
+        return spec is not None and any(arg.type in ("ptr", "str") for arg in spec.args)
+
     def _output_buffer(self, event: Event, cr3: int) -> None:
         """After a read-like call returns n > 0, show what it wrote into the caller's buffer."""
         spec = self.syscalls.by_number.get(event.number)
@@ -253,11 +259,13 @@ class Tracer:
 
     # -- returns to user mode (full tracing) -----------------------------------------------------------------------
     def return_to_user(self, rip: int, rax: int, cr3: int, pid: int | None | bool = False,
-                       time_ns: int | None = None) -> None:
+                       time_ns: int | None = None, console: bool = True) -> None:
         """The CPU went back to user mode at `rip` (RAX = `rax`): finishes that process's system call or fault.
-        `pid` and `time_ns` when the native path already read them (False: read the pid now)."""
+        `pid` and `time_ns` when the native path already read them (False: read the pid now); `console` False
+        for a return it recorded after checking that the console had not changed."""
         if pid is False:
             pid = self._pid(cr3)
+        now = self._now() if time_ns is None else time_ns
         if pid != self._last_user_pid:
             previous = self._last_user_pid
             waiting = self._pending_syscall.get(previous)
@@ -265,14 +273,15 @@ class Tracer:
                 waiting.blocked = True
                 self.events.release_unfinished(waiting)
             self._scan_processes(cr3)
-            self.events.add(Event(self._now(), Kind.SWITCH, rip, cr3, pid=pid, user=True,
+            self.events.add(Event(now, Kind.SWITCH, rip, cr3, pid=pid, user=True,
                                   detail={"from": previous, "to": pid}))
             self._last_user_pid = pid
-        self._console_changed()
+        if console:
+            self._console_changed()
         call = self._pending_syscall.pop(pid, None)
         if call is not None:
             call.ret = rax
-            call.end_ns = self._now()
+            call.end_ns = now
             self._output_buffer(call, cr3)
             self.events.finish(call)
         fault = self._pending_fault.pop(pid, None)
