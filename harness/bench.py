@@ -101,7 +101,9 @@ def _harness_disk_run(image: bytes, traced: bool, tree: project.BuildTree, count
     watch every system call, which is not what is measured)."""
     start = time.perf_counter()
     machine = Machine(MachineConfig(count_instructions=count_instructions))
-    machine.boot_disk(image)
+    # The image's kernel is the build's, loaded by the boot sector; its ELF (with symbols) lets the tracer
+    # name processes, as when tracing the ELF path.
+    machine.boot_disk(image, kernel=read_elf(tree.kernel, "kernel"))
     if traced:
         machine.enable_tracing(SyscallTable.load(tree.syscall_table), tree.programs())
     if rounds is None:

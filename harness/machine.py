@@ -435,7 +435,8 @@ class Machine:
                     syscall(record.rip, record.number, record.cr3, tuple(record.args), record.time_ns, record.seq,
                             pid if pid >= 0 else None)
                 else:  # a return the native watch saw needed nothing at once (same pid, same console)
-                    returned(record.rip, record.number, record.cr3, pid, record.time_ns, console=False)
+                    returned(record.rip, record.number, record.cr3, pid if pid >= 0 else None, record.time_ns,
+                             console=False)
         finally:
             self._pulling = False
 

@@ -407,8 +407,8 @@ void fast_watch_hook(void *uc, uint64_t address, uint32_t size, void *opaque)
      * console changed, a fault waits for its outcome, the trace shows memory of the call's (read before the
      * process runs on), the auditor checks. Any other return is a record Python applies, in order, at its
      * next call. */
-    int quiet = f->want_syscalls == WANT_BATCH && !f->see_every_return && r->pid >= 0
-                && r->pid == f->last_user_pid && f->last_entry_pid == r->pid && f->last_entry_number < 64
+    int quiet = f->want_syscalls == WANT_BATCH && !f->see_every_return && r->pid == f->last_user_pid
+                && f->last_entry_pid == r->pid && f->last_entry_number < 64
                 && !((f->memory_calls >> f->last_entry_number) & 1) && f->screen_valid
                 && CONSOLE_PA + CONSOLE_BYTES <= f->ram_size
                 && memcmp(f->ram + CONSOLE_PA, f->screen, CONSOLE_BYTES) == 0;
