@@ -36,11 +36,13 @@ class RawSyscall(ctypes.Structure):
 
     _fields_ = [("kind", ctypes.c_uint64), ("seq", ctypes.c_uint64), ("time_ns", ctypes.c_uint64),
                 ("rip", ctypes.c_uint64), ("cr3", ctypes.c_uint64), ("number", ctypes.c_uint64),
-                ("args", ctypes.c_uint64 * 4), ("pid", ctypes.c_int64)]
+                ("args", ctypes.c_uint64 * 4), ("pid", ctypes.c_int64), ("ret", ctypes.c_uint64),
+                ("end_ns", ctypes.c_uint64)]
 
 
 RECORD_ENTRY = 0
 RECORD_RETURN = 1  # WANT_BATCH: a return to user nothing needed at once (rip: where it resumes, number: RAX)
+RECORD_COMPLETE = 2  # an entry whose quiet return came next (ret and end_ns filled in)
 
 
 class UserReturn(ctypes.Structure):
@@ -339,7 +341,7 @@ class FastPath:
         out = []
         for index in range(start, stop):
             record = ring[index % size]
-            if record.kind != RECORD_ENTRY:
+            if record.kind == RECORD_RETURN:
                 continue
             event = Event(record.time_ns, Kind.SYSCALL, record.rip, record.cr3, record.number,
                           args=tuple(record.args), user=True)

@@ -54,6 +54,7 @@ from .devices.reset import SystemControlPortA
 from .errors import LoaderError
 from .events import Event, EventLog, Kind
 from .fastpath import (
+    RECORD_COMPLETE,
     RECORD_ENTRY,
     WANT_BATCH,
     WANT_EACH,
@@ -424,20 +425,27 @@ class Machine:
         if state.raw_consumed == state.raw_total:
             return
         self._pulling = True
+        events = self.events
+        events.before_add = None  # the events added below are the ones it would pull
         try:
             records = fast.take()
-            self.events.raw_taken(state.raw_consumed)
+            events.raw_taken(state.raw_consumed)
             tracer = self.tracer
             syscall, returned = tracer.syscall, tracer.return_to_user
             for record in records:
                 pid = record.pid
-                if record.kind == RECORD_ENTRY:
+                kind = record.kind
+                if kind == RECORD_ENTRY:
                     syscall(record.rip, record.number, record.cr3, tuple(record.args), record.time_ns, record.seq,
                             pid if pid >= 0 else None)
+                elif kind == RECORD_COMPLETE:  # entered and came straight back with nothing else to see
+                    syscall(record.rip, record.number, record.cr3, tuple(record.args), record.time_ns, record.seq,
+                            pid if pid >= 0 else None, (record.ret, record.end_ns))
                 else:  # a return the native watch saw needed nothing at once (same pid, same console)
                     returned(record.rip, record.number, record.cr3, pid if pid >= 0 else None, record.time_ns,
                              console=False)
         finally:
+            events.before_add = self._pull_syscalls
             self._pulling = False
 
     def _fast_return(self, record: UserReturn) -> None:

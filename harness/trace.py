@@ -125,26 +125,32 @@ class Tracer:
 
     # -- system calls ----------------------------------------------------------------------------------------
     def syscall(self, rip: int, number: int, cr3: int, args: tuple[int, ...], time_ns: int | None = None,
-                seq: int | None = None, pid: int | None | bool = False) -> None:
+                seq: int | None = None, pid: int | None | bool = False, returned: tuple[int, int] | None = None,
+                ) -> None:
         """A system call entered. `time_ns`, `seq` and `pid` come with calls recorded when they happened and
-        taken later (the native fast path's batches); pid False means: read it now."""
+        taken later (the native fast path's batches); pid False means: read it now. `returned` (RAX, time):
+        the call also came back at once to the same process with nothing else to see at its return (the native
+        path saw that): finish it now."""
         event = Event(self._now() if time_ns is None else time_ns, Kind.SYSCALL, rip, cr3, number, args=args,
                       user=True)
         if not self.full:
             self.events.add(event, seq=seq)
             return
         event.pid = self._pid(cr3) if pid is False else pid  # type: ignore[assignment]
-        event.detail = {}
         spec = self.syscalls.by_number.get(number)
         if spec is not None:
-            shown: list[list[str]] = []  # [name, rendering] pairs (lists: they survive a JSON round trip)
-            for i, arg in enumerate(spec.args):
-                shown.append([arg.name, self._format_argument(spec.args, i, args, cr3)])
-            event.detail["args"] = shown  # type: ignore[index]
-            event.detail["name"] = spec.name  # type: ignore[index]
+            # [name, rendering] pairs (lists: they survive a JSON round trip)
+            shown = [[arg.name, self._format_argument(spec.args, i, args, cr3)] for i, arg in enumerate(spec.args)]
+            event.detail = {"args": shown, "name": spec.name}
+        else:
+            event.detail = {}
         previous = self._pending_syscall.pop(event.pid, None)
         if previous is not None:  # it never returned (should not happen): close it as unfinished
             self.events.finish(previous)
+        if returned is not None:
+            event.ret, event.end_ns = returned
+            self.events.add(event, seq=seq)
+            return
         self._pending_syscall[event.pid] = self.events.add(event, finished=False, seq=seq)
 
     def _format_argument(self, specs: tuple[SyscallArg, ...], index: int, args: tuple[int, ...], cr3: int) -> str:
@@ -183,7 +189,7 @@ class Tracer:
     def _output_buffer(self, event: Event, cr3: int) -> None:
         """After a read-like call returns n > 0, show what it wrote into the caller's buffer."""
         spec = self.syscalls.by_number.get(event.number)
-        if spec is None or event.ret is None or signed(event.ret) < 0:
+        if spec is None or not spec.args or event.ret is None or signed(event.ret) < 0:
             return
         for i, arg in enumerate(spec.args):
             if arg.type != "ptr" or arg.ctype.startswith("const") or i >= len(event.args):

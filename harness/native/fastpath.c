@@ -95,10 +95,13 @@ struct raw_syscall {
     uint64_t number;
     uint64_t args[4]; /* rdi, rsi, rdx, r10 */
     int64_t pid;      /* the kernel's current->pid, or -1 if unknown */
+    uint64_t ret;     /* RECORD_COMPLETE: RAX at the return, and when */
+    uint64_t end_ns;
 };
 
 #define RECORD_ENTRY 0
-#define RECORD_RETURN 1  /* rip: where the process resumes; number: RAX */
+#define RECORD_RETURN 1   /* rip: where the process resumes; number: RAX */
+#define RECORD_COMPLETE 2 /* an entry whose quiet return came next: ret and end_ns filled in */
 
 #define CONSOLE_PA 0xB8000
 #define CONSOLE_BYTES 4000
@@ -413,6 +416,13 @@ void fast_watch_hook(void *uc, uint64_t address, uint32_t size, void *opaque)
                 && CONSOLE_PA + CONSOLE_BYTES <= f->ram_size
                 && memcmp(f->ram + CONSOLE_PA, f->screen, CONSOLE_BYTES) == 0;
     if (quiet) {
+        struct raw_syscall *entry = &f->ring[(f->raw_total - 1) & (RING_SIZE - 1)];
+        if (f->raw_total > f->raw_consumed && entry->kind == RECORD_ENTRY && entry->pid == r->pid) {
+            entry->kind = RECORD_COMPLETE; /* the usual case: one record for the whole call */
+            entry->ret = r->rax;
+            entry->end_ns = r->time_ns;
+            return;
+        }
         struct raw_syscall *q = &f->ring[f->raw_total++ & (RING_SIZE - 1)];
         q->kind = RECORD_RETURN;
         q->seq = 0;
