@@ -195,8 +195,11 @@ class Machine:
             uc.hook_add(UC_HOOK_INSN, self.cpu.hook_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
             uc.hook_add(UC_HOOK_INSN, self._hook_in, None, 1, 0, X.UC_X86_INS_IN)
             uc.hook_add(UC_HOOK_INSN, self._hook_out, None, 1, 0, X.UC_X86_INS_OUT)
+        # Only beyond RAM can an access find nothing, so the hook covers only that. (Unicorn 2.1.4 keeps every
+        # store to a page that a memory hook covers on its slow path; it does so for executable pages anyway,
+        # and without NX in the guest's page tables every page is executable.)
         uc.hook_add(UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED,
-                    self._hook_unmapped)
+                    self._hook_unmapped, None, config.ram_size, (1 << 64) - 1)
 
         self.symbols = SymbolTable([])
         self.kernel_image: loader.ElfImage | None = None
