@@ -16,7 +16,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unicorn import (
     UC_ARCH_X86,
@@ -37,8 +37,6 @@ from unicorn import (
 from unicorn import x86_const as X
 
 from . import loader
-from . import snapshot as snapshots
-from .audit import IsolationAuditor, Violation
 from .bios import Bios
 from .clock import DEFAULT_NS_PER_BLOCK, VirtualClock
 from .cpu import FLAG_IF, GP, NOT_AN_ADDRESS, OFF_OLD_EXCEPTION, RAX, RBP, RCX, RSP, Cpu, TripleFault
@@ -71,6 +69,10 @@ from .paging import PageFault, PhysicalFault, read_u64, read_virtual
 from .symbols import SymbolTable
 from .syscalls import SyscallTable
 from .trace import Tracer
+
+if TYPE_CHECKING:
+    from . import snapshot as snapshots
+    from .audit import IsolationAuditor, Violation
 
 PANIC_PREFIXES = ("PANIC:", "USER PANIC:")
 PANIC_GRACE_NS = 5_000_000  # after a panic line in the log, let the kernel finish drawing for 5 ms
@@ -525,6 +527,8 @@ class Machine:
     # -- isolation audit ---------------------------------------------------------------------------------------
     def enable_audit(self) -> None:
         """Check every process's page table at every return to user mode; stop at the first violation."""
+        from .audit import IsolationAuditor  # imported when used: most runs never audit
+
         self.auditor = IsolationAuditor(self)
         if self.tracer.kernel is None:
             self.tracer.kernel = self.auditor.kernel  # the return hook reads interrupt frames through it
@@ -636,17 +640,25 @@ class Machine:
 
     def snapshot(self) -> snapshots.Snapshot:
         """The machine's whole state, to `restore()` later (between runs, never during one)."""
+        from . import snapshot as snapshots
+
         return snapshots.take(self)
 
     def restore(self, snapshot: snapshots.Snapshot) -> None:
+        from . import snapshot as snapshots
+
         snapshots.restore(self, snapshot)
         self._refresh_fast_ports()
         self._sync_tracer_view(screen=True)
 
     def save_snapshot(self, path: Path) -> None:
+        from . import snapshot as snapshots
+
         snapshots.save(self.snapshot(), path)
 
     def load_snapshot(self, path: Path) -> None:
+        from . import snapshot as snapshots
+
         self.restore(snapshots.load(path))
 
     # -- inspection --------------------------------------------------------------------------------------------

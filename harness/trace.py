@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 from unicorn.x86_const import UC_X86_REG_CR3
 
 from .events import Event, Kind
-from .kernelview import KernelView
 from .paging import PF_FETCH, PF_PRESENT, PF_USER, PF_WRITE, PageFault, PhysicalFault, read_virtual, walk_steps
 from .symbols import SymbolTable
 from .syscalls import SyscallArg, SyscallTable
 
 if TYPE_CHECKING:
+    from .kernelview import KernelView
     from .machine import Machine
 
 STRING_LIMIT = 32  # characters of a string or buffer shown, like strace -s 32
@@ -82,6 +82,8 @@ class Tracer:
         self.full = True
         self.syscalls = syscalls
         self.programs = programs
+        from .kernelview import KernelView  # DWARF reading: imported when tracing starts
+
         self.kernel = KernelView(self.machine.memory, self.machine.symbols, kernel_path)
         self._screen = bytes(self.machine.memory[0xB8000:0xB8000 + CONSOLE_BYTES])
 
