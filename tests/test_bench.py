@@ -1,0 +1,33 @@
+"""The benchmark's own arithmetic and runs (its figures are measured by `python -m harness bench`, never here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness import bench, project
+
+
+def test_rates_subtract_the_baseline_run_made_just_before() -> None:
+    # 1,000 units in runs of 3 s and 5 s after baselines of 1 s and 1 s: 500 and 250 per second.
+    assert bench._rates(1000, [3.0, 5.0], [1.0, 1.0]) == [500.0, 250.0]
+    assert bench._rates(1000, [1.0], [2.0]) == []  # noise larger than the work: no rate rather than a wrong one
+
+
+def test_a_round_run_stops_at_the_kernels_loop_marker(build_tree: project.BuildTree, tmp_path: Path) -> None:
+    image = bench._make_image(build_tree.directory, "loop yielder", tmp_path / "loop.img").read_bytes()
+    elapsed, machine = bench._harness_disk_run(image, False, build_tree, rounds=2)
+    log = machine.log.text()
+    assert elapsed > 0
+    assert "weensyos: loop 2 done" in log and "weensyos: loop 3 done" not in log
+    assert log.count("process 1 (yielder) exited with status 0") == 2  # one exit per round
+    assert machine.syscall_count >= 20_000
+
+
+def test_the_table_shows_medians_and_ratios_oriented_so_that_above_one_is_better() -> None:
+    faster = bench.Row("yield loop", "syscalls/s", harness=[90.0, 110.0, 100.0], qemu=[50.0])
+    slower_boot = bench.Row("boot", "s", harness=[0.4], qemu=[0.2], higher_is_better=False)
+    text = bench.table({"rows": [faster.summary(), slower_boot.summary()]})
+    assert faster.ratio == 2.0 and slower_boot.ratio == 0.5
+    lines = text.splitlines()
+    assert "yield loop" in lines[1] and "2.00" in lines[1] and "90-110" in lines[1]
+    assert "boot" in lines[2] and "0.50" in lines[2]
