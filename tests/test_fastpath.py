@@ -139,3 +139,19 @@ def test_faults_after_many_pauses_are_still_delivered(build_tree: Any, fast: boo
     faults = [e for e in machine.events.of_kind(Kind.EXCEPTION) if e.number == 14]
     assert machine.events.counts[Kind.EXCEPTION] >= 1000
     assert faults and all(e.address == 0 and e.error_code == 0x4 for e in faults)  # user read, not present
+
+
+def test_without_a_c_compiler_everything_runs_in_python_and_the_run_is_the_same(
+        boot: BootFn, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No native library (no compiler on the machine): the clock is a Python hook, no native path is used,
+    and the run is block for block the one the native build gives."""
+    import harness.clock
+
+    native, _ = boot("forkexit", ticks=3)
+    monkeypatch.setattr(harness.clock, "_native", None)  # "looked for it, there is none"
+    python, _ = boot("forkexit", ticks=3)
+    assert python.fast is None and not python.clock.native
+    assert native.fast is not None and native.clock.native
+    assert python.clock.blocks == native.clock.blocks
+    assert bytes(python.log.data) == bytes(native.log.data)
+    assert [fingerprint(e) for e in python.events.ring] == [fingerprint(e) for e in native.events.ring]
