@@ -31,7 +31,7 @@ from pathlib import Path
 
 from unicorn.unicorn_py3.unicorn import uclib
 
-from . import project
+from . import fastpath, project
 from .events import Kind
 from .loader import Module, read_elf
 from .machine import Machine, MachineConfig, StopKind
@@ -222,7 +222,7 @@ def run(repeat: int = 3, use_qemu: bool = True, progress: Callable[[str], None] 
             rows.append(traced)
     return {"machine": {"python": platform.python_version(), "platform": platform.platform(),
                         "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                        "cpu model": _cpu_model()},
+                        "cpu model": _cpu_model(), "hot paths": fastpath.status()},
             "qemu": use_qemu, "repeat": repeat, "rows": [row.summary() for row in rows]}
 
 
@@ -282,6 +282,9 @@ def table(result: dict[str, object]) -> str:
 def main(repeat: int, output: Path | None, use_qemu: bool) -> int:
     result = run(repeat, use_qemu, progress=lambda text: print(text, file=sys.stderr, flush=True))
     print(table(result))
+    machine = result["machine"]
+    print(f"{machine['cpu model']}, {machine['cpus']} CPUs, Python {machine['python']}; "  # type: ignore[index]
+          f"hot paths: {machine['hot paths']}")  # type: ignore[index]
     if output is not None:
         output.write_text(json.dumps(result, indent=2) + "\n")
         print(f"(written to {output})", file=sys.stderr)

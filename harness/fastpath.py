@@ -118,6 +118,12 @@ class StatePath:
 
 
 _PATH: StatePath | None | bool = False  # False: not looked for yet
+_STATUS = "not tried yet"
+
+
+def status() -> str:
+    """Whether the last machine made got the native hot paths, and if not why (for reports and benchmarks)."""
+    return _STATUS
 
 
 def _marker(index: int) -> int:
@@ -242,17 +248,22 @@ class FastPath:
     @classmethod
     def create(cls, uc: Uc, clock: clock_module.VirtualClock, lpt: LptState, callbacks: Callbacks, ram: int = 0,
                ram_size: int = 0) -> FastPath | None:
-        """The fast paths for this engine, or None (no C compiler, or Unicorn's state not where expected)."""
+        """The fast paths for this engine, or None (see `status()` for why)."""
+        global _STATUS
         native = clock_module._load_native()
         if native is None or not clock.native:
+            _STATUS = "unavailable: the native library could not be built (no C compiler?)"
             return None
         _configure_native(native)
         path = _state_path(native)
         if path is None:
+            _STATUS = "unavailable: Unicorn's live CPU state was not found (not Unicorn 2.1.4?)"
             return None
         env = live_state(native, uc, path)
         if env is None:
+            _STATUS = "unavailable: this engine's CPU state is not where the first engine's was"
             return None
+        _STATUS = f"native (CPU state at engine+{path.uc_offset:#x} -> +{path.env_offset:#x})"
         return cls(native, uc, env, blob_layout(), clock, lpt, callbacks, ram, ram_size)
 
     def _guard(self, function: Callable[..., object], failed: object = None) -> Callable[..., object]:

@@ -148,8 +148,10 @@ def test_without_a_c_compiler_everything_runs_in_python_and_the_run_is_the_same(
     import harness.clock
 
     native, _ = boot("forkexit", ticks=3)
+    assert fastpath.status().startswith("native (CPU state at engine+")
     monkeypatch.setattr(harness.clock, "_native", None)  # "looked for it, there is none"
     python, _ = boot("forkexit", ticks=3)
+    assert fastpath.status() == "unavailable: the native library could not be built (no C compiler?)"
     assert python.fast is None and not python.clock.native
     assert native.fast is not None and native.clock.native
     assert python.clock.blocks == native.clock.blocks
