@@ -279,12 +279,47 @@ def table(result: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
-def main(repeat: int, output: Path | None, use_qemu: bool) -> int:
+def markdown(result: dict[str, object]) -> str:
+    """The rows as a Markdown table (what the README shows), medians with three significant figures."""
+
+    def show(value: object) -> str:
+        if not isinstance(value, float):
+            return "-"
+        return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+    lines = ["| workload | unit | harness | QEMU | harness/QEMU | spread (harness) |", "|---|---|---|---|---|---|"]
+    for row in result["rows"]:  # type: ignore[union-attr]
+        spread = f"{show(min(row['harness']))}-{show(max(row['harness']))}" if row["harness"] else "-"  # type: ignore[index]
+        ratio = f"{row['ratio']:.2f}" if row["ratio"] else "-"  # type: ignore[index]
+        lines.append(f"| {row['name']} | {row['unit']} | {show(row['harness_median'])} | "  # type: ignore[index]
+                     f"{show(row['qemu_median'])} | {ratio} | {spread} |")  # type: ignore[index]
+    return "\n".join(lines)
+
+
+def _describe_machine(result: dict[str, object]) -> str:
+    machine = result.get("machine", {})
+    return (f"{machine.get('cpu model', '?')}, {machine.get('cpus', '?')} CPUs, Python "  # type: ignore[union-attr]
+            f"{machine.get('python', '?')}; hot paths: {machine.get('hot paths', '?')}; "  # type: ignore[union-attr]
+            f"median of {result.get('repeat', '?')} runs")
+
+
+def show_saved(path: Path, as_markdown: bool) -> int:
+    """Print results saved by --json, without measuring anything."""
+    try:
+        result = json.loads(path.read_text())
+        text = markdown(result) if as_markdown else table(result)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        print(f"harness: error: cannot read benchmark results from {path}: {error}", file=sys.stderr)
+        return 1
+    print(text)
+    print(_describe_machine(result))
+    return 0
+
+
+def main(repeat: int, output: Path | None, use_qemu: bool, as_markdown: bool = False) -> int:
     result = run(repeat, use_qemu, progress=lambda text: print(text, file=sys.stderr, flush=True))
-    print(table(result))
-    machine = result["machine"]
-    print(f"{machine['cpu model']}, {machine['cpus']} CPUs, Python {machine['python']}; "  # type: ignore[index]
-          f"hot paths: {machine['hot paths']}")  # type: ignore[index]
+    print(markdown(result) if as_markdown else table(result))
+    print(_describe_machine(result))
     if output is not None:
         output.write_text(json.dumps(result, indent=2) + "\n")
         print(f"(written to {output})", file=sys.stderr)

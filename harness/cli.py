@@ -180,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeat", type=_positive_int, default=3, metavar="N", help="runs per row (default: 3)")
     bench.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     bench.add_argument("--no-qemu", action="store_true", help="measure the harness only")
+    bench.add_argument("--markdown", action="store_true", help="print the results as a Markdown table")
+    bench.add_argument("--from-json", type=Path, metavar="FILE",
+                       help="measure nothing: show the results saved in FILE (by --json)")
 
     build = commands.add_parser("build", help="build WeensyOS (kernel and programs) into the build directory")
     build.add_argument("--build-dir", type=Path, metavar="DIR", help="where to build")
@@ -430,7 +433,9 @@ def command_trace_diff(args: argparse.Namespace) -> int:
 def command_bench(args: argparse.Namespace) -> int:
     from . import bench
 
-    return bench.main(args.repeat, args.json, not args.no_qemu)
+    if args.from_json is not None:
+        return bench.show_saved(args.from_json, args.markdown)
+    return bench.main(args.repeat, args.json, not args.no_qemu, args.markdown)
 
 
 def main(argv: list[str] | None = None) -> int:

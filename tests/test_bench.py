@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
+
 from harness import bench, project
+from harness.cli import main
 
 
 def test_rates_subtract_the_baseline_run_made_just_before() -> None:
@@ -31,3 +35,20 @@ def test_the_table_shows_medians_and_ratios_oriented_so_that_above_one_is_better
     lines = text.splitlines()
     assert "yield loop" in lines[1] and "2.00" in lines[1] and "90-110" in lines[1]
     assert "boot" in lines[2] and "0.50" in lines[2]
+
+
+def test_saved_results_are_shown_again_as_markdown_without_measuring(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+
+    row = bench.Row("pipe", "messages/s", harness=[3000.0, 3400.0], qemu=[1600.0])
+    saved = tmp_path / "results.json"
+    saved.write_text(json.dumps({"machine": {"cpu model": "Test CPU", "cpus": 2, "python": "3.11", "hot paths":
+                                             "native"}, "repeat": 2, "rows": [row.summary()]}))
+    assert main(["bench", "--from-json", str(saved), "--markdown"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("| workload | unit | harness | QEMU | harness/QEMU")
+    assert out[2] == "| pipe | messages/s | 3,200 | 1,600 | 2.00 | 3,000-3,400 |"
+    assert out[3] == "Test CPU, 2 CPUs, Python 3.11; hot paths: native; median of 2 runs"
+    assert main(["bench", "--from-json", str(tmp_path / "missing.json")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("harness: error: cannot read benchmark results from")
