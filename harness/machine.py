@@ -433,22 +433,19 @@ class Machine:
         events = self.events
         events.before_add = None  # the events added below are the ones it would pull
         try:
-            records = fast.take()
-            events.raw_taken(state.raw_consumed)
+            start, stop = state.raw_consumed, state.raw_total
+            state.raw_consumed = stop
+            events.raw_taken(stop)
             tracer = self.tracer
             syscall, returned = tracer.syscall, tracer.return_to_user
-            for record in records:
-                pid = record.pid
-                kind = record.kind
+            for kind, seq, time_ns, rip, cr3, number, a0, a1, a2, a3, pid, ret, end_ns in fast.unpack(start, stop):
                 if kind == RECORD_ENTRY:
-                    syscall(record.rip, record.number, record.cr3, tuple(record.args), record.time_ns, record.seq,
-                            pid if pid >= 0 else None)
+                    syscall(rip, number, cr3, (a0, a1, a2, a3), time_ns, seq, pid if pid >= 0 else None)
                 elif kind == RECORD_COMPLETE:  # entered and came straight back with nothing else to see
-                    syscall(record.rip, record.number, record.cr3, tuple(record.args), record.time_ns, record.seq,
-                            pid if pid >= 0 else None, (record.ret, record.end_ns))
+                    syscall(rip, number, cr3, (a0, a1, a2, a3), time_ns, seq, pid if pid >= 0 else None,
+                            (ret, end_ns))
                 else:  # a return the native watch saw needed nothing at once (same pid, same console)
-                    returned(record.rip, record.number, record.cr3, pid if pid >= 0 else None, record.time_ns,
-                             console=False)
+                    returned(rip, number, cr3, pid if pid >= 0 else None, time_ns, console=False)
         finally:
             events.before_add = self._pull_syscalls
             self._pulling = False

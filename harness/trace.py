@@ -133,8 +133,10 @@ class Tracer:
         taken later (the native fast path's batches); pid False means: read it now. `returned` (RAX, time):
         the call also came back at once to the same process with nothing else to see at its return (the native
         path saw that): finish it now."""
-        event = Event(self._now() if time_ns is None else time_ns, Kind.SYSCALL, rip, cr3, number, args=args,
-                      user=True)
+        # Positional: this runs once per system call when tracing (time, kind, rip, cr3, number, error_code,
+        # address, args, text, seq, pid, user).
+        event = Event(self._now() if time_ns is None else time_ns, Kind.SYSCALL, rip, cr3, number, None, None,
+                      args, "", -1, None, True)
         if not self.full:
             self.events.add(event, seq=seq)
             return
