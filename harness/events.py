@@ -129,7 +129,7 @@ class EventLog:
 
     def connect_raw(self, raw: RawSyscalls) -> None:
         """Number events together with the native recorder from now on."""
-        self._settle()
+        self.settle()
         raw.next_seq = self._next_seq
         self.raw = raw
         self._raw_seen = raw.total()
@@ -151,19 +151,19 @@ class EventLog:
 
     @property
     def ring(self) -> deque[Event]:
-        self._settle()
+        self.settle()
         return self._ring
 
     @property
     def counts(self) -> Counter[Kind]:
-        self._settle()
+        self.settle()
         return self._counts
 
     def raw_taken(self, total: int) -> None:
         """The first `total` raw records were taken by a consumer that adds them as events itself."""
         self._raw_seen = max(self._raw_seen, total)
 
-    def _settle(self) -> None:
+    def settle(self) -> None:
         """Merge the raw records written since the last look into the ring (by seq) and the counts."""
         if self.before_add is not None:
             self.before_add()

@@ -351,17 +351,12 @@ class FastPath:
         return self.state.raw_total
 
     def events(self, start: int, stop: int, limit: int) -> list[Event]:
-        size = len(self.state.ring)
-        start = max(start, stop - min(limit, size))
-        ring = self.state.ring
+        """WANT_RAW: records `start` to `stop` as system-call events, at most the last `limit`."""
+        start = max(start, stop - min(limit, len(self.state.ring)))
         out = []
-        for index in range(start, stop):
-            record = ring[index % size]
-            if record.kind == RECORD_RETURN:
-                continue
-            event = Event(record.time_ns, Kind.SYSCALL, record.rip, record.cr3, record.number,
-                          args=tuple(record.args), user=True)
-            event.seq = record.seq
-            out.append(event)
+        for kind, seq, time_ns, rip, cr3, number, a0, a1, a2, a3, _pid, _ret, _end in self.unpack(start, stop):
+            if kind != RECORD_RETURN:
+                event = Event(time_ns, Kind.SYSCALL, rip, cr3, number, args=(a0, a1, a2, a3), user=True)
+                event.seq = seq
+                out.append(event)
         return out
-

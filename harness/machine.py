@@ -53,7 +53,7 @@ from .errors import LoaderError
 from .events import Event, EventLog, Kind
 from .fastpath import (
     RECORD_COMPLETE,
-    RECORD_ENTRY,
+    RECORD_RETURN,
     WANT_BATCH,
     WANT_EACH,
     WANT_RAW,
@@ -439,13 +439,12 @@ class Machine:
             tracer = self.tracer
             syscall, returned = tracer.syscall, tracer.return_to_user
             for kind, seq, time_ns, rip, cr3, number, a0, a1, a2, a3, pid, ret, end_ns in fast.unpack(start, stop):
-                if kind == RECORD_ENTRY:
-                    syscall(rip, number, cr3, (a0, a1, a2, a3), time_ns, seq, pid if pid >= 0 else None)
-                elif kind == RECORD_COMPLETE:  # entered and came straight back with nothing else to see
-                    syscall(rip, number, cr3, (a0, a1, a2, a3), time_ns, seq, pid if pid >= 0 else None,
-                            (ret, end_ns))
-                else:  # a return the native watch saw needed nothing at once (same pid, same console)
-                    returned(rip, number, cr3, pid if pid >= 0 else None, time_ns, console=False)
+                known_pid = pid if pid >= 0 else None  # -1: the native path could not read it
+                if kind == RECORD_RETURN:  # a return the native watch saw needed nothing at once
+                    returned(rip, number, cr3, known_pid, time_ns, console=False)
+                else:  # an entry; RECORD_COMPLETE: it came straight back with nothing else to see
+                    syscall(rip, number, cr3, (a0, a1, a2, a3), time_ns, seq, known_pid,
+                            (ret, end_ns) if kind == RECORD_COMPLETE else None)
         finally:
             events.before_add = self._pull_syscalls
             self._pulling = False
@@ -479,6 +478,16 @@ class Machine:
         self._hook_out(self.uc, port, size, value, None)
         self._refresh_fast_ports()
 
+    def _after_native_run(self) -> None:
+        """When the CPU stops: what the native paths still hold goes to Python (a log line not finished yet,
+        recorded system calls), and a stop they made on purpose is known."""
+        fast = self.fast
+        if fast is None:
+            return
+        fast.flush_log()
+        self._pull_syscalls()
+        self._slice_interrupted |= bool(fast.state.interrupted)
+
     def _refresh_fast_ports(self) -> None:
         """Port values the native path answers from a copy: copy them again after the devices changed."""
         if self.fast is not None:
@@ -497,13 +506,12 @@ class Machine:
         else:
             want = WANT_RAW
         if want != state.want_syscalls:
-            self._pull_syscalls()  # what the old mode recorded first, in its own way
-            self.events.ring  # noqa: B018 - settles raw records into the log
+            self.events.settle()  # what the old mode recorded first, in its own way
             state.raw_consumed = state.raw_total
             self.events.raw_taken(state.raw_total)
             state.want_syscalls = want
         state.want_returns = bool(self.tracer.full or self.auditor is not None)
-        state.see_every_return = bool(self.auditor is not None or self.tracer._pending_fault)
+        self._sync_tracer_view()
 
     def _machine_event(self, text: str) -> None:
         self.tracer.machine_event(text)
@@ -760,9 +768,7 @@ class Machine:
                 while self.cpu.replay_requested:
                     self.cpu.replay_fault()
             finally:
-                if self.fast is not None:
-                    self.fast.flush_log()
-                    self._pull_syscalls()
+                self._after_native_run()
         except TripleFault as fault:
             self._triple_fault(fault)
         except UcError as error:
@@ -911,10 +917,7 @@ class Machine:
                     cpu.replay_fault()
                     self._slice_interrupted = True
             finally:
-                if fast is not None:
-                    fast.flush_log()  # a line not finished yet: the log holds every byte printed so far
-                    self._pull_syscalls()
-                    self._slice_interrupted |= bool(fast.state.interrupted)
+                self._after_native_run()
         except TripleFault as fault:
             self._triple_fault(fault)
             return

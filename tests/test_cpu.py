@@ -12,6 +12,7 @@ import pytest
 from unicorn import x86_const as X
 
 from harness.cpu import RSP
+from harness.events import Event
 from harness.machine import Machine, MachineConfig, StopKind
 
 from .x86asm import assemble
@@ -175,27 +176,28 @@ def test_a_missing_handler_stack_is_a_double_fault_then_a_triple_fault(machine: 
     assert machine.stop.rip == USER_CODE
 
 
-def test_user_port_io_is_refused_with_general_protection(machine: Machine) -> None:
-    symbols = build_world(machine, "mov $0x604, %dx\nmov $0x2000, %ax\nbad: out %ax, %dx\n")
-    # The #GP handler powers the machine off itself: the user's own attempt must not.
+def run_user_code_until_general_protection(machine: Machine, code: str) -> tuple[dict[str, int], list[Event]]:
+    """Run `code` in ring 3 with a #GP handler that powers the machine off (the user's own attempt must not):
+    the symbols of `code` and the #GP events."""
+    symbols = build_world(machine, code)
     handler = assemble("mov $0x604, %dx\nmov $0x2000, %ax\nout %ax, %dx\nhlt\n", HANDLERS + 16 * 13)[0]
     machine.memory[HANDLERS + 16 * 13:HANDLERS + 16 * 13 + len(handler)] = handler
     machine.uc.ctl_flush_tb()
     stop = machine.run(max_time_ns=10_000_000)
     assert stop.kind is StopKind.POWER_OFF
-    gp = [e for e in machine.events if e.number == 13]
+    return symbols, [e for e in machine.events if e.number == 13]
+
+
+def test_user_port_io_is_refused_with_general_protection(machine: Machine) -> None:
+    symbols, gp = run_user_code_until_general_protection(machine, "mov $0x604, %dx\nmov $0x2000, %ax\n"
+                                                                  "bad: out %ax, %dx\n")
     assert len(gp) == 1 and gp[0].rip == symbols["bad"] and gp[0].error_code == 0
 
 
 def test_user_writes_to_the_log_port_are_refused_too(machine: Machine) -> None:
     """LPT1 is a port the native path answers itself, for ring 0 only: user code still gets #GP."""
-    symbols = build_world(machine, "mov $0x378, %dx\nmov $0x41, %al\nbad: out %al, %dx\n")
-    handler = assemble("mov $0x604, %dx\nmov $0x2000, %ax\nout %ax, %dx\nhlt\n", HANDLERS + 16 * 13)[0]
-    machine.memory[HANDLERS + 16 * 13:HANDLERS + 16 * 13 + len(handler)] = handler
-    machine.uc.ctl_flush_tb()
-    stop = machine.run(max_time_ns=10_000_000)
-    assert stop.kind is StopKind.POWER_OFF
-    gp = [e for e in machine.events if e.number == 13]
+    symbols, gp = run_user_code_until_general_protection(machine, "mov $0x378, %dx\nmov $0x41, %al\n"
+                                                                  "bad: out %al, %dx\n")
     assert len(gp) == 1 and gp[0].rip == symbols["bad"]
     assert machine.parallel.data == 0
 

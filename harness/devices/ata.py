@@ -14,7 +14,7 @@ import ctypes
 from collections.abc import Callable
 from typing import Any
 
-from .base import Device
+from .base import Device, shared_register
 
 PORT_DATA = 0x1F0
 PORT_ERROR = 0x1F1  # read: error; write: features
@@ -86,37 +86,10 @@ class AtaDisk(Device):
         self.transfer.buffer = ctypes.addressof(self._buffer_view) if self._buffer_view is not None else None
         self.transfer.length = len(data)
 
-    @property
-    def position(self) -> int:
-        return self.transfer.position
-
-    @position.setter
-    def position(self, value: int) -> None:
-        self.transfer.position = value
-
-    @property
-    def status(self) -> int:
-        return self.transfer.status
-
-    @status.setter
-    def status(self, value: int) -> None:
-        self.transfer.status = value
-
-    @property
-    def drive_head(self) -> int:
-        return self.transfer.drive_head
-
-    @drive_head.setter
-    def drive_head(self, value: int) -> None:
-        self.transfer.drive_head = value
-
-    @property
-    def writing(self) -> bool:
-        return bool(self.transfer.writing)
-
-    @writing.setter
-    def writing(self, value: bool) -> None:
-        self.transfer.writing = value
+    position = shared_register("transfer", "position")
+    status = shared_register("transfer", "status")
+    drive_head = shared_register("transfer", "drive_head")
+    writing = shared_register("transfer", "writing", bool)
 
     def reset(self) -> None:
         self.features = 0

@@ -8,7 +8,21 @@ board's power controls).
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
+
+
+def shared_register(record: str, field: str, convert: Callable[[Any], Any] = int) -> property:
+    """A device attribute kept in the device's C-compatible record `record` (a ctypes Structure that the native
+    fast path reads and writes too), so the model and the native code never hold two copies of it."""
+
+    def get(device: Any) -> Any:
+        return convert(getattr(getattr(device, record), field))
+
+    def set_(device: Any, value: Any) -> None:
+        setattr(getattr(device, record), field, value)
+
+    return property(get, set_, doc=f"`{field}` of the shared record `{record}`")
 
 
 class Device:

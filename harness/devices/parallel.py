@@ -16,7 +16,7 @@ import ctypes
 from collections.abc import Callable
 from typing import Any
 
-from harness.devices.base import Device
+from harness.devices.base import Device, shared_register
 
 # Ports.
 PORT_DATA = 0x378
@@ -61,29 +61,9 @@ class ParallelPort(Device):
         self.output = output
         self.state = LptState(0, CONTROL_RESET)
 
-    @property
-    def data(self) -> int:
-        return self.state.data
-
-    @data.setter
-    def data(self, value: int) -> None:
-        self.state.data = value
-
-    @property
-    def control(self) -> int:
-        return self.state.control
-
-    @control.setter
-    def control(self, value: int) -> None:
-        self.state.control = value
-
-    @property
-    def bytes_printed(self) -> int:
-        return self.state.printed
-
-    @bytes_printed.setter
-    def bytes_printed(self, value: int) -> None:
-        self.state.printed = value
+    data = shared_register("state", "data")
+    control = shared_register("state", "control")
+    bytes_printed = shared_register("state", "printed")
 
     def reset(self) -> None:
         self.data = 0
