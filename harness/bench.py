@@ -29,7 +29,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from unicorn.unicorn_py3.unicorn import uclib
 
 from . import fastpath, project
 from .events import Kind
@@ -94,13 +93,13 @@ def _round_marker(rounds: int) -> str:
     return f"weensyos: loop {rounds} done"  # what the kernel logs when its `loop` option restarts the command
 
 
-def _harness_disk_run(image: bytes, traced: bool, tree: project.BuildTree, count_instructions: bool = False,
+def _harness_disk_run(image: bytes, traced: bool, tree: project.BuildTree,
                       rounds: int | None = None) -> tuple[float, Machine]:
     """Boot `image` to power-off, or (`rounds`) until the kernel logs that many rounds of its command done.
     The log is looked at every virtual millisecond (a stop condition on the log alone would make the harness
     watch every system call, which is not what is measured)."""
     start = time.perf_counter()
-    machine = Machine(MachineConfig(count_instructions=count_instructions))
+    machine = Machine(MachineConfig())
     # The image's kernel is the build's, loaded by the boot sector; its ELF (with symbols) lets the tracer
     # name processes, as when tracing the ELF path.
     machine.boot_disk(image, kernel=read_elf(tree.kernel, "kernel"))
@@ -198,9 +197,8 @@ def run(repeat: int = 3, use_qemu: bool = True, progress: Callable[[str], None] 
                         times["qemu"].append(total)
             if workload.per_round is None:  # compute: guest instructions, counted exactly (same every run)
                 single = images[command].read_bytes()
-                counts = [_harness_disk_run(data, False, tree, count_instructions=True)[1].clock.instructions
-                          for data in (single, hello_image)]
-                per_round = (counts[0].value - counts[1].value) if counts[0] and counts[1] else 0
+                counts = [_harness_disk_run(data, False, tree)[1].clock.instructions for data in (single, hello_image)]
+                per_round = counts[0] - counts[1]
                 work = per_round * rounds / 1e6
                 row.note = (f"{rounds} x {per_round / 1e6:.0f} M guest instructions (beyond a hello run), "
                             f"less a hello run's time")
@@ -211,7 +209,6 @@ def run(repeat: int = 3, use_qemu: bool = True, progress: Callable[[str], None] 
             row.qemu = _rates(work, times["qemu"], times["qemu hello"])
             if workload.per_round is None:
                 rows.append(row)
-                rows.append(_unclocked_compute(tree, per_round / 1e6, repeat, row))
                 rows.append(traced)
                 continue
             if name == "yield loop":
@@ -224,35 +221,6 @@ def run(repeat: int = 3, use_qemu: bool = True, progress: Callable[[str], None] 
                         "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                         "cpu model": _cpu_model(), "hot paths": fastpath.status()},
             "qemu": use_qemu, "repeat": repeat, "rows": [row.summary() for row in rows]}
-
-
-def _unclocked_compute(tree: project.BuildTree, work: float, repeat: int, clocked: Row) -> Row:
-    """The compute workload on Unicorn with no hook at all (no block clock, so no timer: not deterministic and
-    not how the harness runs): how fast Unicorn itself runs this guest code, to tell its share of the gap to
-    QEMU from the clock's. ELF boot, less a hello run, like the other rows."""
-    row = Row("compute: Unicorn alone, without the block clock (reference)", "Minsn/s",
-              note="the harness's own clock hook removed; the timer never fires; for the profile only")
-    kernel = read_elf(tree.kernel, "kernel")
-    programs = tree.programs()
-
-    def elapsed(command: str, clocked_run: bool) -> float:
-        start = time.perf_counter()
-        machine = Machine(MachineConfig())
-        machine.boot(kernel, command, [Module(command, read_elf(programs[command], "program"))])
-        if not clocked_run:
-            uclib.uc_hook_del(machine.uc._uch, machine.clock.hook_handle)
-        stop = machine.run(max_time_ns=120_000_000_000)
-        if stop.kind is not StopKind.POWER_OFF:
-            raise RuntimeError(f"compute did not power off: {stop.message}")
-        return time.perf_counter() - start
-
-    runs, bases = [], []
-    for _ in range(repeat):
-        bases.append(elapsed("hello", False))
-        runs.append(elapsed("compute", False))
-    row.harness = _rates(work, runs, bases)
-    row.qemu = list(clocked.qemu)
-    return row
 
 
 def _cpu_model() -> str:

@@ -133,11 +133,27 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="resume from a snapshot taken with the same kernel instead of booting afresh")
 
 
+class _VersionAction(argparse.Action):
+    """--version: the harness's version and which engine runs, with which patches (engine.py)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        from . import engine
+
+        print(f"{parser.prog} {__version__}")
+        try:
+            print(engine.require().summary(engine.switched_off_from_environment()))
+        except HarnessError as error:
+            parser.exit(ExitCode.HARNESS_ERROR, f"harness: error: {error}\n")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m harness",
         description="Boot, run, trace and test a compiled x86-64 WeensyOS on an emulated PC (Unicorn).")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action=_VersionAction, nargs=0,
+                        help="show the harness's version and the engine that runs (Unicorn and our patches)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     boot = commands.add_parser(

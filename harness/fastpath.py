@@ -225,7 +225,7 @@ class FastPath:
         state.env = env
         state.off_efer, state.off_star, state.off_lstar = layout.efer, layout.star, layout.lstar
         state.off_fmask, state.off_cr3 = layout.fmask, layout.cr3
-        state.clock = ctypes.cast(ctypes.pointer(clock.counter), ctypes.c_void_p).value
+        state.clock = ctypes.cast(ctypes.pointer(clock.state_for_native), ctypes.c_void_p).value
         state.lpt = ctypes.cast(ctypes.pointer(lpt), ctypes.c_void_p).value
         state.reg_read = ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value
         state.reg_write = ctypes.cast(uclib.uc_reg_write, ctypes.c_void_p).value
@@ -255,7 +255,7 @@ class FastPath:
         """The fast paths for this engine, or None (see `status()` for why)."""
         global _STATUS
         native = clock_module._load_native()
-        if native is None or not clock.native:
+        if native is None:
             _STATUS = "unavailable: the native library could not be built (no C compiler?)"
             return None
         _configure_native(native)

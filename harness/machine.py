@@ -38,7 +38,7 @@ from unicorn import x86_const as X
 
 from . import loader
 from .bios import Bios
-from .clock import DEFAULT_NS_PER_BLOCK, VirtualClock
+from .clock import ClockCosts, VirtualClock
 from .cpu import FLAG_IF, GP, NOT_AN_ADDRESS, OFF_OLD_EXCEPTION, RAX, RBP, RCX, RSP, Cpu, TripleFault
 from .devices.ata import AtaDisk
 from .devices.cga import CgaConsole
@@ -49,6 +49,7 @@ from .devices.parallel import ParallelPort
 from .devices.pci import AcpiPm, HostBridge, Ich9Lpc, PciHost
 from .devices.pic import Pic8259
 from .devices.reset import SystemControlPortA
+from .engine import switched_off_from_environment
 from .errors import LoaderError
 from .events import Event, EventLog, Kind
 from .fastpath import (
@@ -122,12 +123,13 @@ class Stop:
 @dataclass(frozen=True)
 class MachineConfig:
     ram_size: int = loader.DEFAULT_RAM_SIZE
-    ns_per_block: int = DEFAULT_NS_PER_BLOCK
+    costs: ClockCosts = ClockCosts()  # virtual time per instruction (clock.py)
     event_capacity: int = 4096
-    count_instructions: bool = False  # exact instruction count (slow; for measurements)
     seed: int = 0  # timer phase: 0 = the timer starts on the instruction that programs it
     # The native hot paths (fastpath.py); False runs Python's reference versions of the same work.
     fast_paths: bool = True
+    # Engine patches switched off (engine.py; for measurement: none changes a run). None: WEENSY_ENGINE_OFF.
+    engine_off: frozenset[str] | None = None
 
 
 class Machine:
@@ -140,17 +142,18 @@ class Machine:
         # A bounded buffer for translated code: Unicorn reuses it only when full, and forked programs keep
         # bringing code in on new physical pages, so the default (1 GiB) would make a long run's memory grow.
         uc.ctl_set_tcg_buffer_size(TRANSLATION_BUFFER_BYTES)
-        self._ram = mmap.mmap(-1, config.ram_size)  # anonymous, zero-filled, backed lazily by the host
+        # Anonymous, zero-filled, backed lazily by the host; private, so that MADV_DONTNEED (snapshot restore) makes
+        # pages read as zeros again (on a shared mapping it keeps their contents).
+        self._ram = mmap.mmap(-1, config.ram_size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self._ram_anchor = ctypes.c_char.from_buffer(self._ram)
         self.memory = memoryview(self._ram)
         uc.mem_map_ptr(0, config.ram_size, UC_PROT_ALL, ctypes.addressof(self._ram_anchor))
 
         self.events = EventLog(config.event_capacity)
         self.tracer = Tracer(self)
-        self.clock = VirtualClock(uc, config.ns_per_block)
+        engine_off = config.engine_off if config.engine_off is not None else switched_off_from_environment()
+        self.clock = VirtualClock(uc, config.costs, engine_off)
         self.clock.on_deadlines_changed = self._rearm
-        if config.count_instructions:
-            self.clock.count_instructions(uc)
         self.cpu = Cpu(uc, self.memory)
         self.cpu.on_delivery = self._record_delivery
         self.cpu.on_syscall = self._record_syscall
@@ -340,7 +343,7 @@ class Machine:
         """Stop once the current instruction has run: at the next translation block (a code hook's own
         emu_stop would stop before the instruction, which would then never run)."""
         self._slice_interrupted = True
-        self.clock.counter.deadline = self.clock.counter.blocks + 1
+        self.clock.stop_at_next_block()
 
     def _hook_rdmsr(self, uc: Uc, address: int, size: int, user_data: object) -> None:
         if size == 2 and self.cpu.read_register(X.UC_X86_REG_RCX) & 0xFFFFFFFF == MSR_IA32_APIC_BASE \

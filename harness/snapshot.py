@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from unicorn.unicorn_py3.unicorn import uclib
 
+from .engine import flush_tlb
 from .errors import HarnessError
 from .events import Event, Kind
 
@@ -170,6 +171,7 @@ def restore(machine: Machine, snapshot: Snapshot) -> None:
         if address not in machine.bus.unassigned_pages:
             machine.bus.add_unassigned_page(machine.uc, address, report=False)
     machine.uc.ctl_flush_tb()
+    flush_tlb(machine.uc._uch)  # the TLB still maps what the page tables said before the restore
 
 
 def save(snapshot: Snapshot, path: Path) -> None:

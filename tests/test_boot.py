@@ -58,7 +58,7 @@ def test_two_runs_are_identical(boot: BootFn) -> None:
     assert first.screen_text() == second.screen_text()
     assert bytes(first.log.data) == bytes(second.log.data)
     assert list(first.events) == list(second.events)
-    assert first.clock.blocks == second.clock.blocks
+    assert first.clock.instructions == second.clock.instructions
 
 
 def test_a_panic_stops_the_run_with_a_symbolised_backtrace(boot: BootFn) -> None:

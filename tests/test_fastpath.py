@@ -1,7 +1,7 @@
 """The native hot paths (system-call entry, the log port, the keyboard poll) change speed, never behaviour.
 
 Every run here is made twice: with the native paths (the default) and with Python's reference versions of the
-same work (`MachineConfig(fast_paths=False)`), and the two runs must agree block for block and event for event.
+same work (`MachineConfig(fast_paths=False)`), and the two runs must agree instruction for instruction and event for event.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def run_both(boot: BootFn, command: str, **options: Any) -> tuple[Machine, Machi
 @pytest.mark.parametrize("command", ["pipe", "forkexit", "friends"])
 def test_native_and_python_paths_give_the_same_run(boot: BootFn, command: str) -> None:
     native, python = run_both(boot, command, ticks=30)
-    assert native.clock.blocks == python.clock.blocks
+    assert native.clock.instructions == python.clock.instructions
     assert native.clock.now_ns() == python.clock.now_ns()
     assert bytes(native.log.data) == bytes(python.log.data)
     assert native.console.cells() == python.console.cells()
@@ -85,10 +85,10 @@ def test_a_snapshot_taken_on_the_native_path_resumes_identically(boot: BootFn) -
     assert stop.kind is StopKind.TICKS and machine.fast is not None
     snapshot = machine.snapshot()
     machine.run(max_time_ns=5_000_000_000)
-    first = (bytes(machine.log.data), [fingerprint(e) for e in machine.events.ring], machine.clock.blocks)
+    first = (bytes(machine.log.data), [fingerprint(e) for e in machine.events.ring], machine.clock.instructions)
     machine.restore(snapshot)
     machine.run(max_time_ns=5_000_000_000)
-    second = (bytes(machine.log.data), [fingerprint(e) for e in machine.events.ring], machine.clock.blocks)
+    second = (bytes(machine.log.data), [fingerprint(e) for e in machine.events.ring], machine.clock.instructions)
     assert first == second
 
 
@@ -110,7 +110,7 @@ def test_the_live_cpu_state_is_found_and_checked_on_every_engine() -> None:
 
 def test_a_disk_boot_is_the_same_on_both_paths(build_tree: Any) -> None:
     """The boot loader's data-port reads (served natively, all but each sector's last word) load the same
-    kernel: same blocks, log and screen as with every read in Python."""
+    kernel: same instruction count, log and screen as with every read in Python."""
     image = (build_tree.directory / "weensyos.img").read_bytes()
     runs = []
     for fast in (True, False):
@@ -118,7 +118,7 @@ def test_a_disk_boot_is_the_same_on_both_paths(build_tree: Any) -> None:
         machine.boot_disk(image)
         stop = machine.run(max_time_ns=5_000_000_000)
         assert stop.kind is StopKind.POWER_OFF, stop.message
-        runs.append((machine.clock.blocks, bytes(machine.log.data), machine.console.cells(),
+        runs.append((machine.clock.instructions, bytes(machine.log.data), machine.console.cells(),
                      machine.disk.transfer.position if machine.disk else None))
     assert runs[0] == runs[1]
     assert b"weensyos: booting" in runs[0][1] and b"powering off" in runs[0][1]
@@ -143,8 +143,8 @@ def test_faults_after_many_pauses_are_still_delivered(build_tree: Any, fast: boo
 
 def test_without_a_c_compiler_everything_runs_in_python_and_the_run_is_the_same(
         boot: BootFn, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No native library (no compiler on the machine): the clock is a Python hook, no native path is used,
-    and the run is block for block the one the native build gives."""
+    """No native library (no compiler on the machine): no native path is used (the clock is the engine's
+    either way), and the run is instruction for instruction the one the native build gives."""
     import harness.clock
 
     native, _ = boot("forkexit", ticks=3)
@@ -152,8 +152,7 @@ def test_without_a_c_compiler_everything_runs_in_python_and_the_run_is_the_same(
     monkeypatch.setattr(harness.clock, "_native", None)  # "looked for it, there is none"
     python, _ = boot("forkexit", ticks=3)
     assert fastpath.status() == "unavailable: the native library could not be built (no C compiler?)"
-    assert python.fast is None and not python.clock.native
-    assert native.fast is not None and native.clock.native
-    assert python.clock.blocks == native.clock.blocks
+    assert python.fast is None and native.fast is not None
+    assert python.clock.instructions == native.clock.instructions
     assert bytes(python.log.data) == bytes(native.log.data)
     assert [fingerprint(e) for e in python.events.ring] == [fingerprint(e) for e in native.events.ring]

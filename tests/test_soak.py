@@ -7,9 +7,7 @@ process's resident memory (VmRSS) and checks the event ring is within its capaci
 loop) RSS may not grow by more than RSS_GROWTH_LIMIT; the kernel's free pages must be back at the boot value
 after every loop.
 
-Instructions are estimated from translation blocks (INSTRUCTIONS_PER_BLOCK, measured exactly on this workload)
-unless WEENSY_SOAK_EXACT=1, which counts every instruction (MachineConfig(count_instructions=True), about five
-times slower). CI runs 10^8 instructions; the full soak is
+Instructions are the clock's exact count (the engine counts them). CI runs 10^8 instructions; the full soak is
 
     WEENSY_SOAK_INSTRUCTIONS=1e9 .venv/bin/python -m pytest -s tests/test_soak.py
 
@@ -25,16 +23,12 @@ import time
 from harness import project
 from harness.api import boot_machine
 from harness.events import Kind
-from harness.machine import MachineConfig, StopKind
+from harness.machine import StopKind
 from harness.syscalls import SyscallTable
 
 from .weensyos_state import baseline_free_pages, exits
 
 INSTRUCTIONS = int(float(os.environ.get("WEENSY_SOAK_INSTRUCTIONS", "1e8")))
-EXACT = os.environ.get("WEENSY_SOAK_EXACT", "") == "1"
-# Counted exactly (WEENSY_SOAK_EXACT=1): 1,010,406,811 instructions in 135,000,054 blocks, 7.48 a block (one pass
-# alone: 65,387,672 in 8,764,551, 7.46).
-INSTRUCTIONS_PER_BLOCK = 7.48
 SLICE_NS = 50_000_000  # virtual time between samples
 RSS_GROWTH_LIMIT = 20 << 20
 LOOP_RE = re.compile(r"weensyos: loop (\d+) done; (\d+) free pages")
@@ -52,16 +46,13 @@ def resident_bytes() -> tuple[int, int]:
 
 
 def test_a_long_run_keeps_the_harness_memory_flat(build_tree: project.BuildTree) -> None:
-    config = MachineConfig(count_instructions=EXACT)
-    machine = boot_machine(build_tree.kernel, "loop forkexit pipe", build_tree.programs(), config)
+    machine = boot_machine(build_tree.kernel, "loop forkexit pipe", build_tree.programs())
     machine.enable_tracing(SyscallTable.load(build_tree.syscall_table), build_tree.programs())
     capacity = machine.events.ring.maxlen
     assert capacity is not None
 
     def instructions() -> int:
-        if machine.clock.instructions is not None:
-            return machine.clock.instructions.value
-        return int(machine.clock.blocks * INSTRUCTIONS_PER_BLOCK)
+        return machine.clock.instructions
 
     started = time.monotonic()
     warm: int | None = None  # RSS once the first loop is done
@@ -94,8 +85,7 @@ def test_a_long_run_keeps_the_harness_memory_flat(build_tree: project.BuildTree)
 
     _, peak = resident_bytes()
     growth = max(samples, default=warm) - warm
-    report = (f"{instructions():,} instructions ({'exact' if EXACT else 'estimated from blocks'}), "
-              f"{machine.clock.blocks:,} blocks, {machine.clock.now_ns() / 1e9:.2f} s virtual, {wall:.1f} s wall, "
+    report = (f"{instructions():,} instructions, {machine.clock.now_ns() / 1e9:.2f} s virtual, {wall:.1f} s wall, "
               f"{len(loops)} loops, {machine.events.counts[Kind.SYSCALL]:,} system calls; RSS after the first "
               f"loop {warm / 2**20:.1f} MiB, then at most {max(samples, default=warm) / 2**20:.1f} MiB (growth "
               f"{growth / 2**20:.2f} MiB, {growth / 2**20 / max(1, len(loops) - 1):.2f} MiB a loop), VmHWM "

@@ -197,7 +197,9 @@ def test_spawn_starts_two_isolated_alices(boot: BootFn) -> None:
     log = machine.log.lines()
     assert "process 2 started: alice (spawned by 1)" in log
     assert "process 3 started: alice (spawned by 1)" in log
-    assert [(pid, status) for pid, _, status, _ in exits(machine)] == [(1, 0), (2, 0), (3, 0)]
+    ended = [(pid, status) for pid, _, status, _ in exits(machine)]
+    # spawn exits first; the two alices (the same program) finish in an order the timer decides
+    assert ended[0] == (1, 0) and sorted(ended[1:]) == [(2, 0), (3, 0)]
     assert_all_memory_returned(machine)
 
 

@@ -17,7 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "blockclock.h"
+#include "vclock.h"
 
 /* CPUX86State offsets that do not move (checked at start-up); the others are fields of `struct fastpath`. */
 #define OFF_REGS 0
@@ -127,7 +127,7 @@ struct fastpath {
     /* --- set up by Python ------------------------------------------------------------------------------- */
     uint8_t *env;                 /* the live CPUX86State */
     int64_t off_efer, off_star, off_lstar, off_fmask, off_cr3;
-    struct block_clock *clock;
+    struct vclock *clock;
     struct lpt_state *lpt;
     struct ata_transfer *ata;     /* NULL without a disk */
     int (*reg_read)(void *uc, int regid, void *value);
@@ -195,7 +195,7 @@ static inline int cpl(const struct fastpath *f) { return ENV32(f, OFF_HFLAGS) & 
 
 static inline uint64_t now_ns(const struct fastpath *f)
 {
-    return f->clock->blocks * f->clock->ns_per_block + f->clock->skipped_ns;
+    return f->clock->engine->instructions * f->clock->ns_per_instruction + f->clock->skipped_ns;
 }
 
 /* The physical address of `va` through the 4-level page table at `cr3`, or -1 (not mapped, or outside RAM).
@@ -379,9 +379,10 @@ void fast_watch_hook(void *uc, uint64_t address, uint32_t size, void *opaque)
         return; /* the byte pattern was inside another instruction */
     }
     if (f->irq_waiting) {
-        /* Stop once this instruction has run: the next block's start reaches the deadline. */
+        /* Stop once this instruction has run: the engine has charged the current block already, so the next
+         * block's start reaches this deadline. */
         f->interrupted = 1;
-        f->clock->deadline = f->clock->blocks + 1;
+        f->clock->engine->deadline = f->clock->engine->instructions;
     }
     if (w->kind != 0 || !f->want_returns) {
         return;

@@ -1,0 +1,34 @@
+"""The project's PEP 517 build backend: setuptools, plus our Unicorn engine built (or found in its cache) first.
+
+pyproject.toml names this module with `backend-path = ["engine"]`, so the README's set-up command
+(`pip install -e '.[test]'`) builds the patched engine with no extra step. Every hook is setuptools' own; only
+the two that make a wheel (editable or not) build the engine first. If the engine cannot be built the install
+fails with one line saying what is missing: there is no silent fall-back to the stock engine.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from setuptools import build_meta as _setuptools
+from setuptools.build_meta import *  # noqa: F403 - every hook we do not wrap is setuptools' own
+
+import weensy_engine
+
+
+def _engine() -> None:
+    try:
+        weensy_engine.build(progress=lambda line: print(line, file=sys.stderr))
+    except weensy_engine.EngineBuildError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(f"error: {error}") from None
+
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):  # noqa: ANN001, ANN201
+    _engine()
+    return _setuptools.build_wheel(wheel_directory, config_settings, metadata_directory)
+
+
+def build_editable(wheel_directory, config_settings=None, metadata_directory=None):  # noqa: ANN001, ANN201
+    _engine()
+    return _setuptools.build_editable(wheel_directory, config_settings, metadata_directory)

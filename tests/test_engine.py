@@ -1,0 +1,165 @@
+"""Our engine (engine/): it is the library that runs, each of its patches changes speed and never a run, and
+translated code is never stale, however the code page is written.
+
+Every patch can be switched off (`MachineConfig(engine_off=...)`); a run with any of them off must be the run
+with all of them on: the same instruction count, log, screen, and the same events with full tracing.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import engine
+from harness.api import boot_machine
+from harness.cli import main
+from harness.machine import Machine, MachineConfig, StopKind
+from harness.syscalls import SyscallTable
+
+from .conftest import BootFn
+from .test_fastpath import fingerprint
+from .x86asm import assemble_kernel
+
+PATCHES = sorted(engine.switches())
+
+
+def test_the_engine_that_runs_is_ours_built_from_the_current_patches(capsys: pytest.CaptureFixture[str]) -> None:
+    info = engine.require()
+    recipe = engine.recipe()
+    assert recipe is not None
+    assert info.key == recipe.engine_key()
+    assert info.description == f"unicorn 2.1.4 weensy-engine key=k{info.key}"
+    assert info.library.is_file() and info.library.parent.name == f"engine-{info.key}"
+    assert PATCHES == sorted(name.removesuffix(".patch") for name in recipe.SERIES[1:])  # all but engine-api
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out.splitlines()
+    names = ", ".join(name.removesuffix(".patch") for name in recipe.SERIES)
+    assert out[1].startswith(f"engine: Unicorn 2.1.4 built for x86 with our patches {names} (key {info.key}; ")
+
+
+def test_an_unknown_patch_name_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(engine.OFF_VARIABLE, "warp-drive")
+    with pytest.raises(engine.EngineError, match="WEENSY_ENGINE_OFF: unknown patch 'warp-drive'"):
+        Machine(MachineConfig())
+
+
+def traced_run(build_tree: Any, command: str, off: frozenset[str]) -> tuple[Any, ...]:
+    machine = boot_machine(build_tree.kernel, command, build_tree.programs(), MachineConfig(engine_off=off))
+    machine.enable_tracing(SyscallTable.load(build_tree.syscall_table), build_tree.programs())
+    stop = machine.run(ticks=12, max_time_ns=5_000_000_000)
+    assert stop.kind in (StopKind.TICKS, StopKind.POWER_OFF), stop.message
+    return (stop.kind, stop.time_ns, stop.rip, machine.clock.instructions, bytes(machine.log.data),
+            machine.console.cells(), [fingerprint(e) for e in machine.events.ring], dict(machine.events.counts))
+
+
+@pytest.mark.parametrize("patch", PATCHES)
+@pytest.mark.parametrize("command", ["forkexit", "pipe", "friends"])
+def test_switching_a_patch_off_changes_no_run(build_tree: Any, patch: str, command: str) -> None:
+    with_all = traced_run(build_tree, command, frozenset())
+    without = traced_run(build_tree, command, frozenset({patch}))
+    assert with_all[3] > 1_000_000  # instructions: the run did real work
+    assert without == with_all
+
+
+def test_all_patches_off_is_still_the_same_run(boot: BootFn) -> None:
+    on, stop_on = boot("fault hello")
+    off, stop_off = boot("fault hello", config=MachineConfig(engine_off=frozenset(PATCHES)))
+    assert (stop_on.time_ns, on.clock.instructions, bytes(on.log.data)) == \
+           (stop_off.time_ns, off.clock.instructions, bytes(off.log.data))
+
+
+def test_virtual_time_is_instructions_times_their_cost_plus_halted_time(boot: BootFn) -> None:
+    machine, stop = boot("hello")
+    clock = machine.clock
+    assert stop.time_ns == clock.now_ns() == clock.instructions * clock.ns_per_instruction + clock.skipped_ns
+    slow, slow_stop = boot("hello", config=MachineConfig(costs=type(clock.costs)(ns_per_instruction=20)))
+    assert slow.clock.instructions == clock.instructions  # the cost changes time, not what runs
+    assert slow_stop.time_ns > stop.time_ns
+
+
+# A tiny kernel that runs a routine, rewrites it, runs it again, for each way a code page can be written. Page
+# tables at 0x10000: 0-2 MiB identity, 2-4 MiB a second mapping of the same 0-2 MiB (an alias), 4-6 MiB a
+# "process" mapping of physical 6 MiB, 6-8 MiB the kernel's own window on physical 6 MiB. What the routine
+# returned each time goes to 0x9000.
+SELF_MODIFYING = r"""
+    mov $0x80000, %rsp
+    movq $0x11003, 0x10000
+    movq $0x12003, 0x11000
+    movq $0x000083, 0x12000       # 0-2 MiB -> physical 0
+    movq $0x000083, 0x12008       # 2-4 MiB -> physical 0 again
+    movq $0x600083, 0x12010       # 4-6 MiB -> physical 6 MiB: the "process"
+    movq $0x600083, 0x12018       # 6-8 MiB -> physical 6 MiB: the kernel's window on it
+    mov $0x10000, %rax
+    mov %rax, %cr3
+    lea routine(%rip), %rbx
+
+    call *%rbx                    # 1: as assembled
+    mov %eax, 0x9000
+    movl $2, 0x200001(%rbx)       # through the alias, a mapping that never executed the routine
+    call *%rbx
+    mov %eax, 0x9004
+    movl $3, 1(%rbx)              # through the mapping that executes it
+    call *%rbx
+    mov %eax, 0x9008
+    call patch_in_block           # a store into the block that is running
+    mov %eax, 0x900c
+
+    # A process image: the kernel copies the routine in through its window, the process runs it at 4 MiB.
+    mov %rbx, %rsi
+    mov $0x600000, %rdi
+    mov $6, %ecx
+    rep movsb                     # mov $3, %eax; ret
+    mov $0x400000, %rcx
+    call *%rcx
+    mov %eax, 0x9010
+    # Page reuse: the process is gone (unmapped), the kernel writes the next image into the same physical
+    # page through its window, and a new process maps it at the same address.
+    movq $0, 0x12010
+    mov %cr3, %rax
+    mov %rax, %cr3
+    movl $5, 0x600001
+    movq $0x600083, 0x12010
+    mov %cr3, %rax
+    mov %rax, %cr3
+    call *%rcx
+    mov %eax, 0x9014
+    # The kernel's window is still in the TLB and wrote that page before: it must still catch the new code.
+    movl $8, 0x600001
+    call *%rcx
+    mov %eax, 0x9018
+    cli
+    hlt
+
+patch_in_block:
+    lea in_block(%rip), %rdx
+    movl $7, 1(%rdx)
+in_block:
+    mov $6, %eax                  # rewritten to 7 by the store just above, in the same translation block
+    ret
+
+    .balign 4096
+routine:
+    mov $1, %eax
+    ret
+    .balign 4096
+"""
+
+
+@pytest.mark.parametrize("off", [frozenset(), *(frozenset({p}) for p in PATCHES), frozenset(PATCHES)],
+                         ids=["all-on", *(f"without-{p}" for p in PATCHES), "all-off"])
+def test_rewritten_code_runs_as_rewritten_under_every_mapping(tmp_path: Path, off: frozenset[str]) -> None:
+    """Self-modifying code, code written through another mapping of its page, a process image written by the
+    kernel, a page reused for other code: the CPU always runs the bytes in memory, never a stale translation."""
+    from harness.loader import read_elf
+
+    kernel = assemble_kernel(SELF_MODIFYING, tmp_path / "kernel")
+    machine = Machine(MachineConfig(engine_off=off))
+    machine.boot(read_elf(kernel, "kernel"), "", [])
+    stop = machine.run(max_time_ns=1_000_000_000)
+    assert stop.kind is StopKind.HANG, stop.message
+    assert struct.unpack_from("<7I", machine.memory, 0x9000) == (1, 2, 3, 7, 3, 5, 8)
