@@ -163,3 +163,21 @@ def test_rewritten_code_runs_as_rewritten_under_every_mapping(tmp_path: Path, of
     stop = machine.run(max_time_ns=1_000_000_000)
     assert stop.kind is StopKind.HANG, stop.message
     assert struct.unpack_from("<7I", machine.memory, 0x9000) == (1, 2, 3, 7, 3, 5, 8)
+
+
+@pytest.mark.parametrize("patch", PATCHES)
+@pytest.mark.parametrize("until", ["process 2 started: hello", "Hello from WeensyOS process 2!", None],
+                         ids=["log-line", "screen-text", "power-off"])
+def test_a_stop_requested_by_a_hook_lands_at_the_same_instruction(build_tree: Any, patch: str,
+                                                                  until: str | None) -> None:
+    """Stops requested from a port hook (a log line, the ACPI power-off) or at a system call (text on the
+    screen) land where they land with the patch off: same instruction, same registers, same count."""
+    landed = []
+    for off in (frozenset(), frozenset({patch})):
+        machine = boot_machine(build_tree.kernel, "fault hello", build_tree.programs(),
+                               MachineConfig(engine_off=off))
+        stop = machine.run(until=until, max_time_ns=5_000_000_000)
+        assert stop.kind is (StopKind.POWER_OFF if until is None else StopKind.UNTIL), stop.message
+        machine.cpu.save()
+        landed.append((stop.rip, stop.time_ns, machine.clock.instructions, tuple(machine.cpu.regs)))
+    assert landed[0] == landed[1]
