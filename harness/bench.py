@@ -12,7 +12,11 @@ QEMU boots the same disk image (one per command, made with weensyos-src/mkimage.
 its boot sector too, so both machines do the same work. Each workload's rate is measured as a difference: the
 time of a run from power-on to power-off minus the time of a `hello` run made just before it, so that neither
 machine's start-up and boot (QEMU's process and firmware, the harness's Python) is counted as workload time.
-Results are printed as a table and written as JSON.
+QEMU runs twice per measurement: TCG as the course runs it, and with `-icount shift=0,sleep=off`, which makes it
+deterministic like the harness (one instruction per virtual nanosecond, no sleeping when idle). The harness's
+rounds end on a callback on the kernel's log line that says the last round is done (QEMU's when the line is in
+its log file). Results are printed as a table (medians, each machine's spread) and written as JSON, with the
+engine that ran (harness/engine.py) and the machine's load average.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
-from . import fastpath, project
+from . import engine, fastpath, project
 from .events import Kind
 from .loader import Module, read_elf
 from .machine import Machine, MachineConfig, StopKind
@@ -44,6 +48,7 @@ class Row:
     unit: str
     harness: list[float] = field(default_factory=list)
     qemu: list[float] = field(default_factory=list)
+    qemu_icount: list[float] = field(default_factory=list)  # QEMU with -icount shift=0,sleep=off
     higher_is_better: bool = True
     note: str = ""
 
@@ -51,18 +56,27 @@ class Row:
     def _median(values: list[float]) -> float | None:
         return statistics.median(values) if values else None
 
-    @property
-    def ratio(self) -> float | None:
-        """harness / QEMU, oriented so that above 1 means the harness is better."""
-        h, q = self._median(self.harness), self._median(self.qemu)
+    def _ratio(self, reference: list[float]) -> float | None:
+        h, q = self._median(self.harness), self._median(reference)
         if not h or not q:
             return None
         return h / q if self.higher_is_better else q / h
 
+    @property
+    def ratio(self) -> float | None:
+        """harness / QEMU, oriented so that above 1 means the harness is better."""
+        return self._ratio(self.qemu)
+
+    @property
+    def ratio_icount(self) -> float | None:
+        """harness / QEMU -icount, oriented the same way."""
+        return self._ratio(self.qemu_icount)
+
     def summary(self) -> dict[str, object]:
         data = asdict(self)
         data.update(harness_median=self._median(self.harness), qemu_median=self._median(self.qemu),
-                    ratio=self.ratio)
+                    qemu_icount_median=self._median(self.qemu_icount), ratio=self.ratio,
+                    ratio_icount=self.ratio_icount)
         return data
 
 
@@ -95,9 +109,9 @@ def _round_marker(rounds: int) -> str:
 
 def _harness_disk_run(image: bytes, traced: bool, tree: project.BuildTree,
                       rounds: int | None = None) -> tuple[float, Machine]:
-    """Boot `image` to power-off, or (`rounds`) until the kernel logs that many rounds of its command done.
-    The log is looked at every virtual millisecond (a stop condition on the log alone would make the harness
-    watch every system call, which is not what is measured)."""
+    """Boot `image` to power-off, or (`rounds`) until the kernel logs that many rounds of its command done: a
+    callback on the log's lines asks for the stop (an `until` text would also make the harness look at the
+    screen at every system call, which is not what is measured)."""
     start = time.perf_counter()
     machine = Machine(MachineConfig())
     # The image's kernel is the build's, loaded by the boot sector; its ELF (with symbols) lets the tracer
@@ -109,24 +123,31 @@ def _harness_disk_run(image: bytes, traced: bool, tree: project.BuildTree,
         stop = machine.run(max_time_ns=120_000_000_000)
         ok = stop.kind is StopKind.POWER_OFF
     else:
-        marker = _round_marker(rounds).encode()
-        ok, stop = False, None
-        while not ok and machine.clock.now_ns() < 600_000_000_000:
-            stop = machine.run(for_ns=1_000_000, max_time_ns=600_000_000_000)
-            ok = marker in machine.log.data
-            if stop.kind is not StopKind.PAUSED:
-                break
+        marker = _round_marker(rounds)
+        log_line = machine.log.on_line
+
+        def on_line(line: str) -> None:
+            log_line(line)
+            if marker in line:
+                machine._request_stop(StopKind.UNTIL, f"{marker!r} appeared in the log")
+
+        machine.log.on_line = on_line
+        stop = machine.run(max_time_ns=600_000_000_000)
+        ok = stop.kind is StopKind.UNTIL and marker.encode() in machine.log.data
     elapsed = time.perf_counter() - start
     if not ok:
         raise RuntimeError(f"the harness did not finish the workload: {stop.message if stop else ''}")
     return elapsed, machine
 
 
-def _qemu_seconds(image: Path, rounds: int | None = None) -> float | None:
+QEMU_ICOUNT = ("-icount", "shift=0,sleep=off")  # deterministic QEMU: 1 instruction per virtual ns, no sleeping
+
+
+def _qemu_seconds(image: Path, rounds: int | None = None, extra: tuple[str, ...] = ()) -> float | None:
     if rounds is None:
-        result = boot_image(image, timeout=120)
+        result = boot_image(image, timeout=120, extra=extra)
         return result.seconds if result.powered_off else None
-    result = boot_image(image, timeout=300, until=_round_marker(rounds))
+    result = boot_image(image, timeout=300, until=_round_marker(rounds), extra=extra)
     return result.seconds if _round_marker(rounds) in result.log else None
 
 
@@ -141,6 +162,7 @@ def run(repeat: int = 3, use_qemu: bool = True, progress: Callable[[str], None] 
     if source is not None:
         project.build(source, tree.directory)
     use_qemu = use_qemu and qemu_available()
+    load_before = list(os.getloadavg())
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="weensy-bench-") as tmp:
         images = {command: _make_image(tree.directory, command, Path(tmp) / f"{command.replace(' ', '-')}.img")
@@ -156,9 +178,10 @@ def run(repeat: int = 3, use_qemu: bool = True, progress: Callable[[str], None] 
                             "--until", "weensyos: booting", "-q"], check=True, capture_output=True)
             boot.harness.append(time.perf_counter() - start)
             if use_qemu:
-                result = boot_image(images["hello"], timeout=30, until="weensyos: booting")
-                if result.first_log_seconds is not None:
-                    boot.qemu.append(result.first_log_seconds)
+                for extra, column in (((), boot.qemu), (QEMU_ICOUNT, boot.qemu_icount)):
+                    result = boot_image(images["hello"], timeout=30, until="weensyos: booting", extra=extra)
+                    if result.first_log_seconds is not None:
+                        column.append(result.first_log_seconds)
         rows.append(boot)
 
         first_user = Row("Machine() to the first user instruction (in process)", "ms", higher_is_better=False,
@@ -182,7 +205,8 @@ def run(repeat: int = 3, use_qemu: bool = True, progress: Callable[[str], None] 
             row = Row(name, workload.unit)
             traced = Row(f"{name}: tracing on / off", "ratio", higher_is_better=False,
                          note="wall time of the whole run with the full trace divided by wall time without")
-            times: dict[str, list[float]] = {"harness": [], "harness hello": [], "qemu": [], "qemu hello": []}
+            times: dict[str, list[float]] = {"harness": [], "harness hello": [], "qemu": [], "qemu hello": [],
+                                             "icount": [], "icount hello": []}
             for _ in range(repeat):
                 times["harness hello"].append(_harness_disk_run(hello_image, False, tree)[0])
                 elapsed, machine = _harness_disk_run(image, False, tree, rounds=rounds)
@@ -190,11 +214,12 @@ def run(repeat: int = 3, use_qemu: bool = True, progress: Callable[[str], None] 
                 traced_elapsed, _ = _harness_disk_run(image, True, tree, rounds=rounds)
                 traced.harness.append(traced_elapsed / elapsed)
                 if use_qemu:
-                    base = _qemu_seconds(images["hello"])
-                    total = _qemu_seconds(images[f"loop {command}"], rounds)
-                    if base is not None and total is not None:
-                        times["qemu hello"].append(base)
-                        times["qemu"].append(total)
+                    for extra, column in (((), "qemu"), (QEMU_ICOUNT, "icount")):
+                        base = _qemu_seconds(images["hello"], extra=extra)
+                        total = _qemu_seconds(images[f"loop {command}"], rounds, extra=extra)
+                        if base is not None and total is not None:
+                            times[f"{column} hello"].append(base)
+                            times[column].append(total)
             if workload.per_round is None:  # compute: guest instructions, counted exactly (same every run)
                 single = images[command].read_bytes()
                 counts = [_harness_disk_run(data, False, tree)[1].clock.instructions for data in (single, hello_image)]
@@ -207,6 +232,7 @@ def run(repeat: int = 3, use_qemu: bool = True, progress: Callable[[str], None] 
                 row.note = f"{rounds} x {workload.per_round:,} per run, less a hello run's time"
             row.harness = _rates(work, times["harness"], times["harness hello"])
             row.qemu = _rates(work, times["qemu"], times["qemu hello"])
+            row.qemu_icount = _rates(work, times["icount"], times["icount hello"])
             if workload.per_round is None:
                 rows.append(row)
                 rows.append(traced)
@@ -217,9 +243,12 @@ def run(repeat: int = 3, use_qemu: bool = True, progress: Callable[[str], None] 
                 row.note += f"; {machine.events.counts[Kind.EXCEPTION]:,} exceptions counted by the harness"
             rows.append(row)
             rows.append(traced)
+    switched_off = engine.switched_off_from_environment()
     return {"machine": {"python": platform.python_version(), "platform": platform.platform(),
                         "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                        "cpu model": _cpu_model(), "hot paths": fastpath.status()},
+                        "cpu model": _cpu_model(), "hot paths": fastpath.status(),
+                        "engine": engine.require().summary(switched_off), "engine patches off": sorted(switched_off),
+                        "load average before": load_before, "load average after": list(os.getloadavg())},
             "qemu": use_qemu, "repeat": repeat, "rows": [row.summary() for row in rows]}
 
 
@@ -233,17 +262,28 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _spread(values: list[float], show: Callable[[float], str]) -> str:
+    return f"{show(min(values))}-{show(max(values))}" if values else "-"
+
+
 def table(result: dict[str, object]) -> str:
-    lines = [f"{'workload':<52} {'unit':<11} {'harness':>10} {'QEMU':>10} {'harness/QEMU':>13}  spread (harness)"]
+    lines = [f"{'workload':<52} {'unit':<11} {'harness':>10} {'QEMU':>10} {'QEMU icnt':>10} {'h/QEMU':>7} "
+             f"{'h/icnt':>7}  spread (harness; QEMU; QEMU icount)"]
+
+    def show(value: object) -> str:
+        return f"{value:10.3g}" if isinstance(value, float) else f"{'-':>10}"
+
+    def ratio(value: object) -> str:
+        return f"{value:7.2f}" if isinstance(value, float) else f"{'-':>7}"
+
+    def short(value: float) -> str:
+        return f"{value:.3g}"
+
     for row in result["rows"]:  # type: ignore[union-attr]
-        h, q, r = row["harness_median"], row["qemu_median"], row["ratio"]  # type: ignore[index]
-        spread = f"{min(row['harness']):.3g}-{max(row['harness']):.3g}" if row["harness"] else ""  # type: ignore[index]
-
-        def show(value: object) -> str:
-            return f"{value:10.3g}" if isinstance(value, float) else f"{'-':>10}"
-
-        ratio = f"{r:13.2f}" if r else f"{'-':>13}"
-        lines.append(f"{row['name']:<52} {row['unit']:<11} {show(h)} {show(q)} {ratio}  {spread}")  # type: ignore[index]
+        spreads = "; ".join(_spread(row.get(key, []), short) for key in ("harness", "qemu", "qemu_icount"))  # type: ignore[union-attr]
+        lines.append(f"{row['name']:<52} {row['unit']:<11} {show(row['harness_median'])} "  # type: ignore[index]
+                     f"{show(row['qemu_median'])} {show(row.get('qemu_icount_median'))} "  # type: ignore[index, union-attr]
+                     f"{ratio(row['ratio'])} {ratio(row.get('ratio_icount'))}  {spreads}")  # type: ignore[index, union-attr]
     return "\n".join(lines)
 
 
@@ -255,20 +295,27 @@ def markdown(result: dict[str, object]) -> str:
             return "-"
         return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
-    lines = ["| workload | unit | harness | QEMU | harness/QEMU | spread (harness) |", "|---|---|---|---|---|---|"]
+    lines = ["| workload | unit | harness | QEMU | QEMU -icount | harness/QEMU | harness/QEMU -icount "
+             "| spread (harness) | spread (QEMU) |", "|---|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:  # type: ignore[union-attr]
-        spread = f"{show(min(row['harness']))}-{show(max(row['harness']))}" if row["harness"] else "-"  # type: ignore[index]
         ratio = f"{row['ratio']:.2f}" if row["ratio"] else "-"  # type: ignore[index]
+        ratio_icount = f"{row['ratio_icount']:.2f}" if row.get("ratio_icount") else "-"  # type: ignore[index, union-attr]
         lines.append(f"| {row['name']} | {row['unit']} | {show(row['harness_median'])} | "  # type: ignore[index]
-                     f"{show(row['qemu_median'])} | {ratio} | {spread} |")  # type: ignore[index]
+                     f"{show(row['qemu_median'])} | {show(row.get('qemu_icount_median'))} | {ratio} | "  # type: ignore[index, union-attr]
+                     f"{ratio_icount} | {_spread(row['harness'], show)} | {_spread(row['qemu'], show)} |")  # type: ignore[index]
     return "\n".join(lines)
 
 
 def _describe_machine(result: dict[str, object]) -> str:
-    machine = result.get("machine", {})
-    return (f"{machine.get('cpu model', '?')}, {machine.get('cpus', '?')} CPUs, Python "  # type: ignore[union-attr]
-            f"{machine.get('python', '?')}; hot paths: {machine.get('hot paths', '?')}; "  # type: ignore[union-attr]
-            f"median of {result.get('repeat', '?')} runs")
+    machine: dict[str, object] = result.get("machine", {})  # type: ignore[assignment]
+    text = (f"{machine.get('cpu model', '?')}, {machine.get('cpus', '?')} CPUs, Python {machine.get('python', '?')}; "
+            f"hot paths: {machine.get('hot paths', '?')}; median of {result.get('repeat', '?')} runs")
+    before, after = machine.get("load average before"), machine.get("load average after")
+    if isinstance(before, list) and isinstance(after, list):
+        text += f"; load average {before[0]:.2f} before, {after[0]:.2f} after"
+    if machine.get("engine"):
+        text += f"\n{machine['engine']}"
+    return text
 
 
 def show_saved(path: Path, as_markdown: bool) -> int:

@@ -56,13 +56,13 @@ def qemu_available() -> bool:
     return shutil.which(QEMU) is not None
 
 
-def qemu_command(image: Path, log: Path, qmp: Path, memory_mib: int = 128) -> list[str]:
+def qemu_command(image: Path, log: Path, qmp: Path, memory_mib: int = 128, extra: tuple[str, ...] = ()) -> list[str]:
     return [QEMU, "-M", "q35", "-smp", "1", "-net", "none", "-m", str(memory_mib), "-display", "none",
             "-device", "piix4-ide,bus=pcie.0,id=piix4-ide",
             "-drive", f"file={image},if=none,format=raw,id=bootdisk,snapshot=on",
             "-device", "ide-hd,drive=bootdisk,bus=piix4-ide.0",
             "-parallel", f"file:{log}", "-no-reboot", "-no-shutdown",
-            "-qmp", f"unix:{qmp},server=on,wait=off"]
+            "-qmp", f"unix:{qmp},server=on,wait=off", *extra]
 
 
 class _Qmp:
@@ -127,12 +127,13 @@ class _Qmp:
 
 
 def boot_image(image: Path, *, timeout: float = 10.0, until: str | None = None, settle: float = 0.0,
-               memory_mib: int = 128) -> QemuRun:
-    """Boot `image` until the guest powers off, the log contains `until`, or `timeout` seconds pass."""
+               memory_mib: int = 128, extra: tuple[str, ...] = ()) -> QemuRun:
+    """Boot `image` until the guest powers off, the log contains `until`, or `timeout` seconds pass. `extra`:
+    more QEMU options (the benchmark's `-icount`)."""
     with tempfile.TemporaryDirectory(prefix="weensy-qemu-") as tmp:
         log, qmp, screen = Path(tmp, "log.txt"), Path(tmp, "qmp.sock"), Path(tmp, "screen.bin")
         start = time.monotonic()
-        process = subprocess.Popen(qemu_command(Path(image).resolve(), log, qmp, memory_mib),
+        process = subprocess.Popen(qemu_command(Path(image).resolve(), log, qmp, memory_mib, extra),
                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
             monitor = _Qmp(qmp, process, start + 10.0)

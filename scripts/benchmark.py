@@ -1,9 +1,8 @@
 #!/usr/bin/env python3
-"""Measure how fast the harness runs WeensyOS: guest instructions/s, blocks/s, system calls/s.
+"""Measure how fast the harness runs WeensyOS: guest instructions/s, system calls/s.
 
-Each scenario boots the kernel and runs to power-off or for a number of timer ticks, timed on the host clock.
-A second, slower run of the same deterministic scenario counts exact instructions with a per-instruction hook;
-since both runs execute the same guest code, instructions / (wall time of the fast run) is the fast run's rate.
+Each scenario boots the kernel and runs to power-off or for a number of timer ticks, timed on the host clock; the
+instruction count is the engine's own, exact (the clock counts instructions).
 
     .venv/bin/python scripts/benchmark.py [--repeat 3] [scenario ...]
 """
@@ -33,9 +32,8 @@ SCENARIOS = {
 }
 
 
-def run(tree: project.BuildTree, command: str, ticks: int | None, count: bool,
-        traced: bool = False) -> tuple[float, object]:
-    machine = boot_machine(tree.kernel, command, tree.programs(), MachineConfig(count_instructions=count))
+def run(tree: project.BuildTree, command: str, ticks: int | None, traced: bool = False) -> tuple[float, object]:
+    machine = boot_machine(tree.kernel, command, tree.programs(), MachineConfig())
     if traced:
         machine.enable_tracing(SyscallTable.load(tree.syscall_table), tree.programs())
     start = time.perf_counter()
@@ -53,7 +51,7 @@ def main() -> int:
     if source:
         project.build(source, tree.directory)
     programs = tree.programs()
-    print(f"{'scenario':<20} {'wall s':>8} {'virtual s':>9} {'Minsn':>8} {'Minsn/s':>8} {'Mblocks/s':>9} "
+    print(f"{'scenario':<20} {'wall s':>8} {'virtual s':>9} {'Minsn':>8} {'Minsn/s':>8} "
           f"{'syscalls':>8} {'syscalls/s':>10} {'traced/plain':>12}")
     for name in args.scenarios:
         command, ticks = SCENARIOS[name]
@@ -62,16 +60,14 @@ def main() -> int:
             continue
         walls = []
         for _ in range(args.repeat):
-            wall, (machine, stop) = run(tree, command, ticks, count=False)
+            wall, (machine, stop) = run(tree, command, ticks)
             walls.append(wall)
         wall = statistics.median(walls)
-        traced = statistics.median(run(tree, command, ticks, count=False, traced=True)[0]
-                                   for _ in range(args.repeat))
-        _, (exact, _) = run(tree, command, ticks, count=True)
-        instructions = exact.clock.instructions.value
+        traced = statistics.median(run(tree, command, ticks, traced=True)[0] for _ in range(args.repeat))
+        instructions = machine.clock.instructions  # exact: the engine counts them
         syscalls = machine.events.counts[Kind.SYSCALL]
         print(f"{name:<20} {wall:8.3f} {stop.time_ns / 1e9:9.3f} {instructions / 1e6:8.1f} "
-              f"{instructions / wall / 1e6:8.1f} {machine.clock.blocks / wall / 1e6:9.2f} {syscalls:8d} "
+              f"{instructions / wall / 1e6:8.1f} {syscalls:8d} "
               f"{syscalls / wall:10.0f} {traced / wall:12.2f}")
     return 0
 

@@ -28,27 +28,33 @@ def test_a_round_run_stops_at_the_kernels_loop_marker(build_tree: project.BuildT
 
 
 def test_the_table_shows_medians_and_ratios_oriented_so_that_above_one_is_better() -> None:
-    faster = bench.Row("yield loop", "syscalls/s", harness=[90.0, 110.0, 100.0], qemu=[50.0])
+    faster = bench.Row("yield loop", "syscalls/s", harness=[90.0, 110.0, 100.0], qemu=[50.0, 40.0, 60.0],
+                       qemu_icount=[25.0])
     slower_boot = bench.Row("boot", "s", harness=[0.4], qemu=[0.2], higher_is_better=False)
     text = bench.table({"rows": [faster.summary(), slower_boot.summary()]})
-    assert faster.ratio == 2.0 and slower_boot.ratio == 0.5
+    assert faster.ratio == 2.0 and faster.ratio_icount == 4.0 and slower_boot.ratio == 0.5
     lines = text.splitlines()
-    assert "yield loop" in lines[1] and "2.00" in lines[1] and "90-110" in lines[1]
-    assert "boot" in lines[2] and "0.50" in lines[2]
+    assert "yield loop" in lines[1] and "2.00" in lines[1] and "4.00" in lines[1]
+    assert lines[1].endswith("90-110; 40-60; 25-25")  # each machine's spread
+    assert "boot" in lines[2] and "0.50" in lines[2] and lines[2].endswith("0.4-0.4; 0.2-0.2; -")
 
 
 def test_saved_results_are_shown_again_as_markdown_without_measuring(tmp_path: Path,
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
 
-    row = bench.Row("pipe", "messages/s", harness=[3000.0, 3400.0], qemu=[1600.0])
+    row = bench.Row("pipe", "messages/s", harness=[3000.0, 3400.0], qemu=[1600.0], qemu_icount=[800.0])
     saved = tmp_path / "results.json"
     saved.write_text(json.dumps({"machine": {"cpu model": "Test CPU", "cpus": 2, "python": "3.11", "hot paths":
-                                             "native"}, "repeat": 2, "rows": [row.summary()]}))
+                                             "native", "load average before": [1.5, 1, 1],
+                                             "load average after": [2.25, 1, 1], "engine": "engine: ours"},
+                                 "repeat": 2, "rows": [row.summary()]}))
     assert main(["bench", "--from-json", str(saved), "--markdown"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("| workload | unit | harness | QEMU | harness/QEMU")
-    assert out[2] == "| pipe | messages/s | 3,200 | 1,600 | 2.00 | 3,000-3,400 |"
-    assert out[3] == "Test CPU, 2 CPUs, Python 3.11; hot paths: native; median of 2 runs"
+    assert out[0].startswith("| workload | unit | harness | QEMU | QEMU -icount | harness/QEMU | harness/QEMU -icount")
+    assert out[2] == "| pipe | messages/s | 3,200 | 1,600 | 800 | 2.00 | 4.00 | 3,000-3,400 | 1,600-1,600 |"
+    assert out[3] == ("Test CPU, 2 CPUs, Python 3.11; hot paths: native; median of 2 runs; load average 1.50 before, "
+                      "2.25 after")
+    assert out[4] == "engine: ours"
     assert main(["bench", "--from-json", str(tmp_path / "missing.json")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("harness: error: cannot read benchmark results from")
