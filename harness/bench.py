@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -107,12 +108,19 @@ def _round_marker(rounds: int) -> str:
     return f"weensyos: loop {rounds} done"  # what the kernel logs when its `loop` option restarts the command
 
 
-def _harness_disk_run(image: bytes, traced: bool, tree: project.BuildTree,
-                      rounds: int | None = None) -> tuple[float, Machine]:
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _harness_disk_run(image: bytes, traced: bool, tree: project.BuildTree, rounds: int | None = None,
+                      cpu_time: bool = False) -> tuple[float, Machine]:
     """Boot `image` to power-off, or (`rounds`) until the kernel logs that many rounds of its command done: a
     callback on the log's lines asks for the stop (an `until` text would also make the harness look at the
-    screen at every system call, which is not what is measured)."""
-    start = time.perf_counter()
+    screen at every system call, which is not what is measured). `cpu_time`: the process's CPU time instead of
+    wall time (a shared machine's load then matters far less)."""
+    timer = time.process_time if cpu_time else time.perf_counter
+    start = timer()
     machine = Machine(MachineConfig())
     # The image's kernel is the build's, loaded by the boot sector; its ELF (with symbols) lets the tracer
     # name processes, as when tracing the ELF path.
@@ -134,7 +142,7 @@ def _harness_disk_run(image: bytes, traced: bool, tree: project.BuildTree,
         machine.log.on_line = on_line
         stop = machine.run(max_time_ns=600_000_000_000)
         ok = stop.kind is StopKind.UNTIL and marker.encode() in machine.log.data
-    elapsed = time.perf_counter() - start
+    elapsed = timer() - start
     if not ok:
         raise RuntimeError(f"the harness did not finish the workload: {stop.message if stop else ''}")
     return elapsed, machine
@@ -143,12 +151,19 @@ def _harness_disk_run(image: bytes, traced: bool, tree: project.BuildTree,
 QEMU_ICOUNT = ("-icount", "shift=0,sleep=off")  # deterministic QEMU: 1 instruction per virtual ns, no sleeping
 
 
-def _qemu_seconds(image: Path, rounds: int | None = None, extra: tuple[str, ...] = ()) -> float | None:
+def _qemu_seconds(image: Path, rounds: int | None = None, extra: tuple[str, ...] = (),
+                  cpu_time: bool = False) -> float | None:
+    """Wall time of a QEMU run, or (`cpu_time`) the CPU time QEMU's process used, all its threads."""
+    before = _children_cpu_seconds()
     if rounds is None:
         result = boot_image(image, timeout=120, extra=extra)
-        return result.seconds if result.powered_off else None
-    result = boot_image(image, timeout=300, until=_round_marker(rounds), extra=extra)
-    return result.seconds if _round_marker(rounds) in result.log else None
+        ok = result.powered_off
+    else:
+        result = boot_image(image, timeout=300, until=_round_marker(rounds), extra=extra)
+        ok = _round_marker(rounds) in result.log
+    if not ok:
+        return None
+    return _children_cpu_seconds() - before if cpu_time else result.seconds
 
 
 def _rates(work: float, runs: list[float], baselines: list[float]) -> list[float]:
@@ -156,7 +171,8 @@ def _rates(work: float, runs: list[float], baselines: list[float]) -> list[float
     return [work / (run - base) for run, base in zip(runs, baselines, strict=True) if run > base]
 
 
-def run(repeat: int = 3, use_qemu: bool = True, progress: Callable[[str], None] = print) -> dict[str, object]:
+def run(repeat: int = 3, use_qemu: bool = True, progress: Callable[[str], None] = print,
+        cpu_time: bool = False) -> dict[str, object]:
     source = project.default_source_dir()
     tree = project.BuildTree(project.default_build_dir())
     if source is not None:
@@ -208,15 +224,15 @@ def run(repeat: int = 3, use_qemu: bool = True, progress: Callable[[str], None] 
             times: dict[str, list[float]] = {"harness": [], "harness hello": [], "qemu": [], "qemu hello": [],
                                              "icount": [], "icount hello": []}
             for _ in range(repeat):
-                times["harness hello"].append(_harness_disk_run(hello_image, False, tree)[0])
-                elapsed, machine = _harness_disk_run(image, False, tree, rounds=rounds)
+                times["harness hello"].append(_harness_disk_run(hello_image, False, tree, cpu_time=cpu_time)[0])
+                elapsed, machine = _harness_disk_run(image, False, tree, rounds=rounds, cpu_time=cpu_time)
                 times["harness"].append(elapsed)
-                traced_elapsed, _ = _harness_disk_run(image, True, tree, rounds=rounds)
+                traced_elapsed, _ = _harness_disk_run(image, True, tree, rounds=rounds, cpu_time=cpu_time)
                 traced.harness.append(traced_elapsed / elapsed)
                 if use_qemu:
                     for extra, column in (((), "qemu"), (QEMU_ICOUNT, "icount")):
-                        base = _qemu_seconds(images["hello"], extra=extra)
-                        total = _qemu_seconds(images[f"loop {command}"], rounds, extra=extra)
+                        base = _qemu_seconds(images["hello"], extra=extra, cpu_time=cpu_time)
+                        total = _qemu_seconds(images[f"loop {command}"], rounds, extra=extra, cpu_time=cpu_time)
                         if base is not None and total is not None:
                             times[f"{column} hello"].append(base)
                             times[column].append(total)
@@ -249,7 +265,8 @@ def run(repeat: int = 3, use_qemu: bool = True, progress: Callable[[str], None] 
                         "cpu model": _cpu_model(), "hot paths": fastpath.status(),
                         "engine": engine.require().summary(switched_off), "engine patches off": sorted(switched_off),
                         "load average before": load_before, "load average after": list(os.getloadavg())},
-            "qemu": use_qemu, "repeat": repeat, "rows": [row.summary() for row in rows]}
+            "qemu": use_qemu, "repeat": repeat, "time": "cpu" if cpu_time else "wall",
+            "rows": [row.summary() for row in rows]}
 
 
 def _cpu_model() -> str:
@@ -309,7 +326,8 @@ def markdown(result: dict[str, object]) -> str:
 def _describe_machine(result: dict[str, object]) -> str:
     machine: dict[str, object] = result.get("machine", {})  # type: ignore[assignment]
     text = (f"{machine.get('cpu model', '?')}, {machine.get('cpus', '?')} CPUs, Python {machine.get('python', '?')}; "
-            f"hot paths: {machine.get('hot paths', '?')}; median of {result.get('repeat', '?')} runs")
+            f"hot paths: {machine.get('hot paths', '?')}; median of {result.get('repeat', '?')} runs"
+            + ("; workload rows in CPU time" if result.get("time") == "cpu" else ""))
     before, after = machine.get("load average before"), machine.get("load average after")
     if isinstance(before, list) and isinstance(after, list):
         text += f"; load average {before[0]:.2f} before, {after[0]:.2f} after"
@@ -331,8 +349,8 @@ def show_saved(path: Path, as_markdown: bool) -> int:
     return 0
 
 
-def main(repeat: int, output: Path | None, use_qemu: bool, as_markdown: bool = False) -> int:
-    result = run(repeat, use_qemu, progress=lambda text: print(text, file=sys.stderr, flush=True))
+def main(repeat: int, output: Path | None, use_qemu: bool, as_markdown: bool = False, cpu_time: bool = False) -> int:
+    result = run(repeat, use_qemu, progress=lambda text: print(text, file=sys.stderr, flush=True), cpu_time=cpu_time)
     print(markdown(result) if as_markdown else table(result))
     print(_describe_machine(result))
     if output is not None:

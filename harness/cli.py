@@ -197,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     bench.add_argument("--no-qemu", action="store_true", help="measure the harness only")
     bench.add_argument("--markdown", action="store_true", help="print the results as a Markdown table")
+    bench.add_argument("--cpu-time", action="store_true",
+                       help="time the workloads in CPU time (each machine's process) instead of wall time: "
+                            "far less sensitive to a shared machine's load")
     bench.add_argument("--from-json", type=Path, metavar="FILE",
                        help="measure nothing: show the results saved in FILE (by --json)")
 
@@ -451,7 +454,7 @@ def command_bench(args: argparse.Namespace) -> int:
 
     if args.from_json is not None:
         return bench.show_saved(args.from_json, args.markdown)
-    return bench.main(args.repeat, args.json, not args.no_qemu, args.markdown)
+    return bench.main(args.repeat, args.json, not args.no_qemu, args.markdown, args.cpu_time)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -181,3 +181,34 @@ def test_a_stop_requested_by_a_hook_lands_at_the_same_instruction(build_tree: An
         machine.cpu.save()
         landed.append((stop.rip, stop.time_ns, machine.clock.instructions, tuple(machine.cpu.regs)))
     assert landed[0] == landed[1]
+
+
+def test_without_the_built_engine_the_harness_refuses_to_run_with_one_line(tmp_path: Path) -> None:
+    """No silent fall-back to the stock Unicorn library that the binding would load instead."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, WEENSY_ENGINE_CACHE=str(tmp_path / "empty-cache"))
+    env.pop("LIBUNICORN_PATH", None)
+    for argv in (["boot", "hello", "--headless"], ["--version"]):
+        result = subprocess.run([sys.executable, "-m", "harness", *argv], capture_output=True, text=True, env=env,
+                                timeout=120)
+        assert result.returncode == 1, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(
+            "harness: error: the patched Unicorn engine is not built for these patches"), result.stderr
+        assert "pip install -e ." in lines[0]
+
+
+def test_building_without_a_c_compiler_fails_with_one_line_naming_it(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe = engine.recipe()
+    assert recipe is not None
+    monkeypatch.setenv("WEENSY_ENGINE_CACHE", str(tmp_path))
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setattr(recipe.shutil, "which", lambda name: None)
+    with pytest.raises(recipe.EngineBuildError) as failure:
+        recipe.build()
+    assert str(failure.value) == ("cannot build the patched Unicorn engine: no C compiler (cc or gcc) found "
+                                  "(install it: apt-get install build-essential)")
