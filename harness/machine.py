@@ -351,6 +351,7 @@ class Machine:
             self.cpu.write_register(X.UC_X86_REG_RAX, APIC_BASE_MSR_VALUE & 0xFFFFFFFF)
             self.cpu.write_register(X.UC_X86_REG_RDX, APIC_BASE_MSR_VALUE >> 32)
             self.cpu.write_register(X.UC_X86_REG_RIP, address + 2)
+            self.clock.count_emulated_instruction()  # the engine skips it: it never ran there
 
     # -- Board: the chipset lines devices pull ---------------------------------------------------------------
     def power_off(self, source: str) -> None:
