@@ -14,17 +14,16 @@ harness imports it to find the library, and `python3 engine/weensy_engine.py` bu
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
-import subprocess
 import sys
-import tarfile
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+# fcntl, subprocess, tarfile and tempfile are imported by the functions that build: the harness imports this
+# file at every start only to find the library.
 
 UNICORN_VERSION = "2.1.4"
 ENGINE_DIR = Path(__file__).resolve().parent
@@ -97,6 +96,8 @@ def _tool(name: str, module: str | None = None) -> str:
 
 
 def _run(command: list[str], cwd: Path, what: str, log_file: Path) -> None:
+    import subprocess
+
     with log_file.open("ab") as log:
         log.write(("\n$ " + " ".join(command) + "\n").encode())
         log.flush()
@@ -125,6 +126,8 @@ def _fetch_sdist(work: Path, log_file: Path) -> Path:
 @contextlib.contextmanager
 def _build_lock() -> Iterator[None]:
     """One build at a time per cache (parallel installs in several checkouts wait for the first)."""
+    import fcntl
+
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     with (root / "engine-build.lock").open("w") as lock:
@@ -137,6 +140,9 @@ def _build_lock() -> Iterator[None]:
 
 def build(progress: Callable[[str], None] = lambda line: None, force: bool = False) -> Path:
     """Build the engine for the current patches unless it is cached; return the library's path."""
+    import tarfile
+    import tempfile
+
     key = engine_key()
     target_dir = library_dir(key)
     with _build_lock():
