@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--headless", action="store_true",
                       help="no live console: run to the end and print the final screen as text (automatic when "
                            "standard input or output is not a terminal)")
+    boot.add_argument("--no-keep-screen", action="store_true",
+                      help="the live console leaves nothing behind when it ends (by default the guest's final "
+                           "screen stays in the terminal, above the summary line)")
     boot.add_argument("--quiet", "-q", action="store_true", help="print only the screen (no summary line)")
     boot.add_argument("--gdb", type=int, metavar="PORT",
                       help="wait for gdb on PORT (0: any free port) before running: `gdb build/kernel` then "
@@ -339,7 +342,7 @@ def command_boot(args: argparse.Namespace) -> int:
     from .liveconsole import LiveConsole, stdout_is_terminal
 
     if not args.headless and stdout_is_terminal():
-        console = LiveConsole(session.machine)
+        console = LiveConsole(session.machine, keep_screen=not args.no_keep_screen)
         stop = session.run(console)
         if console.quit_by_user:
             print(f"harness: quit at {stop.time_ns / 1e9:.6f} s virtual time", file=sys.stderr)

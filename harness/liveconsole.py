@@ -6,6 +6,11 @@ raw mode and typed into the emulated 8042 as scan codes (arrows and F-keys inclu
 work (`q`, Ctrl-C). Ctrl-] is the harness's escape key: it quits at once. The terminal is restored however the
 console ends: normal exit, an exception, or SIGTERM/SIGHUP.
 
+The console draws on the terminal's alternate screen (so that the user's scrollback is not filled with frames),
+and when it ends it prints the final screen once more in the normal buffer, as `less -X` or `top` leave their
+last page: what the guest printed stays in the terminal, above the harness's summary line (`keep_screen=False`
+gives the old behaviour of leaving nothing).
+
 Virtual time is kept from running ahead of wall-clock time (an idle kernel would otherwise race through its
 timer ticks), so animations and timeouts look as they would on a real PC.
 """
@@ -65,8 +70,10 @@ def raw_terminal(stdin: TextIO, stdout: TextIO) -> Iterator[None]:
 
 
 class LiveConsole:
-    def __init__(self, machine: Machine, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> None:
+    def __init__(self, machine: Machine, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout,
+                 keep_screen: bool = True) -> None:
         self.machine = machine
+        self.keep_screen = keep_screen
         self.stdin = stdin
         self.stdout = stdout
         self._last_screen: bytes | None = None
@@ -111,47 +118,69 @@ class LiveConsole:
         return os.read(self.stdin.fileno(), 1024)
 
     def run(self, *, max_time_ns: int | None = None, ticks: int | None = None, until: str | None = None) -> Stop:
-        """Run the machine live until it stops, or the user presses the escape key."""
+        """Run the machine live until it stops, or the user presses the escape key; then leave the final screen
+        in the terminal's normal buffer (unless `keep_screen` is off)."""
+        with raw_terminal(self.stdin, self.stdout):
+            stop = self._run_live(max_time_ns=max_time_ns, ticks=ticks, until=until)
+        if self.keep_screen:
+            self.leave_screen()
+        return stop
+
+    def leave_screen(self) -> None:
+        """The guest's screen as coloured text in the normal buffer: rows up to the last one with something on
+        it, each ending with a colour reset (text from the CGA glyph table: no control characters)."""
+        console = self.machine.console
+        rows = console.cells()
+        while rows and all(char in (0, 0x20) and not attr & 0x70 for char, attr in rows[-1]):
+            rows.pop()
+        out = []
+        for row in rows:
+            while row and row[-1][0] in (0, 0x20) and not row[-1][1] & 0x70:
+                row = row[:-1]  # trailing blanks on black: nothing to keep, and no wrap on a narrow terminal
+            out.append("".join(sgr_for_attribute(run.attr) + run.text for run in row_runs(row)) + "\x1b[0m\n")
+        self.stdout.write("".join(out))
+        self.stdout.flush()
+
+    def _run_live(self, *, max_time_ns: int | None, ticks: int | None, until: str | None) -> Stop:
         machine = self.machine
         start_wall = time.monotonic()
         start_virtual = machine.clock.now_ns()
         tick_target = machine.timer_ticks + ticks if ticks is not None else None
         budget_end = start_virtual + max_time_ns if max_time_ns is not None else None
         next_frame = 0.0
-        with raw_terminal(self.stdin, self.stdout):
-            try:
-                while True:
-                    typed = self._read_keys(0)
-                    if ESCAPE_KEY in typed:
-                        self.quit_by_user = True
-                        return Stop(StopKind.PAUSED, f"quit with {ESCAPE_NAME}", machine.clock.now_ns(),
-                                    machine.cpu.rip())
+        try:
+            while True:
+                typed = self._read_keys(0)
+                if ESCAPE_KEY in typed:
+                    self.quit_by_user = True
+                    return Stop(StopKind.PAUSED, f"quit with {ESCAPE_NAME}", machine.clock.now_ns(),
+                                machine.cpu.rip())
+                if typed:
+                    machine.type_keys(terminal_to_scancodes(typed))
+                # Keep virtual time at or behind wall time.
+                ahead = (machine.clock.now_ns() - start_virtual) / 1e9 - (time.monotonic() - start_wall)
+                if ahead > 0:
+                    typed = self._read_keys(min(ahead, 1 / FPS))
                     if typed:
+                        if ESCAPE_KEY in typed:
+                            self.quit_by_user = True
+                            return Stop(StopKind.PAUSED, f"quit with {ESCAPE_NAME}", machine.clock.now_ns(),
+                                        machine.cpu.rip())
                         machine.type_keys(terminal_to_scancodes(typed))
-                    # Keep virtual time at or behind wall time.
-                    ahead = (machine.clock.now_ns() - start_virtual) / 1e9 - (time.monotonic() - start_wall)
-                    if ahead > 0:
-                        typed = self._read_keys(min(ahead, 1 / FPS))
-                        if typed:
-                            if ESCAPE_KEY in typed:
-                                self.quit_by_user = True
-                                return Stop(StopKind.PAUSED, f"quit with {ESCAPE_NAME}", machine.clock.now_ns(),
-                                            machine.cpu.rip())
-                            machine.type_keys(terminal_to_scancodes(typed))
-                        continue
-                    remaining = None if budget_end is None else budget_end - machine.clock.now_ns()
-                    remaining_ticks = None if tick_target is None else tick_target - machine.timer_ticks
-                    stop = machine.run(for_ns=SLICE_NS, max_time_ns=remaining, ticks=remaining_ticks, until=until)
-                    now = time.monotonic()
-                    if now >= next_frame:
-                        self.draw("running")
-                        next_frame = now + 1 / FPS
-                    if stop.kind is not StopKind.PAUSED:
-                        return self._finished(stop)
-            except _Terminate as signal_name:
-                self.terminated_by = str(signal_name)
-                return Stop(StopKind.PAUSED, f"terminated by {signal_name}", machine.clock.now_ns(),
-                            machine.cpu.rip())
+                    continue
+                remaining = None if budget_end is None else budget_end - machine.clock.now_ns()
+                remaining_ticks = None if tick_target is None else tick_target - machine.timer_ticks
+                stop = machine.run(for_ns=SLICE_NS, max_time_ns=remaining, ticks=remaining_ticks, until=until)
+                now = time.monotonic()
+                if now >= next_frame:
+                    self.draw("running")
+                    next_frame = now + 1 / FPS
+                if stop.kind is not StopKind.PAUSED:
+                    return self._finished(stop)
+        except _Terminate as signal_name:
+            self.terminated_by = str(signal_name)
+            return Stop(StopKind.PAUSED, f"terminated by {signal_name}", machine.clock.now_ns(),
+                        machine.cpu.rip())
 
     def _finished(self, stop: Stop) -> Stop:
         """Show the final screen; for a failure, keep it up until the user has read it and pressed a key."""
