@@ -11,7 +11,7 @@ import enum
 import heapq
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 
@@ -105,8 +105,10 @@ class EventLog:
 
     Sinks receive events in `seq` order: an event that is still open (a system call waiting for its return, a
     page fault waiting for the kernel's answer) holds back the ones after it. A system call that blocks is
-    released early, marked `detail["unfinished"]`, and released again when it completes (like strace's
-    "<unfinished ...>" and "<... resumed>").
+    released early, marked `detail["unfinished"]`, and when it completes its resolution follows as a record of
+    its own (like strace's "<unfinished ...>" then "<... resumed>"): a copy numbered with a new `seq` at the
+    time it completes, whose `detail["resumes"]` is the entry's seq and `detail["resolved_ns"]` the time. So the
+    stream that sinks see has unique, increasing `seq` and never goes back in time.
 
     When nobody watches events as they happen (no sink, no observer, no full trace), system-call entries are
     recorded raw by the native fast path (`raw`) and become Event objects only when the ring or the counts are
@@ -213,16 +215,30 @@ class EventLog:
             self.finish(event)
         return event
 
-    def finish(self, event: Event) -> None:
+    def finish(self, event: Event, resolved_ns: int | None = None) -> None:
+        """The event is complete (`resolved_ns`: when, for one that was released early as unfinished)."""
         if not self.sinks:
             return
-        if event.seq < self._next_release:  # released early as unfinished: this is its completion
-            self._emit(event)
-            return
+        if event.seq < self._next_release:  # released early as unfinished: this is its resolution
+            event = self._resolution(event, resolved_ns)
         self._ready[event.seq] = event
         while self._next_release in self._ready:
             self._emit(self._ready.pop(self._next_release))
             self._next_release += 1
+
+    def _resolution(self, entry: Event, resolved_ns: int | None) -> Event:
+        """The record that resolves an entry released as unfinished: numbered now, in its place in time."""
+        if self.before_add is not None:
+            self.before_add()
+        raw = self.raw
+        if raw is not None:
+            seq = raw.next_seq
+            raw.next_seq = seq + 1
+        else:
+            seq = self._next_seq
+            self._next_seq += 1
+        when = entry.end_ns if entry.end_ns is not None else resolved_ns if resolved_ns is not None else entry.time_ns
+        return replace(entry, seq=seq, detail={**entry.detail, "resumes": entry.seq, "resolved_ns": when})
 
     def release_unfinished(self, event: Event) -> None:
         """Let a blocked event through now so that it does not hold back everyone else's."""

@@ -112,6 +112,7 @@ def take(machine: Machine) -> Snapshot:
                    "pending_fault": [[pid, _event_to_json(e)] for pid, e in tracer._pending_fault.items()],
                    "names": [[pid, name] for pid, name in tracer._names.items()],
                    "last_user_pid": tracer._last_user_pid,
+                   "exit_status": [[pid, status] for pid, status in tracer._exit_status.items()],
                    "screen": base64.b64encode(tracer._screen).decode()},
         "unassigned_pages": sorted(machine.bus.unassigned_pages),
     }
@@ -165,6 +166,7 @@ def restore(machine: Machine, snapshot: Snapshot) -> None:
         tracer._pending_fault = {pid: relink(e) for pid, e in saved["pending_fault"]}
         tracer._names = {pid: name for pid, name in saved["names"]}
         tracer._last_user_pid = saved["last_user_pid"]
+        tracer._exit_status = {pid: status for pid, status in saved.get("exit_status", [])}
         tracer._screen = base64.b64decode(saved["screen"])
     for address in state["unassigned_pages"]:
         if address not in machine.bus.unassigned_pages:

@@ -75,6 +75,7 @@ class Tracer:
         self._pending_syscall: dict[int | None, Event] = {}
         self._pending_fault: dict[int | None, Event] = {}
         self._names: dict[int, str | None] = {}  # live processes: pid -> name
+        self._exit_status: dict[int | None, int | None] = {}  # exit called, process not yet gone: pid -> status
         self._last_user_pid: int | None = None
         self._screen = b""
 
@@ -280,8 +281,13 @@ class Tracer:
             previous = self._last_user_pid
             waiting = self._pending_syscall.get(previous)
             if waiting is not None:
-                waiting.blocked = True
-                self.events.release_unfinished(waiting)
+                if self._never_returns(waiting):  # exit: resolved as `= ?` once, never "unfinished"
+                    del self._pending_syscall[previous]
+                    self._exit_status[previous] = signed(waiting.args[0]) if waiting.args else None
+                    self.events.finish(waiting)
+                else:
+                    waiting.blocked = True
+                    self.events.release_unfinished(waiting)
             self._scan_processes(cr3)
             self.events.add(Event(now, Kind.SWITCH, rip, cr3, pid=pid, user=True,
                                   detail={"from": previous, "to": pid}))
@@ -302,6 +308,9 @@ class Tracer:
                 fault.detail["outcome"] = f"the process resumed at {self.describe(pid, rip, True)}"
             self.events.finish(fault)
 
+    def _never_returns(self, call: Event) -> bool:
+        return self.syscalls.name(call.number) == "exit"
+
     def _scan_processes(self, cr3: int) -> None:
         if self.kernel is None:
             return
@@ -314,13 +323,13 @@ class Tracer:
         for pid in [pid for pid in self._names if pid not in live]:
             name = self._names.pop(pid)
             call = self._pending_syscall.pop(pid, None)
-            status = None
+            status = self._exit_status.pop(pid, None)
             if call is not None:
-                if self.syscalls.name(call.number) == "exit":
+                if self._never_returns(call):
                     status = signed(call.args[0]) if call.args else None
-                self.events.finish(call)
+                self.events.finish(call, self._now())
             fault = self._pending_fault.pop(pid, None)
-            text = "exited" + (f" with status {status}" if status is not None else "")
+            text = "exited" + (f" with {status}" if status is not None else "")
             if fault is not None:
                 fault.detail["outcome"] = "the kernel killed the process"
                 self.events.finish(fault)
@@ -369,5 +378,5 @@ class Tracer:
             for event in pending.values():
                 if event.is_page_fault:
                     event.detail.setdefault("outcome", "the run ended before the process resumed")
-                self.events.finish(event)
+                self.events.finish(event, self._now())
             pending.clear()

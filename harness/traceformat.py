@@ -4,7 +4,10 @@ JSONL schema, version 1: one JSON object per event, keys always present: `v` (1)
 (virtual time), `type` (syscall, exception, pagefault, interrupt, switch, process, console, log, panic,
 machine), `pid` (int or null), `mode` ("user" or "kernel"), `rip`. By type:
 - syscall: `nr`, `name`, `args` (raw integers by name), `shown` (strace-style rendering by name), `ret` (signed,
-  null if it never returned), `error` (E_* name or null), `dur_ns`, `blocked`;
+  null if it never returned), `error` (E_* name or null), `dur_ns`, `blocked`, `start_ns` (when it was entered),
+  `unfinished` (true: the call blocked and is shown now, at its entry; a later record resolves it), `resumes`
+  (null, or the `seq` of the unfinished entry that this record resolves; its `t_ns` is when the call returned);
+  `exit` never returns: its one record has `ret` null and the process record follows;
 - exception / pagefault / interrupt: `vector`, `vector_name`, `error_code`; pagefault adds `address`,
   `access`, `fault_mode`, `problem`, `walk` (levels with entry and flags), `stopped`, `decided_by`,
   `instruction`, `where`, `outcome`;
@@ -43,6 +46,11 @@ def _ms(ns: int) -> str:
     return f"{ns / 1e6:.3f} ms"
 
 
+def record_is_unfinished_entry(event: Event) -> bool:
+    """A system call passed on when it blocked; a record with `resumes` resolves it later."""
+    return "resumes" not in event.detail and bool(event.detail.get("unfinished"))
+
+
 def strace_lines(tracer: Tracer, event: Event) -> list[str]:
     """One event as strace-like text (a page fault takes several lines)."""
     stamp = f"{event.time_ns / 1e9:.6f}"
@@ -55,15 +63,15 @@ def strace_lines(tracer: Tracer, event: Event) -> list[str]:
             args = ", ".join(f"{a:#x}" for a in event.args)
         else:
             args = ", ".join(f"{arg}={value}" for arg, value in shown)
-        if event.end_ns is None:
-            if event.detail.get("unfinished") and event.blocked:
-                return [f"{prefix} {name}({args}) <unfinished ...>"]
-            return [f"{prefix} {name}({args}) = ?"]
-        timing = _ms(event.end_ns - event.time_ns) + (", blocked" if event.blocked else "")
-        if event.detail.get("unfinished"):
-            resumed = f"{event.end_ns / 1e9:.6f} {who}"
-            return [f"{resumed} <... {name} resumed> ({args}) = {tracer.format_return(event)} <{timing}>"]
-        return [f"{prefix} {name}({args}) = {tracer.format_return(event)} <{timing}>"]
+        resumes = event.detail.get("resumes")
+        if resumes is None and event.detail.get("unfinished"):
+            return [f"{prefix} {name}({args}) <unfinished ...>"]
+        timing = "" if event.end_ns is None else \
+            f" <{_ms(event.end_ns - event.time_ns)}{', blocked' if event.blocked else ''}>"
+        if resumes is not None:
+            resumed = f"{event.detail['resolved_ns'] / 1e9:.6f} {who}"
+            return [f"{resumed} <... {name} resumed> ({args}) = {tracer.format_return(event)}{timing}"]
+        return [f"{prefix} {name}({args}) = {tracer.format_return(event)}{timing}"]
     if event.is_page_fault:
         d = event.detail
         where = d.get("where") or f"{event.rip:#x}"
@@ -102,7 +110,9 @@ def strace_lines(tracer: Tracer, event: Event) -> list[str]:
 
 
 def jsonl_record(tracer: Tracer, event: Event) -> dict[str, Any]:
-    record: dict[str, Any] = {"v": SCHEMA_VERSION, "seq": event.seq, "t_ns": event.time_ns,
+    resumes = event.detail.get("resumes")
+    when = event.detail["resolved_ns"] if resumes is not None else event.time_ns
+    record: dict[str, Any] = {"v": SCHEMA_VERSION, "seq": event.seq, "t_ns": when,
                               "type": event_type(event), "pid": event.pid,
                               "mode": "user" if event.user else "kernel", "rip": event.rip}
     if event.kind is Kind.SYSCALL:
@@ -114,7 +124,8 @@ def jsonl_record(tracer: Tracer, event: Event) -> dict[str, Any]:
                       shown=dict(event.detail.get("args", [])),
                       ret=ret, error=tracer.syscalls.errors.get(ret) if ret is not None else None,
                       dur_ns=event.end_ns - event.time_ns if event.end_ns is not None else None,
-                      blocked=event.blocked, unfinished=bool(event.detail.get("unfinished")) and event.end_ns is None)
+                      blocked=event.blocked, unfinished=resumes is None and bool(event.detail.get("unfinished")),
+                      resumes=resumes, start_ns=event.time_ns)
     elif event.kind in (Kind.EXCEPTION, Kind.INTERRUPT):
         record.update(vector=event.number, vector_name=vector_name(event.number) if event.kind is Kind.EXCEPTION
                       else ("timer" if event.number == 32 else f"vector {event.number}"),
@@ -153,6 +164,8 @@ class PerfettoWriter:
         self.names.setdefault(pid, f"pid {pid}")
         base = {"pid": pid, "tid": pid, "ts": ts}
         if event.kind is Kind.SYSCALL:
+            if record_is_unfinished_entry(event):
+                return  # its resolution follows and makes the one slice
             end = event.end_ns if event.end_ns is not None else event.time_ns
             record = jsonl_record(self.tracer, event)
             self.records.append({**base, "ph": "X", "cat": "syscall", "name": record["name"],
@@ -184,11 +197,9 @@ class SyscallStats:
 
 def summary(tracer: Tracer, events: Iterable[Event]) -> dict[str, SyscallStats]:
     stats: dict[str, SyscallStats] = defaultdict(SyscallStats)
-    seen: set[int] = set()
     for event in events:
-        if event.kind is not Kind.SYSCALL or event.seq in seen:
-            continue  # a call that blocked was passed on twice (unfinished, then resumed): count it once
-        seen.add(event.seq)
+        if event.kind is not Kind.SYSCALL or record_is_unfinished_entry(event):
+            continue  # a call that blocked comes twice (unfinished, then resolved): count its resolution
         entry = stats[tracer.syscalls.name(event.number)]
         entry.calls += 1
         if event.ret is not None and tracer.syscalls.errors.get(signed(event.ret)):
