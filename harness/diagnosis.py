@@ -47,6 +47,14 @@ def format_event(machine: Machine, event: Event, syscalls: SyscallTable) -> str:
         if event.address is not None:
             extra += f" address {event.address:#x}"
         return f"{stamp} {what}{extra} at {where}"
+    if event.kind is Kind.SWITCH:
+        source = event.detail.get("from")
+        return f"{stamp} switch: {'' if source is None else f'pid {source} '}-> pid {event.detail.get('to')}"
+    if event.kind in (Kind.PROCESS, Kind.CONSOLE):
+        who = f"pid {event.pid}: " if event.pid is not None else ""
+        lines = event.text.splitlines() or [""]
+        more = f" (and {len(lines) - 1} more rows)" if len(lines) > 1 else ""
+        return f"{stamp} {event.kind.value}: {who}{lines[0]}{more}"
     return f"{stamp} {event.kind.value}: {event.text}"
 
 
@@ -102,7 +110,10 @@ def diagnose(machine: Machine, stop: Stop, syscalls: SyscallTable, last: int = 1
         lines.append("  backtrace:")
         lines.extend(f"    {machine.symbols.describe(address)}" for address in stop.backtrace)
     regs = machine.registers()
-    lines.append("  registers: " + " ".join(f"{name}={regs[name]:#x}" for name in
+    # A panic stops the run a little later (the kernel's last log lines): say so when the CPU has moved on.
+    label = "registers" if regs["rip"] == stop.rip else \
+        f"registers when the run stopped ({format_time(machine.clock.now_ns())} s)"
+    lines.append(f"  {label}: " + " ".join(f"{name}={regs[name]:#x}" for name in
                                            ("rip", "rsp", "rbp", "rax", "rdi", "rsi", "cs", "rflags", "cr2", "cr3")))
     events = machine.events.last(last)
     if events:

@@ -105,8 +105,8 @@ class EventLog:
 
     Sinks receive events in `seq` order: an event that is still open (a system call waiting for its return, a
     page fault waiting for the kernel's answer) holds back the ones after it. A system call that blocks is
-    released early, marked `detail["unfinished"]`, and when it completes its resolution follows as a record of
-    its own (like strace's "<unfinished ...>" then "<... resumed>"): a copy numbered with a new `seq` at the
+    released early as a copy marked `detail["unfinished"]`, and when it completes its resolution follows as a
+    record of its own (like strace's "<unfinished ...>" then "<... resumed>"): a copy numbered with a new `seq` at the
     time it completes, whose `detail["resumes"]` is the entry's seq and `detail["resolved_ns"]` the time. So the
     stream that sinks see has unique, increasing `seq` and never goes back in time.
 
@@ -243,8 +243,8 @@ class EventLog:
     def release_unfinished(self, event: Event) -> None:
         """Let a blocked event through now so that it does not hold back everyone else's."""
         if event.seq >= self._next_release and event.seq not in self._ready:
-            event.detail = {**event.detail, "unfinished": True}
-            self.finish(event)
+            # A copy as it is now: the event itself goes on to be completed (and stays so in the ring).
+            self.finish(replace(event, detail={**event.detail, "unfinished": True}))
 
     def _emit(self, event: Event) -> None:
         for sink in self.sinks:

@@ -416,7 +416,8 @@ class Machine:
     # -- the native fast paths' calls back into Python -------------------------------------------------------
     def _fast_syscall(self, record: RawSyscall) -> None:
         if self.fast.state.want_syscalls == WANT_BATCH:  # type: ignore[union-attr]
-            self._pull_syscalls()  # the ring is half full: take it
+            self._pull_syscalls()  # the ring is half full, or the screen changed before this entry: take it
+            self.tracer.observe_console()
             return
         self._record_syscall(record.rip, record.number, record.cr3, tuple(record.args), record.time_ns)
 

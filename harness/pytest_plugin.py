@@ -137,18 +137,16 @@ class Guest:
 
     def syscalls(self, name: str | None = None, pid: int | None = None) -> list[Event]:
         """Finished system calls (each once), optionally of one name and one process."""
-        seen: set[int] = set()
         out = []
         for event in self.trace:
-            if event.kind is not Kind.SYSCALL or event.seq in seen:
-                continue
-            seen.add(event.seq)
+            if event.kind is not Kind.SYSCALL or event.detail.get("unfinished"):
+                continue  # a call that blocked is listed once, complete: its resolution, in the place of its entry
             if name is not None and self.syscall_table.name(event.number) != name:
                 continue
             if pid is not None and event.pid != pid:
                 continue
             out.append(event)
-        return out
+        return sorted(out, key=lambda event: event.detail.get("resumes", event.seq))
 
     def events(self, kind: Kind | None = None) -> list[Event]:
         return [e for e in self.trace if kind is None or e.kind is kind]
@@ -166,13 +164,7 @@ class Guest:
 
     def jsonl(self) -> list[str]:
         """The trace as JSON lines (the `trace --format jsonl` schema)."""
-        seen: set[int] = set()
-        lines = []
-        for event in self.trace:  # a call that blocked was passed on twice: once is enough, in its final state
-            if event.seq not in seen:
-                seen.add(event.seq)
-                lines.append(json.dumps(jsonl_record(self.machine.tracer, event)))
-        return lines
+        return [json.dumps(jsonl_record(self.machine.tracer, event)) for event in self.trace]
 
     def explain(self, events: int = 15, log_lines: int = 15) -> str:
         """Screen, log tail and last events: what a failing test needs to show."""

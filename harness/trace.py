@@ -141,6 +141,8 @@ class Tracer:
         if not self.full:
             self.events.add(event, seq=seq)
             return
+        if seq is None:  # seen as it happens: what the process wrote on the screen before this call comes first
+            self.observe_console()
         event.pid = self._pid(cr3) if pid is False else pid  # type: ignore[assignment]
         spec = self.syscalls.by_number.get(number)
         if spec is not None:
@@ -220,6 +222,7 @@ class Tracer:
         if not self.full:
             self.events.add(event)
             return
+        self.observe_console()
         event.pid = self._pid(cr3)
         if event.is_page_fault:
             event.detail = self.explain_page_fault(event)
@@ -277,6 +280,8 @@ class Tracer:
         if pid is False:
             pid = self._pid(cr3)
         now = self._now() if time_ns is None else time_ns
+        if console:  # written by the process that ran last, or by the kernel on its behalf, before this return
+            self.observe_console()
         if pid != self._last_user_pid:
             previous = self._last_user_pid
             waiting = self._pending_syscall.get(previous)
@@ -292,8 +297,6 @@ class Tracer:
             self.events.add(Event(now, Kind.SWITCH, rip, cr3, pid=pid, user=True,
                                   detail={"from": previous, "to": pid}))
             self._last_user_pid = pid
-        if console:
-            self._console_changed()
         call = self._pending_syscall.pop(pid, None)
         if call is not None:
             call.ret = rax
@@ -337,7 +340,17 @@ class Tracer:
             self.events.add(Event(self._now(), Kind.PROCESS, pid=pid, text=text,
                                   detail={"event": "exited", "name": name, "status": status}))
 
-    def _console_changed(self) -> None:
+    def observe_console(self) -> None:
+        """Record what changed on the screen since the last look, as one console event of the rows that now
+        show text (a row that was cleared is not an event).
+
+        User processes write the CGA memory directly, so no instruction tells when; the tracer looks before
+        every event it records live (system call entry, interrupt, exception, log line, return to user mode),
+        and the native path asks for a look at a system call's entry when the screen changed. A console event
+        therefore carries the pid of the process that ran when the text was written and the time of the first
+        kernel entry after it, and comes before that entry in the trace."""
+        if not self.full:
+            return
         screen = bytes(self.machine.memory[0xB8000:0xB8000 + CONSOLE_BYTES])
         if screen == self._screen:
             return
@@ -347,16 +360,20 @@ class Tracer:
             start, end = row * 160, row * 160 + 160
             if screen[start:end] != old[start:end]:
                 text = screen[start:end:2].decode("cp437").replace("\0", " ").rstrip()
-                rows.append((row, text))
-        self.events.add(Event(self._now(), Kind.CONSOLE, pid=self._last_user_pid,
-                              text="\n".join(text for _, text in rows), detail={"rows": [r for r, _ in rows]}))
+                if text.strip():
+                    rows.append((row, text))
+        if rows:
+            self.events.add(Event(self._now(), Kind.CONSOLE, pid=self._last_user_pid,
+                                  text="\n".join(text for _, text in rows), detail={"rows": [r for r, _ in rows]}))
 
     # -- the rest -------------------------------------------------------------------------------------------------
     def log_line(self, line: str, rip: int, cr3: int) -> None:
+        self.observe_console()
         self.events.add(Event(self._now(), Kind.LOG, rip, cr3, text=line,
                               pid=self._pid(cr3) if self.full else None))
 
     def panic(self, message: str, rip: int, cr3: int, backtrace: list[int]) -> None:
+        self.observe_console()
         for fault in self._pending_fault.values():
             fault.detail["outcome"] = "the kernel panicked"
             self.events.finish(fault)
@@ -365,13 +382,14 @@ class Tracer:
                               detail={"backtrace": [self.machine.symbols.describe(a) for a in backtrace]}))
 
     def machine_event(self, text: str) -> None:
+        self.observe_console()
         self.events.add(Event(self._now(), Kind.MACHINE, text=text))
 
     def finish(self) -> None:
         """The run ended: record the last screen and process changes, and close what never completed."""
         if not self.full:
             return
-        self._console_changed()
+        self.observe_console()
         cr3 = self.machine.cpu.read_register(UC_X86_REG_CR3)
         self._scan_processes(cr3)
         for pending in (self._pending_syscall, self._pending_fault):

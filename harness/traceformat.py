@@ -48,7 +48,7 @@ def _ms(ns: int) -> str:
 
 def record_is_unfinished_entry(event: Event) -> bool:
     """A system call passed on when it blocked; a record with `resumes` resolves it later."""
-    return "resumes" not in event.detail and bool(event.detail.get("unfinished"))
+    return bool(event.detail.get("unfinished"))
 
 
 def strace_lines(tracer: Tracer, event: Event) -> list[str]:
@@ -64,7 +64,7 @@ def strace_lines(tracer: Tracer, event: Event) -> list[str]:
         else:
             args = ", ".join(f"{arg}={value}" for arg, value in shown)
         resumes = event.detail.get("resumes")
-        if resumes is None and event.detail.get("unfinished"):
+        if record_is_unfinished_entry(event):
             return [f"{prefix} {name}({args}) <unfinished ...>"]
         timing = "" if event.end_ns is None else \
             f" <{_ms(event.end_ns - event.time_ns)}{', blocked' if event.blocked else ''}>"
@@ -124,7 +124,7 @@ def jsonl_record(tracer: Tracer, event: Event) -> dict[str, Any]:
                       shown=dict(event.detail.get("args", [])),
                       ret=ret, error=tracer.syscalls.errors.get(ret) if ret is not None else None,
                       dur_ns=event.end_ns - event.time_ns if event.end_ns is not None else None,
-                      blocked=event.blocked, unfinished=resumes is None and bool(event.detail.get("unfinished")),
+                      blocked=event.blocked, unfinished=record_is_unfinished_entry(event),
                       resumes=resumes, start_ns=event.time_ns)
     elif event.kind in (Kind.EXCEPTION, Kind.INTERRUPT):
         record.update(vector=event.number, vector_name=vector_name(event.number) if event.kind is Kind.EXCEPTION

@@ -287,6 +287,14 @@ void fast_syscall_hook(void *uc, void *opaque)
     ENV64(f, OFF_EIP) = ENV64(f, f->off_lstar) - 2;
     f->syscalls++;
 
+    if (f->want_syscalls == WANT_BATCH && CONSOLE_PA + CONSOLE_BYTES <= f->ram_size
+        && (!f->screen_valid || memcmp(f->ram + CONSOLE_PA, f->screen, CONSOLE_BYTES) != 0)) {
+        /* The process wrote on the screen since the tracer last looked: Python records that first, so that
+         * the console event comes before this entry, with this process's pid and this time. */
+        f->notify_syscall(uc, opaque);
+        memcpy(f->screen, f->ram + CONSOLE_PA, CONSOLE_BYTES);
+        f->screen_valid = 1;
+    }
     struct raw_syscall *r = &f->last;
     r->seq = f->want_syscalls == WANT_EACH ? 0 : f->next_seq++;
     r->time_ns = now_ns(f);
