@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from . import __version__, project
+from . import __version__, cliargs, project
 from .api import boot_machine
 from .diagnosis import diagnose, summary
 from .errors import ExitCode, HarnessError
 from .events import Event
-from .keys import parse_key_script
+from .keys import ScheduledKeys
 from .loader import read_elf
 from .machine import Machine, MachineConfig, Stop, StopKind
 from .syscalls import SyscallTable
+from .termtext import escape_for_terminal
 from .traceformat import (
     FILTERS,
     PerfettoWriter,
@@ -97,7 +101,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="program(s) to start (the kernel's command line); default: hello")
     parser.add_argument("--ticks", type=_positive_int, metavar="N",
                         help="stop successfully after N timer ticks (10 ms each at the kernel's 100 Hz)")
-    parser.add_argument("--until", metavar="TEXT", help="stop successfully once TEXT is on the screen or in the log")
+    parser.add_argument("--until", type=cliargs.until_text, metavar="TEXT",
+                        help="stop successfully once TEXT is on the screen or in the log")
     parser.add_argument("--max-time", type=_positive_float, metavar="SECONDS",
                         help="safety budget of virtual time; running out is a failure (default: 30, and none "
                              "on the live console)")
@@ -113,7 +118,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--build-dir", type=Path, metavar="DIR", help="where the kernel and programs are built")
     parser.add_argument("--no-build", action="store_true", help="do not rebuild WeensyOS when its build is stale")
     parser.add_argument("--log", type=Path, metavar="FILE", help="also write the kernel's log to FILE")
-    parser.add_argument("--memory", type=_positive_int, default=128, metavar="MIB", help="guest RAM (default: 128)")
+    parser.add_argument("--memory", type=cliargs.memory_mib, default=128, metavar="MIB",
+                        help=f"guest RAM, 1 to {cliargs.MAX_MEMORY_MIB} (default: 128)")
     parser.add_argument("--audit", action="store_true",
                         help="check every process's page table at every return to user mode (kernel pages, "
                              "page-table pages, shared writable pages, ownership, freed pages); stop at the first "
@@ -121,7 +127,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, metavar="N",
                         help="start the timer at a phase derived from N (default 0: no offset); the same seed "
                              "gives the same run, another seed shows timing-dependent behaviour")
-    parser.add_argument("--keys", action="append", default=[], metavar="[TIME:]KEYS",
+    parser.add_argument("--keys", action="append", default=[], type=cliargs.key_script, metavar="[TIME:]KEYS",
                         help="type KEYS at virtual TIME (seconds, or 250ms; default 0), e.g. --keys 0.5:q or "
                              "--keys '1s:<ctrl-c>'; named keys: <enter> <esc> <up> <down> <left> <right> <tab> "
                              "<backspace> <f1>..<f10> <ctrl-a>..<ctrl-z>; repeatable")
@@ -134,7 +140,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cliargs.Parser(
         prog="python -m harness",
         description="Boot, run, trace and test a compiled x86-64 WeensyOS on an emulated PC (Unicorn).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -154,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the live console leaves nothing behind when it ends (by default the guest's final "
                            "screen stays in the terminal, above the summary line)")
     boot.add_argument("--quiet", "-q", action="store_true", help="print only the screen (no summary line)")
-    boot.add_argument("--gdb", type=int, metavar="PORT",
+    boot.add_argument("--gdb", type=cliargs.tcp_port, metavar="PORT",
                       help="wait for gdb on PORT (0: any free port) before running: `gdb build/kernel` then "
                            "`target remote :PORT`")
 
@@ -171,8 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print a table of system calls (calls, errors, virtual time) instead of events; "
                             "with --format jsonl, as JSON")
     trace.add_argument("--filter", type=_filters, metavar="TYPES",
-                       help=f"only these event types, comma-separated: {','.join(FILTERS)}")
-    trace.add_argument("--pid", type=int, metavar="N", help="only events of process N")
+                       help=f"only these event types (comma-separated): {', '.join(FILTERS)}")
+    trace.add_argument("--pid", type=cliargs.pid_number, metavar="N", help="only events of process N")
 
     diff = commands.add_parser("trace-diff", help="show where two JSONL traces first differ")
     diff.add_argument("first", type=Path, metavar="A.jsonl")
@@ -265,8 +271,8 @@ class Session:
         self._schedule_keys(args)
 
     def _schedule_keys(self, args: argparse.Namespace) -> None:
-        for spec in args.keys:
-            scheduled = parse_key_script(spec)
+        scheduled: ScheduledKeys
+        for scheduled in args.keys:
             self.machine.type_keys(scheduled.codes, at_ns=scheduled.time_ns)
         from .screenshot import SUPPORTED_EXTENSIONS
 
@@ -293,9 +299,9 @@ class Session:
             if args.log:
                 try:
                     log_file = open(args.log, "wb")  # noqa: SIM115 - closed in finally, after the run
+                    machine.log.attach_sink(log_file)  # a resumed run's file starts with the lines before
                 except OSError as e:
                     raise HarnessError(f"cannot write the log to {args.log}: {e.strerror}") from None
-                machine.log.sink = log_file
             budget = int(args.max_time * 1e9)
             if console is not None:
                 stop = console.run(ticks=args.ticks, max_time_ns=budget if args.max_time_given else None,
@@ -311,17 +317,38 @@ class Session:
                             if machine.console.cursor_visible() else None)
             return stop
         finally:
-            machine.log.flush()
-            if log_file:
-                log_file.close()
+            try:
+                machine.log.flush()
+                if log_file:
+                    log_file.close()
+            except OSError as e:
+                raise HarnessError(f"cannot write the log to {args.log}: {e.strerror}") from None
 
     def report(self, stop: Stop, quiet: bool = False) -> int:
         if stop.ok:
             if not quiet:
-                print(f"harness: {summary(self.machine, stop)}", file=sys.stderr)
+                print(escape_for_terminal(f"harness: {summary(self.machine, stop)}"), file=sys.stderr)
         else:
-            print(f"harness: {diagnose(self.machine, stop, self.syscalls)}", file=sys.stderr)
+            print(escape_for_terminal(f"harness: {diagnose(self.machine, stop, self.syscalls)}"), file=sys.stderr)
+        if not quiet:
+            for note in self.notes(stop):
+                print(f"harness: {note}", file=sys.stderr)
         return EXIT_FOR_STOP[stop.kind]
+
+    def notes(self, stop: Stop) -> list[str]:
+        """What the user asked for that the run did not do, or did without showing it."""
+        notes = []
+        late = [keys for keys in self.args.keys if keys.time_ns > stop.time_ns]
+        if late:
+            first = min(keys.time_ns for keys in late)
+            notes.append(f"note: {len(late)} --keys not typed: the first was due at {first / 1e9:g} s, and the run "
+                         f"ended at {stop.time_ns / 1e9:.6f} s")
+        auditor = self.machine.auditor
+        if auditor is not None and stop.kind is not StopKind.ISOLATION:
+            notes.append(f"audit: {auditor.audits} checks of every process's page table (at each return to user "
+                         f"mode): no kernel, page-table or free page user-accessible, no page writable in two "
+                         f"processes, every user page owned by its process")
+        return notes
 
 
 def command_boot(args: argparse.Namespace) -> int:
@@ -331,7 +358,11 @@ def command_boot(args: argparse.Namespace) -> int:
     if args.gdb is not None:
         from .gdbstub import GdbStub
 
-        stub = GdbStub(session.machine, args.gdb, announce=lambda text: print(text, file=sys.stderr, flush=True))
+        try:
+            stub = GdbStub(session.machine, args.gdb,
+                           announce=lambda text: print(text, file=sys.stderr, flush=True))
+        except OSError as e:
+            raise HarnessError(f"--gdb {args.gdb}: cannot listen on 127.0.0.1:{args.gdb} ({e.strerror})") from None
         stop = stub.serve()
         if not stub.detached:
             print(session.machine.screen_text())
@@ -352,8 +383,21 @@ def command_boot(args: argparse.Namespace) -> int:
             return 128 + getattr(signal, console.terminated_by, signal.SIGTERM)
         return session.report(stop, args.quiet)
     stop = session.run()
-    print(session.machine.screen_text())
+    with _stdout_may_close():
+        print(session.machine.screen_text())
     return session.report(stop, args.quiet)
+
+
+@contextlib.contextmanager
+def _stdout_may_close() -> Iterator[None]:
+    """`... | head`: when the reader goes away, stop writing to it, but let the run end and report as usual."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # what is still buffered goes nowhere, without another error
+        os.close(devnull)
 
 
 def _open_output(path: Path | None) -> TextIO:
@@ -362,7 +406,7 @@ def _open_output(path: Path | None) -> TextIO:
     try:
         return open(path, "w")  # noqa: SIM115 - closed by the caller
     except OSError as e:
-        raise HarnessError(f"cannot write {path}: {e.strerror}") from None
+        raise HarnessError(f"cannot write the trace to {path}: {e.strerror}") from None
 
 
 def command_trace(args: argparse.Namespace) -> int:
@@ -388,25 +432,50 @@ def command_trace(args: argparse.Namespace) -> int:
         else:
             lines = strace_lines(tracer, event)
             if lines:
-                out.write("\n".join(lines) + "\n")
+                out.write(escape_for_terminal("\n".join(lines)) + "\n")
 
-    machine.events.attach(sink)
+    closed: list[bool] = []  # the reader of standard output went away (`trace ... | head`)
+
+    def guarded(event: Event) -> None:
+        if closed:
+            return
+        try:
+            sink(event)
+        except BrokenPipeError:
+            closed.append(True)
+            with _stdout_may_close():
+                raise
+        except OSError as e:
+            raise HarnessError(f"cannot write the trace to {args.output or 'standard output'}: {e.strerror}") \
+                from None
+
+    machine.events.attach(guarded)
     try:
         stop = session.run()
         machine.tracer.finish()  # a trace ends with the run, even when the machine could go on
-        if args.summary:
-            stats = syscall_summary(tracer, finished)
-            if args.format == "jsonl":
-                out.write(json.dumps(summary_json(stats)) + "\n")
-            else:
-                out.write(summary_table(stats) + "\n")
-        elif perfetto is not None:
-            perfetto.write(out)
+        with _stdout_may_close():
+            if args.summary:
+                stats = syscall_summary(tracer, finished)
+                if args.format == "jsonl":
+                    out.write(json.dumps(summary_json(stats)) + "\n")
+                else:
+                    out.write(summary_table(stats) + "\n")
+            elif perfetto is not None:
+                perfetto.write(out)
+    except OSError as e:
+        raise HarnessError(f"cannot write the trace to {args.output or 'standard output'}: {e.strerror}") from None
     finally:
-        if out is not sys.stdout:
-            out.close()
-        else:
-            out.flush()
+        try:
+            if out is not sys.stdout:
+                out.close()
+            else:
+                with _stdout_may_close():
+                    out.flush()
+        except OSError as e:
+            raise HarnessError(f"cannot write the trace to {args.output}: {e.strerror}") from None
+    if args.pid is not None and args.pid not in tracer.seen_pids:
+        print(f"harness: note: no process {args.pid} ran (pids: "
+              f"{', '.join(map(str, sorted(tracer.seen_pids))) or 'none'}); the trace has no event", file=sys.stderr)
     return session.report(stop)
 
 
@@ -443,7 +512,8 @@ def command_bench(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(cliargs.join_dashed_values(sys.argv[1:] if argv is None else argv))
+    cliargs.check_combinations(parser, args)
     if getattr(args, "programs", None) is not None:
         args.max_time_given = args.max_time is not None
         args.max_time = args.max_time if args.max_time is not None else 30.0
@@ -462,3 +532,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return ExitCode.OK
+    except OSError as error:  # a file or device the harness could not use, not a bug: one line
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"harness: error: {where}{error.strerror or error}", file=sys.stderr)
+        return ExitCode.HARNESS_ERROR
+    except Exception as error:  # a bug of ours: still one line, the traceback when asked for
+        if os.environ.get("WEENSY_TRACEBACK"):
+            raise
+        print(f"harness: internal error: {type(error).__name__}: {error} (WEENSY_TRACEBACK=1 shows where)",
+              file=sys.stderr)
+        return ExitCode.HARNESS_ERROR

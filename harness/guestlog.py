@@ -39,6 +39,14 @@ class GuestLog:
             self.on_line(_ANSI.sub(b"", line).decode("utf-8", "replace").rstrip("\r"))
         self._line += data[start:]
 
+    def attach_sink(self, sink: BinaryIO) -> None:
+        """Write everything printed so far to `sink` (complete lines: a resumed run's log starts with the lines
+        before its snapshot), then every line as it completes."""
+        done = len(self.data) - len(self._line)
+        sink.write(bytes(self.data[:done]))
+        sink.flush()
+        self.sink = sink
+
     def flush(self) -> None:
         """Write out a final line that has no newline yet (at the end of a run)."""
         if self.sink is not None and self._line:

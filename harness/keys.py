@@ -31,7 +31,7 @@ NAMED_KEYS: dict[str, bytes] = {
     "insert": _press(0x52, True), "delete": _press(0x53, True),
     **{f"f{n}": _press(0x3A + n) for n in range(1, 11)},
 }
-_TIME = re.compile(r"^(\d+(?:\.\d*)?)(s|ms)?:")
+_TIME = re.compile(r"^(-?)(\d+(?:\.\d*)?|\.\d+)(s|ms)?:")
 _TOKEN = re.compile(r"<<|<([a-z0-9-]+)>")
 
 
@@ -75,9 +75,13 @@ def parse_key_script(spec: str) -> ScheduledKeys:
     time_ns = 0
     text = spec
     if match:
-        value = float(match.group(1))
-        time_ns = int(value * (1e6 if match.group(2) == "ms" else 1e9))
+        if match.group(1):
+            raise HarnessError(f"{spec!r}: the time cannot be negative (virtual time starts at 0)")
+        value = float(match.group(2))
+        time_ns = int(value * (1e6 if match.group(3) == "ms" else 1e9))
         text = spec[match.end():]
+    if not text:
+        raise HarnessError(f"{spec!r}: no keys to type after the time")
     return ScheduledKeys(time_ns, text_to_scancodes(text), text)
 
 

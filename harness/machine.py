@@ -42,14 +42,14 @@ from .clock import DEFAULT_NS_PER_BLOCK, VirtualClock
 from .cpu import FLAG_IF, GP, NOT_AN_ADDRESS, OFF_OLD_EXCEPTION, RAX, RBP, RCX, RSP, Cpu, TripleFault
 from .devices.ata import AtaDisk
 from .devices.cga import CgaConsole
-from .devices.ioapic import IoApic
+from .devices.ioapic import IOAPIC_BASE, IoApic
 from .devices.keyboard import Keyboard8042
 from .devices.lapic import APIC_BASE_MSR_VALUE, LocalApic
 from .devices.parallel import ParallelPort
+from .errors import HarnessError, LoaderError
 from .devices.pci import AcpiPm, HostBridge, Ich9Lpc, PciHost
 from .devices.pic import Pic8259
 from .devices.reset import SystemControlPortA
-from .errors import LoaderError
 from .events import Event, EventLog, Kind
 from .fastpath import (
     RECORD_COMPLETE,
@@ -140,7 +140,13 @@ class Machine:
         # A bounded buffer for translated code: Unicorn reuses it only when full, and forked programs keep
         # bringing code in on new physical pages, so the default (1 GiB) would make a long run's memory grow.
         uc.ctl_set_tcg_buffer_size(TRANSLATION_BUFFER_BYTES)
-        self._ram = mmap.mmap(-1, config.ram_size)  # anonymous, zero-filled, backed lazily by the host
+        if not 0 < config.ram_size <= IOAPIC_BASE:  # RAM would overlap the APICs' registers
+            raise HarnessError(f"guest RAM of {config.ram_size >> 20} MiB: give 1 to {IOAPIC_BASE >> 20} MiB")
+        try:
+            self._ram = mmap.mmap(-1, config.ram_size)  # anonymous, zero-filled, backed lazily by the host
+        except OSError as e:
+            raise HarnessError(f"cannot reserve {config.ram_size >> 20} MiB of guest RAM on this host "
+                               f"({e.strerror})") from None
         self._ram_anchor = ctypes.c_char.from_buffer(self._ram)
         self.memory = memoryview(self._ram)
         uc.mem_map_ptr(0, config.ram_size, UC_PROT_ALL, ctypes.addressof(self._ram_anchor))

@@ -75,7 +75,8 @@ class Tracer:
         self._pending_syscall: dict[int | None, Event] = {}
         self._pending_fault: dict[int | None, Event] = {}
         self._names: dict[int, str | None] = {}  # live processes: pid -> name
-        self._exit_status: dict[int | None, int | None] = {}  # exit called, process not yet gone: pid -> status
+        self._exit_status: dict[int | None, int | None] = {}
+        self.seen_pids: set[int] = set()  # every process that ever appeared in the kernel's table  # exit called, process not yet gone: pid -> status
         self._last_user_pid: int | None = None
         self._screen = b""
 
@@ -321,6 +322,7 @@ class Tracer:
         for pid, name in live.items():
             if pid not in self._names:
                 self._names[pid] = name
+                self.seen_pids.add(pid)
                 self.events.add(Event(self._now(), Kind.PROCESS, pid=pid, text=f"created {name or ''}".strip(),
                                       detail={"event": "created", "name": name}))
         for pid in [pid for pid in self._names if pid not in live]:
