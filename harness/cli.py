@@ -223,7 +223,8 @@ class Session:
             overrides[name] = Path(path)
         build_dir = (args.build_dir or project.default_build_dir()).resolve()
         source = project.default_source_dir()
-        if not args.no_build and args.kernel is None and args.disk is None and source is not None:
+        if not args.no_build and args.kernel is None and args.disk is None and source is not None and \
+                project.ours_to_build(build_dir):  # never a build the user made
             project.build(source, build_dir)
         tree = project.BuildTree(build_dir)
         self.args = args

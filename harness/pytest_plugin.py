@@ -269,7 +269,8 @@ def weensy_build(request: pytest.FixtureRequest) -> project.BuildTree:
     option = request.config.getoption("--weensy-build-dir")
     build_dir = Path(option).resolve() if option else project.default_build_dir()
     source = project.default_source_dir()
-    if source is not None and not os.environ.get("WEENSY_NO_BUILD") and not option:
+    if source is not None and not os.environ.get("WEENSY_NO_BUILD") and not option and \
+            project.ours_to_build(build_dir):  # never a build the user made
         build_dir.parent.mkdir(parents=True, exist_ok=True)
         with open(build_dir.parent / ".weensyos-build.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
