@@ -19,8 +19,9 @@ from .diagnosis import diagnose, summary
 from .errors import ExitCode, HarnessError
 from .events import Event
 from .keys import ScheduledKeys
-from .loader import read_elf
-from .machine import Machine, MachineConfig, Stop, StopKind
+from .loader import ElfImage, read_elf
+from .machine import Machine, MachineConfig, Stop, StopKind, find_kernel_in_image
+from .symbols import SymbolTable
 from .syscalls import SyscallTable
 from .termtext import escape_for_terminal
 from .traceformat import (
@@ -262,7 +263,10 @@ class Session:
             raise HarnessError(f"disk image {args.disk}: no such file") from None
         except OSError as e:
             raise HarnessError(f"disk image {args.disk}: cannot read ({e.strerror})") from None
-        kernel = read_elf(args.kernel, "kernel") if args.kernel is not None else None
+        kernel = read_elf(args.kernel, "kernel") if args.kernel is not None else symbols_for_image(image, tree)
+        if kernel is None:
+            print(f"harness: note: the kernel in {args.disk} has no symbols, so events cannot name processes or "
+                  f"functions: give its ELF with --kernel (e.g. the build's kernel)", file=sys.stderr)
         self.programs = tree.programs()
         table = args.syscalls or tree.syscall_table
         self.syscalls = SyscallTable.load(table) if table.exists() else SyscallTable([])
@@ -350,6 +354,30 @@ class Session:
                          f"mode): no kernel, page-table or free page user-accessible, no page writable in two "
                          f"processes, every user page owned by its process")
         return notes
+
+
+def _loadable(image: ElfImage) -> list[tuple[int, int, bytes]]:
+    return [(seg.vaddr, seg.memsz, image.data[seg.offset:seg.offset + seg.filesz]) for seg in image.segments]
+
+
+def symbols_for_image(disk: bytes, tree: project.BuildTree) -> ElfImage | None:
+    """The kernel ELF with symbols for a disk image's kernel: the image's own if it has them, else a kernel of
+    the build (`kernel`, `kernel-course`) whose loadable bytes are the image's (the image came from our build);
+    None if neither."""
+    embedded = find_kernel_in_image(disk)
+    if embedded is None:
+        return None
+    if SymbolTable.from_elf(embedded.data).symbols:
+        return embedded
+    for path in (tree.kernel, tree.directory / "kernel-course"):
+        if path.is_file():
+            try:
+                candidate = read_elf(path, "kernel")
+            except HarnessError:
+                continue
+            if _loadable(candidate) == _loadable(embedded):
+                return candidate
+    return None
 
 
 def command_boot(args: argparse.Namespace) -> int:

@@ -306,7 +306,10 @@ class Tracer:
             self.events.finish(call)
         fault = self._pending_fault.pop(pid, None)
         if fault is not None:
-            if rip == fault.rip:
+            if pid is None and not (self.kernel is not None and self.kernel.available):
+                fault.detail["outcome"] = (f"the CPU next returned to user mode at {rip:#x} (in which process is "
+                                           f"unknown without the kernel's symbols)")
+            elif rip == fault.rip:
                 fault.detail["outcome"] = "the kernel fixed the mapping and the instruction was retried"
             else:
                 fault.detail["outcome"] = f"the process resumed at {self.describe(pid, rip, True)}"
