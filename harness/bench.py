@@ -265,28 +265,31 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _figure(value: object) -> str:
+    """A median as people read it: thousands separated, three significant figures, never an exponent."""
+    if not isinstance(value, float):
+        return "-"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def table(result: dict[str, object]) -> str:
-    lines = [f"{'workload':<52} {'unit':<11} {'harness':>10} {'QEMU':>10} {'harness/QEMU':>13}  spread (harness)"]
+    """The rows as plain text, columns sized to their longest entry."""
+    header = ("workload", "unit", "harness", "QEMU", "harness/QEMU", "spread (harness)")
+    rows = [header]
     for row in result["rows"]:  # type: ignore[union-attr]
-        h, q, r = row["harness_median"], row["qemu_median"], row["ratio"]  # type: ignore[index]
-        spread = f"{min(row['harness']):.3g}-{max(row['harness']):.3g}" if row["harness"] else ""  # type: ignore[index]
-
-        def show(value: object) -> str:
-            return f"{value:10.3g}" if isinstance(value, float) else f"{'-':>10}"
-
-        ratio = f"{r:13.2f}" if r else f"{'-':>13}"
-        lines.append(f"{row['name']:<52} {row['unit']:<11} {show(h)} {show(q)} {ratio}  {spread}")  # type: ignore[index]
-    return "\n".join(lines)
+        spread = f"{_figure(min(row['harness']))}-{_figure(max(row['harness']))}" if row["harness"] else ""  # type: ignore[index]
+        ratio = f"{row['ratio']:.2f}" if row["ratio"] else "-"  # type: ignore[index]
+        rows.append((row["name"], row["unit"], _figure(row["harness_median"]), _figure(row["qemu_median"]),  # type: ignore[index]
+                     ratio, spread))
+    widths = [max(len(line[i]) for line in rows) for i in range(len(header))]
+    return "\n".join(f"{name:<{widths[0]}}  {unit:<{widths[1]}}  {h:>{widths[2]}}  {q:>{widths[3]}}  "
+                     f"{r:>{widths[4]}}  {spread}".rstrip() for name, unit, h, q, r, spread in rows)
 
 
 def markdown(result: dict[str, object]) -> str:
     """The rows as a Markdown table (what the README shows), medians with three significant figures."""
 
-    def show(value: object) -> str:
-        if not isinstance(value, float):
-            return "-"
-        return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
-
+    show = _figure
     lines = ["| workload | unit | harness | QEMU | harness/QEMU | spread (harness) |", "|---|---|---|---|---|---|"]
     for row in result["rows"]:  # type: ignore[union-attr]
         spread = f"{show(min(row['harness']))}-{show(max(row['harness']))}" if row["harness"] else "-"  # type: ignore[index]
@@ -300,7 +303,7 @@ def _describe_machine(result: dict[str, object]) -> str:
     machine = result.get("machine", {})
     return (f"{machine.get('cpu model', '?')}, {machine.get('cpus', '?')} CPUs, Python "  # type: ignore[union-attr]
             f"{machine.get('python', '?')}; hot paths: {machine.get('hot paths', '?')}; "  # type: ignore[union-attr]
-            f"median of {result.get('repeat', '?')} runs")
+            f"median of {result.get('repeat', '?')} run{'' if result.get('repeat') == 1 else 's'}")
 
 
 def show_saved(path: Path, as_markdown: bool) -> int:

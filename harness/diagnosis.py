@@ -87,8 +87,13 @@ def summary(machine: Machine, stop: Stop) -> str:
     """One line: how the run ended and how long it took in virtual time."""
     counts = machine.events.counts
     return (f"{stop.kind.value} at {format_time(stop.time_ns)} s virtual time: {stop.message} "
-            f"[{machine.timer_ticks} timer ticks, {counts[Kind.SYSCALL]} system calls, "
-            f"{counts[Kind.EXCEPTION]} exceptions]")
+            f"[{counted(machine.timer_ticks, 'timer tick')}, {counted(counts[Kind.SYSCALL], 'system call')}, "
+            f"{counted(counts[Kind.EXCEPTION], 'exception')}]")
+
+
+def counted(n: int, thing: str) -> str:
+    """`1 exception`, `2 exceptions`."""
+    return f"{n} {thing}{'' if n == 1 else 's'}"
 
 
 def diagnose(machine: Machine, stop: Stop, syscalls: SyscallTable, last: int = 12) -> str:

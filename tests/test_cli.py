@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -123,3 +124,23 @@ def test_build_dir_that_the_harness_built_is_rebuilt_when_stale(build_tree: proj
     result = harness("boot", "hello", "--headless", "--build-dir", str(ours))
     assert result.returncode == 0, result.stderr
     assert (ours / "kernel").stat().st_mtime > 946684800  # make brought it up to date
+
+
+def test_the_summary_counts_in_good_english(build_tree: project.BuildTree) -> None:
+    result = harness("boot", "fault", "hello", "--headless", *built(build_tree))
+    assert result.stderr.rstrip().endswith("[0 timer ticks, 5 system calls, 1 exception]")
+
+
+def test_a_panic_diagnosis_says_when_its_registers_were_read(build_tree: project.BuildTree) -> None:
+    result = harness("boot", "panicker", "--headless", *built(build_tree))
+    where = re.search(r"where: (0x[0-9a-f]+)", result.stderr)
+    registers = re.search(r"registers when the run stopped \([0-9.]+ s\): rip=(0x[0-9a-f]+)", result.stderr)
+    assert where and registers and where[1] != registers[1]  # the panic's place, then where the CPU went on
+
+
+def test_the_diagnosis_shows_switches_and_console_rows(build_tree: project.BuildTree) -> None:
+    result = harness("trace", "spinner", "--max-time", "0.02", *built(build_tree))
+    assert result.returncode == 5
+    assert "    [0.00" in result.stderr and "switch: -> pid 1\n" in result.stderr
+    assert "console: pid 1: spinner 1 running" in result.stderr
+    assert not re.search(r"(switch|console):\s*\n", result.stderr)
