@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TextIO
 from . import __version__, cliargs, project
 from .api import boot_machine
 from .diagnosis import diagnose, summary
-from .errors import ExitCode, HarnessError
+from .errors import ExitCode, HarnessError, exit_status_epilog
 from .events import Event
 from .keys import ScheduledKeys
 from .loader import ElfImage, read_elf
@@ -55,16 +55,7 @@ EXIT_FOR_STOP = {
     StopKind.BREAKPOINT: ExitCode.OK,
 }
 
-EPILOG = """\
-exit status:
-  0  the guest powered off, or the requested --ticks or --until was reached
-  1  harness error (bad input file, unknown program, failed build)
-  2  bad command-line usage
-  3  kernel panic            4  triple fault           5  budget of virtual time exhausted
-  6  access to memory that does not exist          7  CPU halted with nothing to wake it
-  8  the guest asked for a reset   9  --audit found a mapping that breaks process isolation
-  10 interrupt storm (e.g. a timer programmed with a period of nanoseconds)
-"""
+EPILOG = exit_status_epilog()
 
 
 def _positive_int(text: str) -> int:

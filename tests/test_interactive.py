@@ -146,15 +146,15 @@ def test_the_kernel_s_own_quit_key_works_on_the_live_console(build_tree: project
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
 
 
-def _run_in_tmux(command: str, done: str = "EXIT=") -> str:
-    """Run `command` in a fresh 100x30 tmux pane (a real terminal) and return the pane once `done` shows."""
+def _run_in_tmux(command: str) -> str:
+    """Run `command` in a fresh 100x30 tmux pane (a real terminal) and return the pane once it has ended."""
     session = f"harness-{uuid.uuid4().hex[:8]}"
     tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "30", "bash", "--norc", "--noprofile")
     try:
         tmux("send-keys", "-t", session, f"clear; {command}; echo EXIT=$?", "Enter")
         deadline = time.monotonic() + 60
         screen = ""
-        while time.monotonic() < deadline and done not in screen:
+        while time.monotonic() < deadline and not re.search(r"^EXIT=\d+", screen, re.M):  # not the echoed command
             time.sleep(0.2)
             screen = tmux("capture-pane", "-t", session, "-p")
         return screen
