@@ -73,8 +73,21 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    if not 0 < value <= MAX_SECONDS:  # also refuses inf and nan
+        raise argparse.ArgumentTypeError(f"{text}: give a number of seconds above 0 and at most {MAX_SECONDS:g}")
+    return value
+
+
+MAX_SECONDS = 1e9  # of virtual time: any budget in nanoseconds still fits the clock's 64 bits
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
     return value
 
 
@@ -175,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     diff = commands.add_parser("trace-diff", help="show where two JSONL traces first differ")
     diff.add_argument("first", type=Path, metavar="A.jsonl")
     diff.add_argument("second", type=Path, metavar="B.jsonl")
-    diff.add_argument("--context", type=int, default=3, metavar="N", help="events shown before the difference")
+    diff.add_argument("--context", type=_count, default=3, metavar="N", help="events shown before the difference")
 
     bench = commands.add_parser("bench", help="measure the harness's speed against QEMU on the same disk images")
     bench.add_argument("--repeat", type=_positive_int, default=3, metavar="N", help="runs per row (default: 3)")
@@ -255,14 +268,14 @@ class Session:
         except OSError as e:
             raise HarnessError(f"disk image {args.disk}: cannot read ({e.strerror})") from None
         kernel = read_elf(args.kernel, "kernel") if args.kernel is not None else symbols_for_image(image, tree)
-        if kernel is None:
-            print(f"harness: note: the kernel in {args.disk} has no symbols, so events cannot name processes or "
-                  f"functions: give its ELF with --kernel (e.g. the build's kernel)", file=sys.stderr)
         self.programs = tree.programs()
         table = args.syscalls or tree.syscall_table
         self.syscalls = SyscallTable.load(table) if table.exists() else SyscallTable([])
         self.machine = Machine(MachineConfig(ram_size=args.memory << 20, seed=args.seed))
         self.machine.boot_disk(image, kernel, label=f"disk image {args.disk}")
+        if kernel is None:
+            print(f"harness: note: the kernel in {args.disk} has no symbols, so events cannot name processes or "
+                  f"functions: give its ELF with --kernel (e.g. the build's kernel)", file=sys.stderr)
         self.machine.programs = dict(self.programs)
         self._schedule_keys(args)
 

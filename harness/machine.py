@@ -840,7 +840,7 @@ class Machine:
                 self.stop = self._panic
                 break
             if tick_target is not None and lapic.timer_expirations >= tick_target:
-                self.stop = Stop(StopKind.TICKS, f"{ticks} timer ticks reached", now, cpu.rip())
+                self.stop = Stop(StopKind.TICKS, f"{ticks} timer tick{'' if ticks == 1 else 's'} reached", now, cpu.rip())
                 break
             if self._pause_end is not None and now >= self._pause_end:
                 self.stop = Stop(StopKind.PAUSED, "paused", now, cpu.rip())

@@ -98,6 +98,10 @@ def test_keys_due_after_the_run_ended_are_reported(build_tree: project.BuildTree
     (("boot", "hello", "--until", ""), ("--until",)),
     (("trace", "hello", "--pid", "-3"), ("--pid",)),
     (("boot", "--ticks", "0"), ("--ticks",)),
+    (("boot", "--max-time", "inf"), ("--max-time",)),
+    (("boot", "--max-time", "nan"), ("--max-time",)),
+    (("boot", "--max-time", "1e300"), ("--max-time",)),
+    (("trace-diff", "--context", "-5", "a", "b"), ("--context",)),
 ])
 def test_option_combinations_and_values_that_make_no_sense(build_tree: project.BuildTree, args: tuple[str, ...],
                                                            words: tuple[str, ...]) -> None:
@@ -186,3 +190,17 @@ def test_guest_text_cannot_command_the_terminal() -> None:
     assert "\x1b" not in shown and "\x07" not in shown and "\r" not in shown and "\x9b" not in shown
     assert shown == "PANIC: \\x1b]0;pwned\\x07\\x1bc\\x1b[2J\\r\\x9b1m done"
     assert escape_for_terminal("line one\nline two\\n") == "line one\nline two\\n"
+
+
+@pytest.mark.parametrize("args, words", [
+    (("boot", "--headless", "--disk", "/dev/null"), ("no boot signature",)),
+    (("boot", "--headless", "--disk", "/"), ("cannot read",)),
+    (("boot", "--headless", "--log", "/"), ("cannot write the log",)),
+    (("boot", "--headless", "--kernel", "/dev/null"), ("not a file",)),
+    (("boot", "--headless", "--load-snapshot", "/etc/hostname"), ("not a harness snapshot",)),
+    (("boot", "--headless", "--save-snapshot", "/dev/full"), ("cannot write the snapshot",)),
+    (("boot", "--headless", "--screen", "/nonexistent-dir/x.png"), ("cannot save the screen",)),
+])
+def test_files_and_devices_that_cannot_be_used(build_tree: project.BuildTree, args: tuple[str, ...],
+                                               words: tuple[str, ...]) -> None:
+    one_error_line(harness(build_tree, *args), 1, *words)
