@@ -277,10 +277,11 @@ def table(result: dict[str, object]) -> str:
     header = ("workload", "unit", "harness", "QEMU", "harness/QEMU", "spread (harness)")
     rows = [header]
     for row in result["rows"]:  # type: ignore[union-attr]
-        spread = f"{_figure(min(row['harness']))}-{_figure(max(row['harness']))}" if row["harness"] else ""  # type: ignore[index]
+        runs: list[float] = row["harness"]  # type: ignore[index]
+        spread = f"{_figure(min(runs))}-{_figure(max(runs))}" if runs else ""
         ratio = f"{row['ratio']:.2f}" if row["ratio"] else "-"  # type: ignore[index]
-        rows.append((row["name"], row["unit"], _figure(row["harness_median"]), _figure(row["qemu_median"]),  # type: ignore[index]
-                     ratio, spread))
+        rows.append((row["name"], row["unit"], _figure(row["harness_median"]),  # type: ignore[index]
+                     _figure(row["qemu_median"]), ratio, spread))  # type: ignore[index]
     widths = [max(len(line[i]) for line in rows) for i in range(len(header))]
     return "\n".join(f"{name:<{widths[0]}}  {unit:<{widths[1]}}  {h:>{widths[2]}}  {q:>{widths[3]}}  "
                      f"{r:>{widths[4]}}  {spread}".rstrip() for name, unit, h, q, r, spread in rows)

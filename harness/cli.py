@@ -3,25 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING
 
 from . import __version__, cliargs, project
 from .api import boot_machine
+from .cliio import guarded_sink, open_output, stdout_may_close, writing_trace
 from .diagnosis import diagnose, summary
 from .errors import ExitCode, HarnessError, exit_status_epilog
 from .events import Event
+from .imagekernel import symbols_for_image
 from .keys import ScheduledKeys
-from .loader import ElfImage, read_elf
-from .machine import Machine, MachineConfig, Stop, StopKind, find_kernel_in_image
-from .symbols import SymbolTable
+from .loader import read_elf
+from .machine import Machine, MachineConfig, Stop, StopKind
 from .syscalls import SyscallTable
 from .termtext import escape_for_terminal
 from .traceformat import (
@@ -360,30 +359,6 @@ class Session:
         return notes
 
 
-def _loadable(image: ElfImage) -> list[tuple[int, int, bytes]]:
-    return [(seg.vaddr, seg.memsz, image.data[seg.offset:seg.offset + seg.filesz]) for seg in image.segments]
-
-
-def symbols_for_image(disk: bytes, tree: project.BuildTree) -> ElfImage | None:
-    """The kernel ELF with symbols for a disk image's kernel: the image's own if it has them, else a kernel of
-    the build (`kernel`, `kernel-course`) whose loadable bytes are the image's (the image came from our build);
-    None if neither."""
-    embedded = find_kernel_in_image(disk)
-    if embedded is None:
-        return None
-    if SymbolTable.from_elf(embedded.data).symbols:
-        return embedded
-    for path in (tree.kernel, tree.directory / "kernel-course"):
-        if path.is_file():
-            try:
-                candidate = read_elf(path, "kernel")
-            except HarnessError:
-                continue
-            if _loadable(candidate) == _loadable(embedded):
-                return candidate
-    return None
-
-
 def command_boot(args: argparse.Namespace) -> int:
     session = Session(args)
     session.enable_audit()
@@ -416,30 +391,9 @@ def command_boot(args: argparse.Namespace) -> int:
             return 128 + getattr(signal, console.terminated_by, signal.SIGTERM)
         return session.report(stop, args.quiet)
     stop = session.run()
-    with _stdout_may_close():
+    with stdout_may_close():
         print(session.machine.screen_text())
     return session.report(stop, args.quiet)
-
-
-@contextlib.contextmanager
-def _stdout_may_close() -> Iterator[None]:
-    """`... | head`: when the reader goes away, stop writing to it, but let the run end and report as usual."""
-    try:
-        yield
-        sys.stdout.flush()
-    except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # what is still buffered goes nowhere, without another error
-        os.close(devnull)
-
-
-def _open_output(path: Path | None) -> TextIO:
-    if path is None:
-        return sys.stdout
-    try:
-        return open(path, "w")  # noqa: SIM115 - closed by the caller
-    except OSError as e:
-        raise HarnessError(f"cannot write the trace to {path}: {e.strerror}") from None
 
 
 def command_trace(args: argparse.Namespace) -> int:
@@ -449,7 +403,7 @@ def command_trace(args: argparse.Namespace) -> int:
     session.enable_audit()
     session.resume()
     tracer = machine.tracer
-    out = _open_output(args.output)
+    out = open_output(args.output)
     finished: list[Event] = []
     perfetto = PerfettoWriter(tracer) if args.format == "perfetto" else None
 
@@ -467,45 +421,18 @@ def command_trace(args: argparse.Namespace) -> int:
             if lines:
                 out.write(escape_for_terminal("\n".join(lines)) + "\n")
 
-    closed: list[bool] = []  # the reader of standard output went away (`trace ... | head`)
-
-    def guarded(event: Event) -> None:
-        if closed:
-            return
-        try:
-            sink(event)
-        except BrokenPipeError:
-            closed.append(True)
-            with _stdout_may_close():
-                raise
-        except OSError as e:
-            raise HarnessError(f"cannot write the trace to {args.output or 'standard output'}: {e.strerror}") \
-                from None
-
-    machine.events.attach(guarded)
-    try:
+    machine.events.attach(guarded_sink(sink, args.output))
+    with writing_trace(out, args.output):
         stop = session.run()
         machine.tracer.finish()  # a trace ends with the run, even when the machine could go on
-        with _stdout_may_close():
-            if args.summary:
-                stats = syscall_summary(tracer, finished)
-                if args.format == "jsonl":
-                    out.write(json.dumps(summary_json(stats)) + "\n")
-                else:
-                    out.write(summary_table(stats) + "\n")
-            elif perfetto is not None:
-                perfetto.write(out)
-    except OSError as e:
-        raise HarnessError(f"cannot write the trace to {args.output or 'standard output'}: {e.strerror}") from None
-    finally:
-        try:
-            if out is not sys.stdout:
-                out.close()
+        if args.summary:
+            stats = syscall_summary(tracer, finished)
+            if args.format == "jsonl":
+                out.write(json.dumps(summary_json(stats)) + "\n")
             else:
-                with _stdout_may_close():
-                    out.flush()
-        except OSError as e:
-            raise HarnessError(f"cannot write the trace to {args.output}: {e.strerror}") from None
+                out.write(summary_table(stats) + "\n")
+        elif perfetto is not None:
+            perfetto.write(out)
     if args.pid is not None and args.pid not in tracer.seen_pids:
         print(f"harness: note: no process {args.pid} ran (pids: "
               f"{', '.join(map(str, sorted(tracer.seen_pids))) or 'none'}); the trace has no event", file=sys.stderr)

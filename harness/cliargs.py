@@ -11,9 +11,10 @@ import argparse
 import sys
 from typing import NoReturn
 
-from .devices.ioapic import IOAPIC_BASE
 from .errors import HarnessError
+from .guestram import RAM_LIMIT
 from .keys import ScheduledKeys, parse_key_script
+
 
 class Parser(argparse.ArgumentParser):
     """argparse with its errors on one line (the usage is one `--help` away), exit status 2."""
@@ -23,7 +24,7 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-MAX_MEMORY_MIB = IOAPIC_BASE >> 20  # RAM ends below the APICs' registers (0xFEC00000), as on a PC below 4 GiB
+MAX_MEMORY_MIB = RAM_LIMIT >> 20  # RAM ends below the APICs' registers (0xFEC00000), as on a PC
 MAX_PORT = 65535
 
 
@@ -35,7 +36,7 @@ def memory_mib(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not 1 <= value <= MAX_MEMORY_MIB:
         raise argparse.ArgumentTypeError(f"{value} MiB: give 1 to {MAX_MEMORY_MIB} (RAM ends below the APICs at "
-                                         f"{IOAPIC_BASE:#x})")
+                                         f"{RAM_LIMIT:#x})")
     return value
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import enum
-import mmap
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,20 +35,20 @@ from unicorn import (
 )
 from unicorn import x86_const as X
 
-from . import loader
+from . import guestram, loader
 from .bios import Bios
 from .clock import DEFAULT_NS_PER_BLOCK, VirtualClock
 from .cpu import FLAG_IF, GP, NOT_AN_ADDRESS, OFF_OLD_EXCEPTION, RAX, RBP, RCX, RSP, Cpu, TripleFault
 from .devices.ata import AtaDisk
 from .devices.cga import CgaConsole
-from .devices.ioapic import IOAPIC_BASE, IoApic
+from .devices.ioapic import IoApic
 from .devices.keyboard import Keyboard8042
 from .devices.lapic import APIC_BASE_MSR_VALUE, LocalApic
 from .devices.parallel import ParallelPort
-from .errors import HarnessError, LoaderError
 from .devices.pci import AcpiPm, HostBridge, Ich9Lpc, PciHost
 from .devices.pic import Pic8259
 from .devices.reset import SystemControlPortA
+from .errors import LoaderError
 from .events import Event, EventLog, Kind
 from .fastpath import (
     RECORD_COMPLETE,
@@ -140,13 +139,7 @@ class Machine:
         # A bounded buffer for translated code: Unicorn reuses it only when full, and forked programs keep
         # bringing code in on new physical pages, so the default (1 GiB) would make a long run's memory grow.
         uc.ctl_set_tcg_buffer_size(TRANSLATION_BUFFER_BYTES)
-        if not 0 < config.ram_size <= IOAPIC_BASE:  # RAM would overlap the APICs' registers
-            raise HarnessError(f"guest RAM of {config.ram_size >> 20} MiB: give 1 to {IOAPIC_BASE >> 20} MiB")
-        try:
-            self._ram = mmap.mmap(-1, config.ram_size)  # anonymous, zero-filled, backed lazily by the host
-        except OSError as e:
-            raise HarnessError(f"cannot reserve {config.ram_size >> 20} MiB of guest RAM on this host "
-                               f"({e.strerror})") from None
+        self._ram = guestram.allocate(config.ram_size)  # anonymous, zero-filled, backed lazily by the host
         self._ram_anchor = ctypes.c_char.from_buffer(self._ram)
         self.memory = memoryview(self._ram)
         uc.mem_map_ptr(0, config.ram_size, UC_PROT_ALL, ctypes.addressof(self._ram_anchor))
@@ -840,7 +833,8 @@ class Machine:
                 self.stop = self._panic
                 break
             if tick_target is not None and lapic.timer_expirations >= tick_target:
-                self.stop = Stop(StopKind.TICKS, f"{ticks} timer tick{'' if ticks == 1 else 's'} reached", now, cpu.rip())
+                reached = f"{ticks} timer tick{'' if ticks == 1 else 's'} reached"
+                self.stop = Stop(StopKind.TICKS, reached, now, cpu.rip())
                 break
             if self._pause_end is not None and now >= self._pause_end:
                 self.stop = Stop(StopKind.PAUSED, "paused", now, cpu.rip())

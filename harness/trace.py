@@ -75,8 +75,8 @@ class Tracer:
         self._pending_syscall: dict[int | None, Event] = {}
         self._pending_fault: dict[int | None, Event] = {}
         self._names: dict[int, str | None] = {}  # live processes: pid -> name
-        self._exit_status: dict[int | None, int | None] = {}
-        self.seen_pids: set[int] = set()  # every process that ever appeared in the kernel's table  # exit called, process not yet gone: pid -> status
+        self._exit_status: dict[int | None, int | None] = {}  # exit called, process not yet gone: pid -> status
+        self.seen_pids: set[int] = set()  # every process that ever appeared in the kernel's table
         self._last_user_pid: int | None = None
         self._screen = b""
 
