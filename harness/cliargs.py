@@ -90,10 +90,12 @@ def join_dashed_values(argv: list[str], options: tuple[str, ...] = ("--keys", "-
 
 
 def check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Options that cannot go together: one usage error naming both."""
+    """Options that cannot go together: one usage error naming both (from the command's own parser)."""
     command = getattr(args, "command", None)
     if command not in ("boot", "trace"):
         return
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    parser = commands.choices[command]
     if args.disk is not None and args.programs:
         parser.error(f"with --disk the command to run is written in the image: give no PROGRAM "
                      f"(got {' '.join(args.programs)})")
