@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 from unicorn import x86_const as X
 
+from .loader import blank_text_memory
+
 if TYPE_CHECKING:
     from .machine import Machine
 
@@ -39,8 +41,10 @@ class Bios:
 
     # -- power-on state ---------------------------------------------------------------------------------------
     def install(self) -> None:
-        """IVT entries -> F000:FF53 (an `iret`), the BIOS data area's memory size and boot drive count."""
+        """IVT entries -> F000:FF53 (an `iret`), the BIOS data area's memory size and boot drive count, and the
+        text screen that the BIOS's mode 3 leaves: all of text memory blank in light grey."""
         memory = self.machine.memory
+        blank_text_memory(memory)
         for vector in range(256):
             struct.pack_into("<HH", memory, vector * 4, IRET_STUB, BIOS_SEGMENT)
         memory[BIOS_SEGMENT * 16 + IRET_STUB] = 0xCF
@@ -94,8 +98,8 @@ class Bios:
         ah = self._ah()
         console = self.machine.console
         memory = self.machine.memory
-        if ah == 0x00:  # set video mode: 80x25 text, cleared
-            memory[0xB8000:0xB8000 + 4000] = b"\x20\x07" * 2000
+        if ah == 0x00:  # set video mode: 80x25 text, all of text memory cleared
+            blank_text_memory(memory)
             console.set_cursor(0)
         elif ah == 0x02:  # set cursor: DH row, DL column
             dx = self._get(X.UC_X86_REG_RDX)

@@ -94,7 +94,12 @@ def _filters(text: str) -> set[str]:
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that boots the machine."""
     parser.add_argument("programs", nargs="*", metavar="PROGRAM",
-                        help="program(s) to start (the kernel's command line); default: hello")
+                        help="program(s) to start: the kernel's command line, handed over with the multiboot "
+                             "magic (default: hello for the build's kernel; with --kernel, no command line and no "
+                             "hand-off at all, as the course's boot loader does, so a course kernel runs the "
+                             "program compiled into it)")
+    parser.add_argument("--command", dest="command_line", metavar="TEXT",
+                        help="the kernel's command line exactly as given (not checked against the programs)")
     parser.add_argument("--ticks", type=_positive_int, metavar="N",
                         help="stop successfully after N timer ticks (10 ms each at the kernel's 100 Hz)")
     parser.add_argument("--until", metavar="TEXT", help="stop successfully once TEXT is on the screen or in the log")
@@ -102,7 +107,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="safety budget of virtual time; running out is a failure (default: 30, and none "
                              "on the live console)")
     parser.add_argument("--kernel", type=Path, metavar="ELF", help="boot this kernel instead of build/kernel "
-                        "(with --disk: only its symbols are used)")
+                        "(with --disk: only its symbols are used); it gets a command line only if PROGRAMs or "
+                        "--command name one")
     parser.add_argument("--disk", type=Path, metavar="IMAGE",
                         help="boot a raw disk image like a PC (boot sector at 0x7C00 in real mode, ATA disk); "
                              "the command to run is in the image")
@@ -225,8 +231,13 @@ class Session:
         if args.kernel is None and not kernel_path.exists():
             raise HarnessError(f"no kernel at {kernel_path}: run `python -m harness build` first")
         self.programs = tree.programs() | overrides
-        words = " ".join(args.programs).split() or ["hello"]
-        if args.kernel is None:
+        words = " ".join(args.programs).split()
+        if words and args.command_line is not None:
+            raise HarnessError("give PROGRAMs or --command, not both")
+        command_line: str | None = " ".join(words) if words else args.command_line
+        if command_line is None and args.kernel is None:
+            words, command_line = ["hello"], "hello"  # the build's kernel takes its programs as modules
+        if args.kernel is None and args.command_line is None:
             commands, options = tree.commands(), tree.options()
             unknown = [word for word in words
                        if word not in self.programs and word not in commands and word not in options]
@@ -239,13 +250,13 @@ class Session:
         if args.syscalls is not None and not args.syscalls.is_file():
             raise HarnessError(f"no system-call table at {args.syscalls}")
         self.syscalls = SyscallTable.load(table) if table is not None else SyscallTable([])
-        self.machine: Machine = boot_machine(kernel_path, " ".join(words), self.programs,
+        self.machine: Machine = boot_machine(kernel_path, command_line, self.programs,
                                              MachineConfig(ram_size=args.memory << 20, seed=args.seed))
         self._schedule_keys(args)
 
     def _boot_disk(self, args: argparse.Namespace, tree: project.BuildTree) -> None:
-        if args.programs:
-            raise HarnessError("with --disk the command to run is written in the image; give no PROGRAM")
+        if args.programs or args.command_line is not None:
+            raise HarnessError("with --disk the command to run is written in the image; give no PROGRAM or --command")
         try:
             image = args.disk.read_bytes()
         except FileNotFoundError:

@@ -2,8 +2,16 @@
 
 `read_elf` validates a kernel or program file and turns every problem into one clear `LoaderError` line.
 `prepare_boot` writes the kernel's segments into guest RAM, the boot page table and GDT the course's boot loader
-would have left, and a multiboot information block whose command line names the program(s) to run and whose
-modules are the user-program ELF files. `BootState` is the register state at the kernel's entry point.
+would have left, the text screen as the BIOS leaves it, and (when there is a command line) a multiboot information
+block whose command line names the program(s) to run and whose modules are the user-program ELF files.
+`BootState` is the register state at the kernel's entry point.
+
+Where the boot data goes: the information, the module list, the command line and the module names are small and
+go in conventional memory (the first free pages at or above 64 KiB, below the course kernel's stack page), as a
+real loader leaves them and where a kernel that maps only the low 2 MiB, like the course's, can read them. The
+modules themselves are large and go after the kernel, from 2 MiB up, out of the memory such a kernel manages.
+Without a command line there is no hand-off at all (EAX is not the multiboot magic): the course's kernels then
+run the program compiled into them, as after a boot from their disk.
 """
 
 from __future__ import annotations
@@ -26,7 +34,14 @@ BOOT_PDPT = 0x2000
 BOOT_GDT = 0x3000
 BOOT_AREA = (BOOT_PML4, BOOT_GDT + PAGE)  # written by the hand-off: kernel segments must not overlap it
 BOOT_STACK_TOP = 0x7C00  # the course's boot loader leaves RSP just below its boot sector
-BOOT_DATA_MIN = 0x200000  # multiboot info and modules start here or after the kernel, whichever is higher
+BOOT_DATA_MIN = 0x200000  # modules start here or after the kernel, whichever is higher
+# The information, module list and strings: the lowest free pages of this window (above our boot loader's stage
+# 2 and its buffers, which end below 0x9000 on the disk path; below the course kernel's stack page 0x7F000, which
+# its entry code uses at once). Our boot loader (boot.cc) uses the same first address.
+BOOT_INFO_WINDOW = (0x10000, 0x7F000)
+MB_MODULES_OFFSET = 0x100  # the module list follows the information block
+TEXT_MEMORY = (0xB8000, 0xC0000)  # colour text memory; the BIOS leaves it blank: ' ' on light grey (0x0720)
+BLANK_CELL = b"\x20\x07"
 MULTIBOOT_MAGIC = 0x2BADB002
 MB_FLAG_MEMORY = 1 << 0
 MB_FLAG_CMDLINE = 1 << 2
@@ -158,7 +173,8 @@ class BootState:
     gdt_base: int
     gdt_limit: int
     page_table: int
-    boot_data_end: int
+    boot_data_end: int  # end of the highest page the boot data uses (0 without a hand-off)
+    multiboot: bool = True  # EAX = the multiboot magic, RBX = the information
 
 
 def _align_up(value: int, align: int) -> int:
@@ -183,48 +199,86 @@ def write_boot_gdt(mem: memoryview) -> int:
     return 15
 
 
-def prepare_boot(mem: memoryview, kernel: ElfImage, command_line: str, modules: list[Module]) -> BootState:
-    """Load the kernel and the boot data into `mem` (all of guest RAM); return the entry state."""
+def blank_text_memory(mem: memoryview) -> None:
+    """The colour text memory as the BIOS leaves it after setting mode 3: every cell ' ' in light grey on black."""
+    start, end = TEXT_MEMORY
+    if end <= len(mem):
+        mem[start:end] = BLANK_CELL * ((end - start) // 2)
+
+
+def _overlaps(start: int, end: int, ranges: list[tuple[int, int]]) -> bool:
+    return any(start < high and end > low for low, high in ranges)
+
+
+def place_boot_info(kernel: ElfImage, size: int) -> int | None:
+    """The lowest page in BOOT_INFO_WINDOW where `size` bytes of boot information overlap no kernel segment (the
+    boot page table and GDT lie below the window); None if the window has no such room."""
+    taken = [(seg.paddr & ~(PAGE - 1), _align_up(seg.paddr + seg.memsz, PAGE)) for seg in kernel.segments]
+    low, high = BOOT_INFO_WINDOW
+    candidates = sorted({low} | {end for _, end in taken if low <= end < high})
+    for start in candidates:
+        end = start + size
+        if end <= high and not _overlaps(start, end, taken):
+            return start
+    return None
+
+
+def prepare_boot(mem: memoryview, kernel: ElfImage, command_line: str | None,
+                 modules: list[Module]) -> BootState:
+    """Load the kernel and the boot data into `mem` (all of guest RAM); return the entry state.
+
+    `command_line` None: no multiboot hand-off (and so no modules), as the course's boot loader does it."""
     ram_size = len(mem)
     check_kernel_placement(kernel, ram_size)
+    blank_text_memory(mem)
     for seg in kernel.segments:
         mem[seg.paddr:seg.paddr + seg.filesz] = kernel.data[seg.offset:seg.offset + seg.filesz]
         mem[seg.paddr + seg.filesz:seg.paddr + seg.memsz] = bytes(seg.memsz - seg.filesz)
     write_boot_page_table(mem)
     gdt_limit = write_boot_gdt(mem)
-
     kernel_end = max(seg.paddr + seg.memsz for seg in kernel.segments)
-    info = _align_up(max(BOOT_DATA_MIN, kernel_end), PAGE)
-    entries = info + 0x100
-    strings = entries + 16 * len(modules)
+    if command_line is None:
+        return BootState(entry=kernel.entry, multiboot_info=0, stack_top=BOOT_STACK_TOP, gdt_base=BOOT_GDT,
+                         gdt_limit=gdt_limit, page_table=BOOT_PML4, boot_data_end=0, multiboot=False)
+
+    strings_offset = MB_MODULES_OFFSET + 16 * len(modules)
     blob = bytearray()
 
     def add_string(text: str) -> int:
-        address = strings + len(blob)
+        offset = strings_offset + len(blob)
         blob.extend(text.encode("utf-8") + b"\0")
-        return address
+        return offset
 
-    cmdline_address = add_string(command_line)
-    name_addresses = [add_string(module.name) for module in modules]
-    cursor = _align_up(strings + len(blob), PAGE)
+    cmdline_offset = add_string(command_line)
+    name_offsets = [add_string(module.name) for module in modules]
+    info_size = strings_offset + len(blob)
+    modules_start = _align_up(max(BOOT_DATA_MIN, kernel_end), PAGE)
+    info = place_boot_info(kernel, info_size)
+    if info is None:  # a kernel that fills low memory: the information goes after it, before the modules
+        info, modules_start = modules_start, _align_up(modules_start + info_size, PAGE)
+    cursor = modules_start
     placed = []
     for module in modules:
         size = len(module.image.data)
         placed.append((cursor, cursor + size))
         cursor = _align_up(cursor + size, PAGE)
-    if cursor > ram_size or cursor > 1 << 32:
-        raise LoaderError(f"the kernel and {len(modules)} program(s) need {cursor >> 20} MiB, more than the "
+    end = max(cursor, _align_up(info + info_size, PAGE))
+    if end > ram_size or end > 1 << 32:
+        raise LoaderError(f"the kernel and {len(modules)} program(s) need {end >> 20} MiB, more than the "
                           f"{ram_size >> 20} MiB of RAM (multiboot addresses are 32-bit)")
-    mem[info:cursor] = bytes(cursor - info)
-    mem[strings:strings + len(blob)] = blob
-    for (start, end), module in zip(placed, modules, strict=True):
-        mem[start:end] = module.image.data
-    for i, ((start, end), name_address) in enumerate(zip(placed, name_addresses, strict=True)):
-        struct.pack_into("<IIII", mem, entries + 16 * i, start, end, name_address, 0)
+    info_end = _align_up(info + info_size, PAGE)
+    mem[info:info_end] = bytes(info_end - info)
+    mem[info + strings_offset:info + info_size] = blob
+    if cursor > modules_start:
+        mem[modules_start:cursor] = bytes(cursor - modules_start)
+    entries = info + MB_MODULES_OFFSET
+    for i, ((start, stop), module, name_offset) in enumerate(zip(placed, modules, name_offsets, strict=True)):
+        mem[start:stop] = module.image.data
+        struct.pack_into("<IIII", mem, entries + 16 * i, start, stop, info + name_offset, 0)
     flags = MB_FLAG_MEMORY | MB_FLAG_CMDLINE | MB_FLAG_MODULES
     mem_lower_kib = 640
     mem_upper_kib = (ram_size - 0x100000) // 1024
-    struct.pack_into("<IIIIIII", mem, info, flags, mem_lower_kib, mem_upper_kib, 0, cmdline_address,
+    struct.pack_into("<IIIIIII", mem, info, flags, mem_lower_kib, mem_upper_kib, 0, info + cmdline_offset,
                      len(modules), entries)
     return BootState(entry=kernel.entry, multiboot_info=info, stack_top=BOOT_STACK_TOP, gdt_base=BOOT_GDT,
-                     gdt_limit=gdt_limit, page_table=BOOT_PML4, boot_data_end=cursor)
+                     gdt_limit=gdt_limit, page_table=BOOT_PML4, boot_data_end=end)

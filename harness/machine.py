@@ -230,9 +230,10 @@ class Machine:
         self._next_stop_ns: int | None = None
 
     # -- boot ----------------------------------------------------------------------------------------------
-    def boot(self, kernel: loader.ElfImage, command_line: str = "", modules: list[loader.Module] | None = None,
+    def boot(self, kernel: loader.ElfImage, command_line: str | None = "", modules: list[loader.Module] | None = None,
              symbols: SymbolTable | None = None) -> loader.BootState:
-        """Load `kernel` and its programs and set the CPU to the course boot loader's hand-off state."""
+        """Load `kernel` and its programs and set the CPU to the course boot loader's hand-off state (with a
+        multiboot hand-off of `command_line` and `modules`; none if `command_line` is None, EAX = RBX = 0)."""
         state = loader.prepare_boot(self.memory, kernel, command_line, modules or [])
         self.symbols = symbols if symbols is not None else SymbolTable.from_elf(kernel.data)
         uc = self.uc
@@ -242,7 +243,7 @@ class Machine:
         uc.reg_write(X.UC_X86_REG_CR0, 0x80010011)  # PG | WP | ET | PE
         uc.reg_write(X.UC_X86_REG_GDTR, (0, state.gdt_base, state.gdt_limit, 0))
         uc.reg_write(X.UC_X86_REG_IDTR, (0, 0, 0x3FF, 0))  # the real-mode IVT: faults now would triple-fault
-        for register, value in ((X.UC_X86_REG_RAX, loader.MULTIBOOT_MAGIC),
+        for register, value in ((X.UC_X86_REG_RAX, loader.MULTIBOOT_MAGIC if state.multiboot else 0),
                                 (X.UC_X86_REG_RBX, state.multiboot_info),
                                 (X.UC_X86_REG_RSP, state.stack_top), (X.UC_X86_REG_RFLAGS, 0x2),
                                 (X.UC_X86_REG_RIP, state.entry)):

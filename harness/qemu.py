@@ -37,6 +37,7 @@ class QemuRun:
     powered_off: bool  # the guest powered off (ACPI soft-off) before the run was stopped
     seconds: float  # wall time from QEMU's start to the end of the run
     first_log_seconds: float | None = None  # wall time from QEMU's start to the first byte of the log
+    memory: dict[int, bytes] | None = None  # physical address -> bytes, for each range asked for with `read`
 
     @property
     def lines(self) -> list[str]:
@@ -127,8 +128,10 @@ class _Qmp:
 
 
 def boot_image(image: Path, *, timeout: float = 10.0, until: str | None = None, settle: float = 0.0,
-               memory_mib: int = 128) -> QemuRun:
-    """Boot `image` until the guest powers off, the log contains `until`, or `timeout` seconds pass."""
+               memory_mib: int = 128, read: tuple[tuple[int, int], ...] = ()) -> QemuRun:
+    """Boot `image` until the guest powers off, the log contains `until`, or `timeout` seconds pass.
+
+    `read`: (physical address, length) ranges of guest memory to save when the run ends (`QemuRun.memory`)."""
     with tempfile.TemporaryDirectory(prefix="weensy-qemu-") as tmp:
         log, qmp, screen = Path(tmp, "log.txt"), Path(tmp, "qmp.sock"), Path(tmp, "screen.bin")
         start = time.monotonic()
@@ -154,6 +157,11 @@ def boot_image(image: Path, *, timeout: float = 10.0, until: str | None = None, 
             seconds = time.monotonic() - start
             monitor.execute("stop")
             monitor.execute("pmemsave", val=CONSOLE_ADDR, size=COLUMNS * ROWS * 2, filename=str(screen))
+            saved = {}
+            for i, (address, length) in enumerate(read):
+                path = Path(tmp, f"memory-{i}.bin")
+                monitor.execute("pmemsave", val=address, size=length, filename=str(path))
+                saved[address] = path
             with contextlib.suppress(RuntimeError, OSError):  # QEMU may close the socket before answering
                 monitor.execute("quit")
             process.wait(10)
@@ -165,4 +173,4 @@ def boot_image(image: Path, *, timeout: float = 10.0, until: str | None = None, 
         cells = [[(raw[i], raw[i + 1]) for i in range(row * COLUMNS * 2, (row + 1) * COLUMNS * 2, 2)]
                  for row in range(ROWS)]
         return QemuRun(log.read_text(errors="replace") if log.exists() else "", cells, powered_off, seconds,
-                       first_log)
+                       first_log, {address: path.read_bytes() for address, path in saved.items()})
