@@ -101,7 +101,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--command", dest="command_line", metavar="TEXT",
                         help="the kernel's command line exactly as given (not checked against the programs)")
     parser.add_argument("--ticks", type=_positive_int, metavar="N",
-                        help="stop successfully after N timer ticks (10 ms each at the kernel's 100 Hz)")
+                        help="stop successfully once the guest has taken N timer interrupts (10 ms each at the "
+                             "kernel's 100 Hz; periods that pass while it keeps interrupts masked do not count)")
     parser.add_argument("--until", metavar="TEXT", help="stop successfully once TEXT is on the screen or in the log")
     parser.add_argument("--max-time", type=_positive_float, metavar="SECONDS",
                         help="safety budget of virtual time; running out is a failure (default: 30, and none "

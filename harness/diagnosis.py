@@ -92,6 +92,15 @@ def diagnose(machine: Machine, stop: Stop, syscalls: SyscallTable, last: int = 1
                       and e.time_ns <= stop.time_ns), None)
         if fault is not None:  # the kernel panicked over its own exception: show where that happened
             lines.append(f"  kernel exception: {format_event(machine, fault, syscalls)}")
+    cascade = machine.events.ongoing_cascade
+    if cascade is not None:  # the last events show only the end of it: name the first fault, the cause
+        first = cascade.first[0]
+        lines.append(f"  first fault: {vector_name(first.number)} at {machine.symbols.describe(first.rip)} (kernel "
+                     f"mode){f', address {first.address:#x}' if first.address is not None else ''}; "
+                     f"{cascade.nested} nested fault{'s' if cascade.nested != 1 else ''} followed, each raised "
+                     f"by the handler of the one before")
+        lines.append(f"  first {len(cascade.first)} faults of the cascade:")
+        lines.extend(f"    {format_event(machine, event, syscalls)}" for event in cascade.first)
     if stop.kind is StopKind.ISOLATION and machine.violation_cause is not None:
         lines.append(f"  caused by: {format_event(machine, machine.violation_cause, syscalls)}")
     lines.append(f"  where: {where(machine, stop.rip)}")

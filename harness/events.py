@@ -86,6 +86,20 @@ class Event:
         return self.kind is Kind.EXCEPTION and self.number == 14
 
 
+CASCADE_KEPT = 4  # first faults of a cascade kept for the diagnosis, whatever the ring has lost since
+
+
+@dataclass
+class FaultCascade:
+    """Kernel-mode exceptions each raised inside the handler of the one before: a handler that faults again and
+    again (until its stack runs into something and the CPU gives up). The first fault is the cause; the ring of
+    last events would show only the last ones, so the first few are kept here."""
+
+    first: list[Event]
+    nested: int = 0  # faults after the first
+    frame: int = 0  # the stack pointer after the last one's delivery (each nested frame lies below)
+
+
 class RawSyscalls(Protocol):
     """System-call entries recorded outside Python (fastpath.c), numbered from the same sequence as events."""
 
@@ -126,6 +140,9 @@ class EventLog:
         # Called before any event is added or the ring is read: lets a batch of raw system calls that a
         # consumer (the tracer) takes become events first, so that every event keeps its place in the order.
         self.before_add: Callable[[], None] | None = None
+        self.cascade: FaultCascade | None = None  # the latest run of nested kernel-mode exceptions
+        self._cascade_open = False  # nothing has happened since that could have ended it
+        self._kernel_exception: Event | None = None  # the last kernel-mode exception added
 
     def connect_raw(self, raw: RawSyscalls) -> None:
         """Number events together with the native recorder from now on."""
@@ -184,6 +201,28 @@ class EventLog:
         later.reverse()
         self._ring.extend(heapq.merge(later, new, key=lambda event: event.seq))
 
+    def note_kernel_fault_frame(self, frame: int) -> None:
+        """The kernel-mode exception just added was delivered with its frame at `frame`: it continues the
+        cascade if it lies below the previous one's frame with nothing in between, else it starts one."""
+        event = self._kernel_exception
+        if event is None:
+            return
+        cascade = self.cascade
+        if cascade is not None and self._cascade_open and frame < cascade.frame:
+            cascade.nested += 1
+            cascade.frame = frame
+            if len(cascade.first) < CASCADE_KEPT:
+                cascade.first.append(event)
+            return
+        self.cascade = FaultCascade([event], 0, frame)
+        self._cascade_open = True
+
+    @property
+    def ongoing_cascade(self) -> FaultCascade | None:
+        """The cascade of nested kernel faults the machine was in when it last stopped, if any."""
+        cascade = self.cascade
+        return cascade if cascade is not None and cascade.nested and self._cascade_open else None
+
     def attach(self, sink: Callable[[Event], None]) -> None:
         """Send every event finished from now on (in order) to `sink`."""
         if not self.sinks:
@@ -206,7 +245,12 @@ class EventLog:
             event.seq = self._next_seq
             self._next_seq += 1
         self._ring.append(event)
-        self._counts[event.kind] += 1
+        kind = event.kind
+        self._counts[kind] += 1
+        if kind is Kind.EXCEPTION and not event.user:
+            self._kernel_exception = event
+        elif kind is Kind.SYSCALL or kind is Kind.INTERRUPT or kind is Kind.EXCEPTION or kind is Kind.SWITCH:
+            self._cascade_open = False  # the kernel was entered afresh or went back to user mode
         for observer in self.observers:
             observer(event)
         if finished:

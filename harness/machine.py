@@ -66,6 +66,7 @@ from .fastpath import (
 )
 from .guestlog import GuestLog
 from .paging import PageFault, PhysicalFault, read_u64, read_virtual
+from .panics import is_panic_line
 from .symbols import SymbolTable
 from .syscalls import SyscallTable
 from .trace import Tracer
@@ -74,7 +75,6 @@ if TYPE_CHECKING:
     from . import snapshot as snapshots
     from .audit import IsolationAuditor, Violation
 
-PANIC_PREFIXES = ("PANIC:", "USER PANIC:")
 PANIC_GRACE_NS = 5_000_000  # after a panic line in the log, let the kernel finish drawing for 5 ms
 TRANSLATION_BUFFER_BYTES = 16 << 20
 STORM_WINDOW_NS = 1_000_000  # more than STORM_LIMIT device interrupts in this much virtual time is a storm
@@ -402,6 +402,8 @@ class Machine:
                          from_user: bool, cr3: int) -> None:
         self.halted = False
         self.tracer.delivery(vector, error_code, rip, cr2, external, from_user, cr3)
+        if not external and not from_user:  # a kernel fault: is it one more of a cascade? (see events.py)
+            self.events.note_kernel_fault_frame(self.cpu.read_register(X.UC_X86_REG_RSP))
         self._sync_tracer_view()
 
     def _record_syscall(self, rip: int, number: int, cr3: int, args: tuple[int, ...],
@@ -523,7 +525,7 @@ class Machine:
         self.tracer.log_line(line, rip, cr3)
         if self._until is not None and self._until in line and self.stop is None:
             self._request_stop(StopKind.UNTIL, f"{self._until!r} appeared in the log")
-        if line.startswith(PANIC_PREFIXES) and self._panic is None:
+        if is_panic_line(line) and self._panic is None:
             backtrace = self.backtrace(self.cpu.regs[RBP], cr3)
             self._panic = Stop(StopKind.PANIC, line, self.clock.now_ns(), rip, backtrace)
             self._panic_deadline = self.clock.now_ns() + PANIC_GRACE_NS
@@ -709,7 +711,8 @@ class Machine:
 
     @property
     def timer_ticks(self) -> int:
-        return self.lapic.timer_expirations
+        """Timer interrupts the guest took (not expirations it left pending with interrupts masked)."""
+        return self.lapic.timer_interrupts_taken
 
     # -- running -----------------------------------------------------------------------------------------------
     def _until_seen(self) -> bool:
@@ -798,7 +801,8 @@ class Machine:
             for_ns: int | None = None, until_event: Callable[[Event], bool] | None = None) -> Stop:
         """Run until the guest powers off or a stop condition holds; returns why it stopped.
 
-        `ticks`: stop (successfully) once that many more LAPIC timer periods have elapsed.
+        `ticks`: stop (successfully) once the guest has taken that many more timer interrupts (periods that pass
+        while it keeps interrupts masked are not ticks it took).
         `max_time_ns`: the safety budget of virtual time; running out of it is a failure.
         `until`: stop (successfully) once this text is on the screen or in a line of the log. The log is
         checked line by line as it is written; the screen at every system call and whenever the CPU stops.
@@ -823,7 +827,7 @@ class Machine:
         self._until = until
         if until is not None and self._until_seen():
             self.stop = Stop(StopKind.UNTIL, f"{until!r} appeared", clock.now_ns(), cpu.rip())
-        tick_target = lapic.timer_expirations + ticks if ticks is not None else None
+        tick_target = self.timer_ticks + ticks if ticks is not None else None
         self._budget_end = clock.now_ns() + max_time_ns if max_time_ns is not None else None
         self._pause_end = clock.now_ns() + for_ns if for_ns is not None else None
         while self.stop is None:
@@ -833,7 +837,7 @@ class Machine:
             if self._panic is not None and self._panic_deadline is not None and now >= self._panic_deadline:
                 self.stop = self._panic
                 break
-            if tick_target is not None and lapic.timer_expirations >= tick_target:
+            if tick_target is not None and lapic.timer_interrupts_taken >= tick_target:
                 self.stop = Stop(StopKind.TICKS, f"{ticks} timer ticks reached", now, cpu.rip())
                 break
             if self._pause_end is not None and now >= self._pause_end:

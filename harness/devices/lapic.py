@@ -130,6 +130,9 @@ class LocalApic(Device):
         self.clock = clock
         # Records of the run rather than hardware state: they survive reset().
         self.timer_expirations = 0  # total expiries processed by advance(), masked or not
+        # Timer interrupts the CPU took (acknowledged): what the guest counts as ticks. Fewer than the
+        # expirations when the guest keeps IF=0 (a pending interrupt absorbs the expiries after it).
+        self.timer_interrupts_taken = 0
         self.tsc_deadline_requested = False  # the guest selected TSC-deadline mode, which is not implemented
         self._init_state()
 
@@ -198,6 +201,8 @@ class LocalApic(Device):
         bit = 1 << (vector & 0xFF)
         self.irr &= ~bit
         self.isr |= bit
+        if vector == self.lvt[REG_LVT_TIMER] & LVT_VECTOR:
+            self.timer_interrupts_taken += 1
 
     # --- interrupt sources ------------------------------------------------------------------------------
 
@@ -418,7 +423,7 @@ class LocalApic(Device):
     _STATE_FIELDS = (
         "id", "tpr", "ldr", "dfr", "svr", "irr", "isr", "tmr", "esr", "esr_pending", "icr_low", "icr_high",
         "initial_count", "divide_config", "timer_running", "timer_start_ns", "timer_fired",
-        "timer_expirations", "tsc_deadline_requested",
+        "timer_expirations", "timer_interrupts_taken", "tsc_deadline_requested",
     )  # fmt: skip
 
     def snapshot_state(self) -> dict[str, Any]:
@@ -429,6 +434,6 @@ class LocalApic(Device):
 
     def restore_state(self, state: dict[str, Any]) -> None:
         for name in self._STATE_FIELDS:
-            setattr(self, name, state[name])
+            setattr(self, name, state.get(name, 0) if name == "timer_interrupts_taken" else state[name])
         self.lvt = {int(reg, 16): value for reg, value in state["lvt"].items()}
         self.clock.deadlines_changed()
