@@ -18,7 +18,7 @@ from .events import Event
 from .keys import parse_key_script
 from .loader import read_elf
 from .machine import Machine, MachineConfig, Stop, StopKind
-from .syscalls import SyscallTable
+from .syscalls import choose_table
 from .traceformat import (
     FILTERS,
     PerfettoWriter,
@@ -116,7 +116,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--program", action="append", default=[], metavar="NAME=ELF",
                         help="add or replace a program module (repeatable)")
     parser.add_argument("--syscalls", type=Path, metavar="JSON",
-                        help="system-call table for decoding (default: build/syscalls.json for our kernel)")
+                        help="system-call table for decoding: a JSON file, or course-kernels1 or course-pset3 (the "
+                             "course handouts' numbering); default: build/syscalls.json for a kernel that holds its "
+                             "ABI string (ours), else calls are shown by number, syscall_N(rdi, rsi, rdx, r10)")
     parser.add_argument("--build-dir", type=Path, metavar="DIR", help="where the kernel and programs are built")
     parser.add_argument("--no-build", action="store_true", help="do not rebuild WeensyOS when its build is stale")
     parser.add_argument("--log", type=Path, metavar="FILE", help="also write the kernel's log to FILE")
@@ -247,12 +249,9 @@ class Session:
                 if options:
                     available += f"; options: {', '.join(options)}"
                 raise HarnessError(f"unknown program '{unknown[0]}' (available: {available})")
-        table = args.syscalls or (tree.syscall_table if args.kernel is None else None)
-        if args.syscalls is not None and not args.syscalls.is_file():
-            raise HarnessError(f"no system-call table at {args.syscalls}")
-        self.syscalls = SyscallTable.load(table) if table is not None else SyscallTable([])
         self.machine: Machine = boot_machine(kernel_path, command_line, self.programs,
                                              MachineConfig(ram_size=args.memory << 20, seed=args.seed))
+        self.syscalls = choose_table(self.machine.kernel_image, args.syscalls, tree.syscall_table)
         self._schedule_keys(args)
 
     def _boot_disk(self, args: argparse.Namespace, tree: project.BuildTree) -> None:
@@ -266,10 +265,9 @@ class Session:
             raise HarnessError(f"disk image {args.disk}: cannot read ({e.strerror})") from None
         kernel = read_elf(args.kernel, "kernel") if args.kernel is not None else None
         self.programs = tree.programs()
-        table = args.syscalls or tree.syscall_table
-        self.syscalls = SyscallTable.load(table) if table.exists() else SyscallTable([])
         self.machine = Machine(MachineConfig(ram_size=args.memory << 20, seed=args.seed))
         self.machine.boot_disk(image, kernel, label=f"disk image {args.disk}")
+        self.syscalls = choose_table(self.machine.kernel_image, args.syscalls, tree.syscall_table)
         self.machine.programs = dict(self.programs)
         self._schedule_keys(args)
 

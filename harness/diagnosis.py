@@ -25,7 +25,7 @@ def format_event(machine: Machine, event: Event, syscalls: SyscallTable) -> str:
         spec = syscalls.by_number.get(event.number)
         if spec is None:
             args = ", ".join(f"{a:#x}" for a in event.args)
-            return f"{stamp} syscall {event.number}({args}) at {where}"
+            return f"{stamp} syscall {syscalls.name(event.number)}({args}) at {where}"
         shown = []
         for arg, value in zip(spec.args, event.args, strict=False):
             if arg.type == "str":

@@ -4,6 +4,8 @@ line, and without a command line runs the program compiled into it (`WEENSYOS_FI
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import struct
 import subprocess
@@ -168,3 +170,46 @@ def test_qemu_and_both_harness_paths_leave_the_same_log_text_page_cursor_and_tic
     assert elf.ticks == struct.unpack("<Q", run.memory[ticks_at])[0]
     assert elf.cursor == struct.unpack_from("<i", elf.text_page, 0xFFC)[0]  # the CRTC shows cursorpos
     assert read_elf(kernel).entry == 0x40000
+
+
+def foreign_kernel(build_tree: project.BuildTree, tmp_path: Path) -> Path:
+    """The course-mode kernel without our ABI string (test-only patch): to the harness, a kernel that is not
+    ours, like the course's, whose system-call numbers mean other things."""
+    data = (build_tree.directory / "kernel-course").read_bytes()
+    abi = json.loads(build_tree.syscall_table.read_text())["abi"].encode() + b"\0"
+    assert data.count(abi) == 1
+    path = tmp_path / "kernel-foreign"
+    path.write_bytes(data.replace(abi, b"x" * (len(abi) - 1) + b"\0"))
+    return path
+
+
+def trace_syscalls(*args: str) -> list[str]:
+    result = subprocess.run([sys.executable, "-m", "harness", "trace", "--no-build", "--filter", "syscall", *args],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return [re.sub(r"^\S+ \[[^]]*\] ", "", line) for line in result.stdout.splitlines()]  # no time, no pid
+
+
+def test_system_calls_are_decoded_by_the_kernels_identity_not_its_path(build_tree: project.BuildTree,
+                                                                        tmp_path: Path) -> None:
+    ours = str(build_tree.directory / "kernel-course")
+    assert trace_syscalls("--kernel", ours)[:2] == ["getpid() = 1 <0.001 ms>",
+                                                    'getsysname(buf="WeensyOS-Unicorn 0.1") = 0 <0.003 ms>']
+    foreign = foreign_kernel(build_tree, tmp_path)
+    by_number = trace_syscalls("--kernel", str(foreign))
+    assert by_number[:2] == ["syscall_1(0x0, 0x0, 0x0, 0x0) = 1 <0.001 ms>",
+                             "syscall_5(0x2fffd0, 0x0, 0x0, 0x0) = 0 <0.003 ms>"]
+    # From a disk image in the build directory, next to build/syscalls.json: still not our ABI.
+    image = tmp_path / "foreign.img"
+    subprocess.run([sys.executable, str(SOURCE / "mkimage.py"), "--build", str(build_tree.directory), "--kernel",
+                    str(foreign), "--no-programs", "-o", str(image)], check=True, capture_output=True)
+    assert [line.split(" <")[0] for line in trace_syscalls("--disk", str(image))][:2] == \
+        ["syscall_1(0x0, 0x0, 0x0, 0x0) = 1", "syscall_5(0x2fffd0, 0x0, 0x0, 0x0) = 0"]
+    # A table the user names: the course's pset numbering, where 5 is fork.
+    assert trace_syscalls("--kernel", str(foreign), "--syscalls", "course-pset3")[:2] == [
+        "getpid() = 1 <0.001 ms>", "fork() = 0 <0.003 ms>"]
+    unknown = subprocess.run([sys.executable, "-m", "harness", "trace", "--no-build", "--kernel", str(foreign),
+                              "--syscalls", "course-nosuch"], capture_output=True, text=True)
+    assert unknown.returncode == 1 and unknown.stderr == (
+        "harness: error: no system-call table at course-nosuch (give a JSON file or one of: course-kernels1, "
+        "course-pset3)\n")

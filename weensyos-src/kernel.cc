@@ -13,6 +13,11 @@ proc ptable[NPROC];
 proc* current;
 volatile uint64_t ticks;
 
+// The system-call ABI this kernel speaks (generated from syscalls.h): the
+// harness decodes its calls with build/syscalls.json only if the strings match.
+#include "syscall-abi.h"
+extern "C" [[gnu::used]] const char weensyos_syscall_abi[] = WEENSYOS_SYSCALL_ABI;
+
 #define SYSTEM_NAME "WeensyOS-Unicorn 0.1"
 static_assert(sizeof(SYSTEM_NAME) <= SYSNAME_MAX, "system name fits");
 
