@@ -25,6 +25,7 @@ from .test_disk_image import needs_qemu
 
 SOURCE = project.PACKAGE_ROOT / "weensyos-src"
 TEXT_PAGE = (0xB8000, 0x1000)  # the screen, then (in the same page) the kernel's and programs' cursor position
+TICKS_MIRROR = 0xFF0  # offset in that page of the kernel's copy of its tick count
 
 
 @dataclass(frozen=True)
@@ -151,24 +152,26 @@ def test_the_cli_gives_a_kernel_a_command_line_only_when_asked(build_tree: proje
 
 @needs_qemu
 @pytest.mark.parametrize("command", [None, "selftest", "eve", "fault"])
-def test_qemu_and_both_harness_paths_leave_the_same_log_text_page_and_ticks(
+def test_qemu_and_both_harness_paths_leave_the_same_log_and_text_page(
         build_tree: project.BuildTree, tmp_path: Path, command: str | None) -> None:
     """One process, so that nothing on the screen depends on where QEMU's wall-clock timer falls."""
     kernel = build_tree.directory / "kernel-course"
     image = build_tree.directory / "weensyos-course.img" if command is None else \
         course_image_with_command(build_tree, tmp_path, command)
-    ticks_at = SymbolTable.from_elf(kernel).address_of("ticks")
-    assert ticks_at is not None
-    run = boot_image(image, timeout=20, read=(TEXT_PAGE, (ticks_at, 8)))
+    run = boot_image(image, timeout=20, read=(TEXT_PAGE,))
     assert run.powered_off, run.log
     assert run.memory is not None
     elf, disk = from_elf(kernel, command), from_disk(image, kernel)
-    assert elf == disk
+    assert elf == disk  # tick count and hardware cursor included
+    assert elf.ticks == 0  # each program ends within its first 10 ms of virtual time
     assert elf.log == run.log.splitlines()
-    assert elf.text_page == run.memory[TEXT_PAGE[0]]  # the screen, the blank rest, cursorpos at 0xB8FFC
-    assert elf.ticks == struct.unpack("<Q", run.memory[ticks_at])[0]
-    # (QEMU's CRTC cursor cannot be read from outside; the harness's is the same on both paths, and the
-    # kernel's cursorpos, which it copies there, is in the text page compared above.)
+    # The screen, the blank rest of the page and cursorpos at 0xB8FFC; not the kernel's copy of its tick count
+    # at 0xB8FF0: QEMU's timer runs on the host's wall clock, so on a loaded host a tick can fall inside even
+    # these short runs. (QEMU's CRTC cursor cannot be read from outside; cursorpos, which the kernel copies
+    # there, is compared.)
+    qemu_page = run.memory[TEXT_PAGE[0]]
+    assert elf.text_page[:TICKS_MIRROR] == qemu_page[:TICKS_MIRROR]
+    assert elf.text_page[TICKS_MIRROR + 8:] == qemu_page[TICKS_MIRROR + 8:]
 
 
 def foreign_kernel(build_tree: project.BuildTree, tmp_path: Path) -> Path:
