@@ -17,9 +17,11 @@ import pytest
 
 from harness import project
 from harness.api import boot_machine
+from harness.loader import read_elf
 from harness.machine import Machine, MachineConfig, StopKind
 from harness.qemu import boot_image
 from harness.symbols import SymbolTable
+from harness.syscalls import choose_table
 
 from .test_disk_image import needs_qemu
 
@@ -215,3 +217,15 @@ def test_system_calls_are_decoded_by_the_kernels_identity_not_its_path(build_tre
     assert unknown.returncode == 1 and unknown.stderr == (
         "harness: error: no system-call table at course-nosuch (give a JSON file or one of: course-kernels1, "
         "course-pset3)\n")
+
+
+def test_the_table_is_chosen_by_what_the_kernel_holds(build_tree: project.BuildTree, tmp_path: Path) -> None:
+    ours, foreign = read_elf(build_tree.kernel), read_elf(foreign_kernel(build_tree, tmp_path))
+    table = build_tree.syscall_table
+    assert choose_table(ours, None, table).name(5) == "getsysname"
+    assert choose_table(read_elf(build_tree.directory / "kernel-course"), None, table).name(5) == "getsysname"
+    assert choose_table(foreign, None, table).name(5) == "syscall_5"
+    assert choose_table(None, None, table).name(5) == "syscall_5"  # a disk image whose kernel was not found
+    assert choose_table(foreign, table, table).name(5) == "getsysname"  # named by the user: always used
+    assert choose_table(ours, Path("course-kernels1"), table).name(8) == "piperead"
+    assert choose_table(ours, Path("course-pset3"), table).name(6) == "exit"
