@@ -83,6 +83,25 @@ def summary(machine: Machine, stop: Stop) -> str:
             f"{counts[Kind.EXCEPTION]} exceptions]")
 
 
+def collapse_repeats(formatted: list[str]) -> list[str]:
+    """Formatted events (`[time] text`) with each run of three or more of the same text as its first line and a
+    count: a cascade of nested faults would otherwise fill the list with one line."""
+    out: list[str] = []
+    i = 0
+    while i < len(formatted):
+        text = formatted[i].split("] ", 1)[-1]
+        j = i + 1
+        while j < len(formatted) and formatted[j].split("] ", 1)[-1] == text:
+            j += 1
+        if j - i >= 3:
+            last_stamp = formatted[j - 1].split("] ", 1)[0] + "]"
+            out += [formatted[i], f"... the same {j - i - 1} more times, the last at {last_stamp}"]
+        else:
+            out += formatted[i:j]
+        i = j
+    return out
+
+
 def diagnose(machine: Machine, stop: Stop, syscalls: SyscallTable, last: int = 12) -> str:
     """What happened, where (by symbol), the instruction, the backtrace and the last events."""
     lines = [summary(machine, stop)]
@@ -100,7 +119,8 @@ def diagnose(machine: Machine, stop: Stop, syscalls: SyscallTable, last: int = 1
                      f"{cascade.nested} nested fault{'s' if cascade.nested != 1 else ''} followed, each raised "
                      f"by the handler of the one before")
         lines.append(f"  first {len(cascade.first)} faults of the cascade:")
-        lines.extend(f"    {format_event(machine, event, syscalls)}" for event in cascade.first)
+        lines.extend(f"    {text}" for text in collapse_repeats([format_event(machine, event, syscalls)
+                                                                  for event in cascade.first]))
     if stop.kind is StopKind.ISOLATION and machine.violation_cause is not None:
         lines.append(f"  caused by: {format_event(machine, machine.violation_cause, syscalls)}")
     lines.append(f"  where: {where(machine, stop.rip)}")
@@ -116,7 +136,8 @@ def diagnose(machine: Machine, stop: Stop, syscalls: SyscallTable, last: int = 1
     events = machine.events.last(last)
     if events:
         lines.append(f"  last {len(events)} events:")
-        lines.extend(f"    {format_event(machine, event, syscalls)}" for event in events)
+        lines.extend(f"    {text}" for text in collapse_repeats([format_event(machine, event, syscalls)
+                                                                  for event in events]))
     log_tail = machine.log.lines()[-5:]
     if log_tail:
         lines.append("  log tail:")

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from harness.api import boot_machine
+from harness.diagnosis import collapse_repeats
 from harness.errors import ExitCode
 from harness.machine import MachineConfig, StopKind
 from harness.panics import is_panic_line
@@ -193,3 +194,10 @@ def test_a_fault_cascade_is_diagnosed_by_its_first_fault(tmp_path: Path) -> None
     assert result.returncode == ExitCode.TRIPLE_FAULT
     assert (f"first fault: #PF page fault at {first.rip:#x} <first_read> (kernel mode), address 0x300000; "
             f"{nested} nested faults followed") in result.stderr
+    assert "    ... the same 10 more times, the last at [0.0000" in result.stderr  # the last events, one line
+
+
+def test_repeated_events_are_shown_once_with_a_count() -> None:
+    events = ["[0.1] a", "[0.2] b", "[0.3] b", "[0.4] c", "[0.5] c", "[0.6] c", "[0.7] c", "[0.8] a"]
+    assert collapse_repeats(events) == ["[0.1] a", "[0.2] b", "[0.3] b", "[0.4] c",
+                                        "... the same 3 more times, the last at [0.7]", "[0.8] a"]
