@@ -162,3 +162,17 @@ def test_without_a_command_line_there_is_no_hand_off_and_the_screen_is_as_the_bi
     assert bytes(memory[BOOT_INFO_WINDOW[0]:BOOT_INFO_WINDOW[0] + 0x1000]) == bytes(0x1000)
     assert bytes(memory[0xB8000:0xC0000]) == b"\x20\x07" * 0x4000  # ' ' in light grey on black
     assert memory[0xB7FFF] == 0 and memory[0xC0000] == 0
+
+
+def test_a_symbol_table_segment_at_16_mib_stays_whole_and_the_boot_data_avoids_it(tmp_path: Path) -> None:
+    """Like the course's obj/kernel: text at 0x40000 and its symbol table loaded at 0x1000000 (SYMTAB_ADDR)."""
+    symbols = bytes(range(256)) * 19
+    kernel = read_elf(write(tmp_path, make_elf(ElfSpec(segments=[(0x40000, 0x40000, 5, b"\xf4" * 16, 0x28000),
+                                                                 (0x1000000, 0x1000000, 4, symbols, len(symbols))]))))
+    program = ElfImage(tmp_path / "p-x", make_elf(), 0x40000, kernel.segments)
+    memory = memoryview(bytearray(32 << 20))
+    state = prepare_boot(memory, kernel, "hello", [Module("hello", program)])
+    assert state.multiboot_info == BOOT_INFO_WINDOW[0]
+    assert bytes(memory[0x1000000:0x1000000 + len(symbols)]) == symbols
+    start, end, _, _ = struct.unpack_from("<4I", memory, state.multiboot_info + 0x100)
+    assert start == 0x1002000 and bytes(memory[start:end]) == program.data  # the first page after it
