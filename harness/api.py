@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .loader import Module, read_elf
+from .pc.loader import Module, read_elf
 from .machine import Machine, MachineConfig
 
 

@@ -36,22 +36,22 @@ from unicorn import (
 )
 from unicorn import x86_const as X
 
-from . import loader
-from .bios import Bios
-from .clock import DEFAULT_NS_PER_BLOCK, VirtualClock
-from .cpu import FLAG_IF, GP, NOT_AN_ADDRESS, OFF_OLD_EXCEPTION, RAX, RBP, RCX, RSP, Cpu, TripleFault
-from .devices.ata import AtaDisk
-from .devices.cga import CgaConsole
-from .devices.ioapic import IoApic
-from .devices.keyboard import Keyboard8042
-from .devices.lapic import APIC_BASE_MSR_VALUE, LocalApic
-from .devices.parallel import ParallelPort
-from .devices.pci import AcpiPm, HostBridge, Ich9Lpc, PciHost
-from .devices.pic import Pic8259
-from .devices.reset import SystemControlPortA
-from .errors import LoaderError
-from .events import Event, EventLog, Kind
-from .fastpath import (
+from .pc import loader
+from .pc.bios import Bios
+from .pc.clock import DEFAULT_NS_PER_BLOCK, VirtualClock
+from .pc.cpu import FLAG_IF, GP, NOT_AN_ADDRESS, OFF_OLD_EXCEPTION, RAX, RBP, RCX, RSP, Cpu, TripleFault
+from .pc.devices.ata import AtaDisk
+from .pc.devices.cga import CgaConsole
+from .pc.devices.ioapic import IoApic
+from .pc.devices.keyboard import Keyboard8042
+from .pc.devices.lapic import APIC_BASE_MSR_VALUE, LocalApic
+from .pc.devices.parallel import ParallelPort
+from .pc.devices.pci import AcpiPm, HostBridge, Ich9Lpc, PciHost
+from .pc.devices.pic import Pic8259
+from .pc.devices.reset import SystemControlPortA
+from .pc.errors import LoaderError
+from .pc.events import Event, EventLog, Kind
+from .pc.fastpath import (
     RECORD_COMPLETE,
     RECORD_RETURN,
     WANT_BATCH,
@@ -64,15 +64,15 @@ from .fastpath import (
     RawSyscall,
     UserReturn,
 )
-from .guestlog import GuestLog
-from .paging import PageFault, PhysicalFault, read_u64, read_virtual
-from .symbols import SymbolTable
-from .syscalls import SyscallTable
-from .trace import Tracer
+from .pc.guestlog import GuestLog
+from .pc.paging import PageFault, PhysicalFault, read_u64, read_virtual
+from .pc.symbols import SymbolTable
+from .observe.syscalls import SyscallTable
+from .observe.trace import Tracer
 
 if TYPE_CHECKING:
-    from . import snapshot as snapshots
-    from .audit import IsolationAuditor, Violation
+    from .pc import snapshot as snapshots
+    from .observe.audit import IsolationAuditor, Violation
 
 PANIC_PREFIXES = ("PANIC:", "USER PANIC:")
 PANIC_GRACE_NS = 5_000_000  # after a panic line in the log, let the kernel finish drawing for 5 ms
@@ -169,7 +169,7 @@ class Machine:
         self.acpi_pm = AcpiPm(self.clock, self)
         self.reset_port = SystemControlPortA(self)
 
-        from .bus import Bus
+        from .pc.bus import Bus
 
         self.bus = Bus()
         self.bus.on_unclaimed = lambda text: self._machine_event(text)
@@ -532,7 +532,7 @@ class Machine:
     # -- isolation audit ---------------------------------------------------------------------------------------
     def enable_audit(self) -> None:
         """Check every process's page table at every return to user mode; stop at the first violation."""
-        from .audit import IsolationAuditor  # imported when used: most runs never audit
+        from .observe.audit import IsolationAuditor  # imported when used: most runs never audit
 
         self.auditor = IsolationAuditor(self)
         if self.tracer.kernel is None:
@@ -645,24 +645,24 @@ class Machine:
 
     def snapshot(self) -> snapshots.Snapshot:
         """The machine's whole state, to `restore()` later (between runs, never during one)."""
-        from . import snapshot as snapshots
+        from .pc import snapshot as snapshots
 
         return snapshots.take(self)
 
     def restore(self, snapshot: snapshots.Snapshot) -> None:
-        from . import snapshot as snapshots
+        from .pc import snapshot as snapshots
 
         snapshots.restore(self, snapshot)
         self._refresh_fast_ports()
         self._sync_tracer_view(screen=True)
 
     def save_snapshot(self, path: Path) -> None:
-        from . import snapshot as snapshots
+        from .pc import snapshot as snapshots
 
         snapshots.save(self.snapshot(), path)
 
     def load_snapshot(self, path: Path) -> None:
-        from . import snapshot as snapshots
+        from .pc import snapshot as snapshots
 
         self.restore(snapshots.load(path))
 

@@ -36,14 +36,14 @@ from typing import Any
 import pytest
 
 from . import project
-from .diagnosis import format_event
-from .events import Event, Kind
-from .kernelview import KernelView, PageAccounting, ProcInfo
-from .loader import Module, read_elf
+from .observe.diagnosis import format_event
+from .pc.events import Event, Kind
+from .observe.kernelview import KernelView, PageAccounting, ProcInfo
+from .pc.loader import Module, read_elf
 from .machine import Machine, MachineConfig, Stop, StopKind
-from .snapshot import Snapshot
-from .syscalls import SyscallTable
-from .traceformat import jsonl_record
+from .pc.snapshot import Snapshot
+from .observe.syscalls import SyscallTable
+from .observe.traceformat import jsonl_record
 
 DEFAULT_BUDGET_S = 10.0
 
@@ -122,7 +122,7 @@ class Guest:
 
     def type(self, text: str) -> None:
         """Type text now (named keys as in --keys: `<enter>`, `<ctrl-c>`, ...)."""
-        from .keys import text_to_scancodes
+        from .pc.keys import text_to_scancodes
 
         self.machine.type_keys(text_to_scancodes(text))
 

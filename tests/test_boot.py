@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.events import Kind
+from harness.pc.events import Kind
 from harness.machine import StopKind
 
 from .conftest import BootFn

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import LoaderError
+from harness.pc.errors import LoaderError
 from harness.machine import Machine, MachineConfig, StopKind
 
 BOOT_SECTOR = r"""

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from harness import project
-from harness.events import Kind
+from harness.pc.events import Kind
 from harness.machine import StopKind
 from harness.pytest_plugin import WeensyOS
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 
-from harness.events import Event, Kind
+from harness.pc.events import Event, Kind
 from harness.machine import StopKind
 from harness.pytest_plugin import Guest, WeensyOS
 

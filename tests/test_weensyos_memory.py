@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from harness.events import Kind
+from harness.pc.events import Kind
 from harness.machine import Machine, StopKind
 
 from .conftest import BootFn

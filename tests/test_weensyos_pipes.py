@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from harness.events import Kind
+from harness.pc.events import Kind
 from harness.machine import StopKind
 
 from .conftest import BootFn

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .kernelview import KernelView, PageAccounting
-from .paging import ADDRESS_MASK, PTE_P, PTE_PS, PTE_U, PTE_W
+from ..pc.paging import ADDRESS_MASK, PTE_P, PTE_PS, PTE_U, PTE_W
 
 if TYPE_CHECKING:
-    from .machine import Machine
+    from ..machine import Machine
 
 CONSOLE_PAGE = 0xB8000
 OWNER_FREE = 0

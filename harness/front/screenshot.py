@@ -14,9 +14,9 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from harness.errors import HarnessError
-from harness.font8x16 import GLYPH_HEIGHT, GLYPH_WIDTH, GLYPHS
-from harness.render import PALETTE, Attribute, Cells, ansi_frame, cursor_position, html_frame, text_frame
+from ..pc.errors import HarnessError
+from .font8x16 import GLYPH_HEIGHT, GLYPH_WIDTH, GLYPHS
+from .render import PALETTE, Attribute, Cells, ansi_frame, cursor_position, html_frame, text_frame
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CURSOR_ROWS = (14, 15)  # pixel rows of a cell that the underline cursor covers

@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from unicorn.x86_const import UC_X86_REG_CR3
 
-from .events import Event, Kind
-from .paging import PF_FETCH, PF_PRESENT, PF_USER, PF_WRITE, PageFault, PhysicalFault, read_virtual, walk_steps
-from .symbols import SymbolTable
+from ..pc.events import Event, Kind
+from ..pc.paging import PF_FETCH, PF_PRESENT, PF_USER, PF_WRITE, PageFault, PhysicalFault, read_virtual, walk_steps
+from ..pc.symbols import SymbolTable
 from .syscalls import SyscallArg, SyscallTable
 
 if TYPE_CHECKING:
     from .kernelview import KernelView
-    from .machine import Machine
+    from ..machine import Machine
 
 STRING_LIMIT = 32  # characters of a string or buffer shown, like strace -s 32
 CONSOLE_BYTES = 80 * 25 * 2

@@ -6,7 +6,7 @@ blink flag of VGA's default mode. Every renderer here draws blinking cells stead
 ANSI, a CSS class in HTML), so a screenshot never depends on the moment it was taken.
 
 These pieces are shared with the live terminal console, which is why `sgr_for_attribute` and the palette live
-here rather than inside one output format. The PNG renderer is in `harness.screenshot`.
+here rather than inside one output format. The PNG renderer is in `harness.front.screenshot`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import html
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from harness.devices.cga import CP437
+from ..pc.devices.cga import CP437
 
 Cells = Sequence[Sequence[tuple[int, int]]]
 """A text screen: rows of (character byte, attribute byte) pairs, as `CgaConsole.cells()` returns it."""

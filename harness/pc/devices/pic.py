@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from harness.devices.base import Device
+from .base import Device
 
 # Ports.
 PORT_MASTER_COMMAND = 0x20

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.devices.base import Clock, Device
+from .base import Clock, Device
 
 LAPIC_BASE = 0xFEE00000
 LAPIC_SIZE = 0x1000

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.devices.base import Device
+from .base import Device
 
 # Ports.
 PORT_CRTC_INDEX = 0x3D4

@@ -15,9 +15,9 @@ from collections.abc import Callable
 
 from unicorn import x86_const as X
 
-from .kernelview import KernelView
-from .machine import Machine, Stop, StopKind
-from .paging import PageFault, PhysicalFault, translate, walk
+from ..observe.kernelview import KernelView
+from ..machine import Machine, Stop, StopKind
+from ..pc.paging import PageFault, PhysicalFault, translate, walk
 
 SIGINT, SIGTRAP = 2, 5
 RUN_SLICE_NS = 2_000_000  # between slices the stub looks for gdb's Ctrl-C

@@ -20,8 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from .cpu import vector_name
-from .events import Event, Kind
+from ..pc.cpu import vector_name
+from ..pc.events import Event, Kind
 from .trace import Tracer, signed
 
 SCHEMA_VERSION = 1

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.devices.base import Device, InterruptSink
+from .base import Device, InterruptSink
 
 IOAPIC_BASE = 0xFEC00000
 IOAPIC_SIZE = 0x1000

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from harness.devices.base import Board, Device
+from .base import Board, Device
 
 # Ports.
 PORT_DATA = 0x60

@@ -29,7 +29,7 @@ from .errors import HarnessError
 from .events import Event, Kind
 
 if TYPE_CHECKING:
-    from .machine import Machine
+    from ..machine import Machine
 
 MAGIC = b"WEENSYOS-SNAPSHOT 1\n"
 PAGE = 4096

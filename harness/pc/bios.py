@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from unicorn import x86_const as X
 
 if TYPE_CHECKING:
-    from .machine import Machine
+    from ..machine import Machine
 
 BIOS_SEGMENT = 0xF000
 IRET_STUB = 0xFF53  # F000:FF53 holds an `iret`, where every IVT entry points at power-on

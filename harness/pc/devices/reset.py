@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.devices.base import Board, Device
+from .base import Board, Device
 
 PORT_SYSTEM_CONTROL_A = 0x92
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.devices.base import Board, Clock, Device
+from .base import Board, Clock, Device
 
 # --- configuration space layout ---------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import HarnessError
+from ..pc.errors import HarnessError
 
 
 @dataclass(frozen=True, slots=True)

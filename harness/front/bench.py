@@ -31,12 +31,13 @@ from pathlib import Path
 
 from unicorn.unicorn_py3.unicorn import uclib
 
-from . import fastpath, project
-from .events import Kind
-from .loader import Module, read_elf
-from .machine import Machine, MachineConfig, StopKind
+from .. import project
+from ..pc import fastpath
+from ..pc.events import Kind
+from ..pc.loader import Module, read_elf
+from ..machine import Machine, MachineConfig, StopKind
 from .qemu import boot_image, qemu_available
-from .syscalls import SyscallTable
+from ..observe.syscalls import SyscallTable
 
 
 @dataclass

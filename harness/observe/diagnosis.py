@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from unicorn.x86_const import UC_X86_REG_CR3
 
-from .cpu import vector_name
-from .events import Event, Kind
+from ..pc.cpu import vector_name
+from ..pc.events import Event, Kind
 from .kernelview import KernelView
-from .machine import Machine, Stop, StopKind
-from .paging import PageFault, PhysicalFault, read_cstring
-from .symbols import SymbolTable
+from ..machine import Machine, Stop, StopKind
+from ..pc.paging import PageFault, PhysicalFault, read_cstring
+from ..pc.symbols import SymbolTable
 from .syscalls import SyscallTable
 from .trace import disassembler
 

@@ -10,16 +10,16 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from . import __version__, project
-from .api import boot_machine
-from .diagnosis import diagnose, summary
-from .errors import ExitCode, HarnessError
-from .events import Event
-from .keys import parse_key_script
-from .loader import read_elf
-from .machine import Machine, MachineConfig, Stop, StopKind
-from .syscalls import SyscallTable
-from .traceformat import (
+from .. import __version__, project
+from ..api import boot_machine
+from ..observe.diagnosis import diagnose, summary
+from ..pc.errors import ExitCode, HarnessError
+from ..pc.events import Event
+from ..pc.keys import parse_key_script
+from ..pc.loader import read_elf
+from ..machine import Machine, MachineConfig, Stop, StopKind
+from ..observe.syscalls import SyscallTable
+from ..observe.traceformat import (
     FILTERS,
     PerfettoWriter,
     first_divergence,
@@ -29,7 +29,7 @@ from .traceformat import (
     summary_json,
     summary_table,
 )
-from .traceformat import summary as syscall_summary
+from ..observe.traceformat import summary as syscall_summary
 
 if TYPE_CHECKING:
     from .liveconsole import LiveConsole

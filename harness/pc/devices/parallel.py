@@ -16,7 +16,7 @@ import ctypes
 from collections.abc import Callable
 from typing import Any
 
-from harness.devices.base import Device, shared_register
+from .base import Device, shared_register
 
 # Ports.
 PORT_DATA = 0x378

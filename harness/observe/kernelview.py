@@ -18,8 +18,8 @@ from typing import Any
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from .paging import PageFault, PhysicalFault, read_virtual, translate
-from .symbols import SymbolTable
+from ..pc.paging import PageFault, PhysicalFault, read_virtual, translate
+from ..pc.symbols import SymbolTable
 
 
 def read_virtual_frame(memory: memoryview, cr3: int, page: int) -> int:

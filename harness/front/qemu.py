@@ -5,7 +5,7 @@ PIIX4 IDE controller, the log on the parallel port. QEMU runs with `-no-shutdown
 off the VM only stops and the screen can still be read; QMP (a unix socket) reports the power-off and reads
 the text buffer with `pmemsave`.
 
-    run = boot_image(Path("build/weensyos.img"), timeout=10)   # (harness.qemu)
+    run = boot_image(Path("build/weensyos.img"), timeout=10)   # (harness.front.qemu)
     run.powered_off, run.log, run.text, run.lines[0], run.cells[0][0]
 
 `until="some log text"` stops the run as soon as the log contains it (for programs that never end); the
@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.devices.cga import CP437
+from ..pc.devices.cga import CP437
 
 QEMU = "qemu-system-x86_64"
 CONSOLE_ADDR, COLUMNS, ROWS = 0xB8000, 80, 25
