@@ -36,14 +36,14 @@ from typing import Any
 import pytest
 
 from . import project
-from .observe.diagnosis import format_event
-from .pc.events import Event, Kind
-from .observe.kernelview import KernelView, PageAccounting, ProcInfo
-from .pc.loader import Module, read_elf
 from .machine import Machine, MachineConfig, Stop, StopKind
-from .pc.snapshot import Snapshot
+from .observe.diagnosis import format_event
+from .observe.kernelview import KernelView, PageAccounting, ProcInfo
 from .observe.syscalls import SyscallTable
 from .observe.traceformat import jsonl_record
+from .pc.events import Event, Kind
+from .pc.loader import Module, read_elf
+from .pc.snapshot import Snapshot
 
 DEFAULT_BUDGET_S = 10.0
 

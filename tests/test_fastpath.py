@@ -12,12 +12,12 @@ import pytest
 from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
 from unicorn import x86_const as X
 
+from harness.machine import Machine, MachineConfig, StopKind
+from harness.observe.syscalls import SyscallTable
 from harness.pc import fastpath
 from harness.pc.clock import VirtualClock, _load_native
 from harness.pc.devices.parallel import LptState
 from harness.pc.events import Event, Kind
-from harness.machine import Machine, MachineConfig, StopKind
-from harness.observe.syscalls import SyscallTable
 
 from .conftest import BootFn
 

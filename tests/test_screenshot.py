@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 
 from harness.front import render
-from harness.pc.errors import HarnessError
 from harness.front.font8x16 import DRAWN, FALLBACK, GLYPHS
 from harness.front.render import PALETTE, ansi_frame, html_frame, sgr_for_attribute, text_frame
 from harness.front.screenshot import png_frame, save_screen
+from harness.pc.errors import HarnessError
 
 WHITE_ON_BLUE = 0x1F
 DEFAULT = 0x07

@@ -32,12 +32,12 @@ from pathlib import Path
 from unicorn.unicorn_py3.unicorn import uclib
 
 from .. import project
+from ..machine import Machine, MachineConfig, StopKind
+from ..observe.syscalls import SyscallTable
 from ..pc import fastpath
 from ..pc.events import Kind
 from ..pc.loader import Module, read_elf
-from ..machine import Machine, MachineConfig, StopKind
 from .qemu import boot_image, qemu_available
-from ..observe.syscalls import SyscallTable
 
 
 @dataclass

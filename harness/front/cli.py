@@ -12,12 +12,8 @@ from typing import TYPE_CHECKING, TextIO
 
 from .. import __version__, project
 from ..api import boot_machine
-from ..observe.diagnosis import diagnose, summary
-from ..pc.errors import ExitCode, HarnessError
-from ..pc.events import Event
-from ..pc.keys import parse_key_script
-from ..pc.loader import read_elf
 from ..machine import Machine, MachineConfig, Stop, StopKind
+from ..observe.diagnosis import diagnose, summary
 from ..observe.syscalls import SyscallTable
 from ..observe.traceformat import (
     FILTERS,
@@ -30,6 +26,10 @@ from ..observe.traceformat import (
     summary_table,
 )
 from ..observe.traceformat import summary as syscall_summary
+from ..pc.errors import ExitCode, HarnessError
+from ..pc.events import Event
+from ..pc.keys import parse_key_script
+from ..pc.loader import read_elf
 
 if TYPE_CHECKING:
     from .liveconsole import LiveConsole

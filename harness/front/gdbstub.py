@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 from unicorn import x86_const as X
 
-from ..observe.kernelview import KernelView
 from ..machine import Machine, Stop, StopKind
+from ..observe.kernelview import KernelView
 from ..pc.paging import PageFault, PhysicalFault, translate, walk
 
 SIGINT, SIGTRAP = 2, 5

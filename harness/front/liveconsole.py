@@ -26,9 +26,9 @@ from typing import TextIO
 
 from unicorn.x86_const import UC_X86_REG_CR3
 
+from ..machine import Machine, Stop, StopKind
 from ..observe.kernelview import KernelView
 from ..pc.keys import terminal_to_scancodes
-from ..machine import Machine, Stop, StopKind
 from .render import row_runs, sgr_for_attribute
 
 ESCAPE_KEY = 0x1D  # Ctrl-]

@@ -19,11 +19,11 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .kernelview import KernelView, PageAccounting
 from ..pc.paging import ADDRESS_MASK, PTE_P, PTE_PS, PTE_U, PTE_W
+from .kernelview import KernelView, PageAccounting
 
 if TYPE_CHECKING:
-    from ..machine import Machine
+    from ..pc.board import Board
 
 CONSOLE_PAGE = 0xB8000
 OWNER_FREE = 0
@@ -84,7 +84,7 @@ def user_mappings(memory: memoryview, top: int) -> tuple[list[Leaf], set[int]]:
 
 
 class IsolationAuditor:
-    def __init__(self, machine: Machine) -> None:
+    def __init__(self, machine: Board) -> None:
         self.machine = machine
         image = machine.kernel_image
         data = image.data if image is not None else None

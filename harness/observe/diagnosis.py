@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from unicorn.x86_const import UC_X86_REG_CR3
 
+from ..pc.board import Board
 from ..pc.cpu import vector_name
 from ..pc.events import Event, Kind
-from .kernelview import KernelView
-from ..machine import Machine, Stop, StopKind
 from ..pc.paging import PageFault, PhysicalFault, read_cstring
+from ..pc.stop import Stop, StopKind
 from ..pc.symbols import SymbolTable
+from .kernelview import KernelView
 from .syscalls import SyscallTable
 from .trace import disassembler
 
@@ -18,7 +19,7 @@ def format_time(ns: int) -> str:
     return f"{ns / 1e9:.6f}"
 
 
-def format_event(machine: Machine, event: Event, syscalls: SyscallTable) -> str:
+def format_event(machine: Board, event: Event, syscalls: SyscallTable) -> str:
     where = machine.symbols.describe(event.rip) if event.rip else ""
     stamp = f"[{format_time(event.time_ns)}]"
     if event.kind is Kind.SYSCALL:
@@ -50,7 +51,7 @@ def format_event(machine: Machine, event: Event, syscalls: SyscallTable) -> str:
     return f"{stamp} {event.kind.value}: {event.text}"
 
 
-def disassemble_at(machine: Machine, address: int) -> str | None:
+def disassemble_at(machine: Board, address: int) -> str | None:
     try:
         code = machine.read_virtual(address, 16)
     except (PageFault, PhysicalFault):
@@ -60,7 +61,7 @@ def disassemble_at(machine: Machine, address: int) -> str | None:
     return None
 
 
-def where(machine: Machine, address: int) -> str:
+def where(machine: Board, address: int) -> str:
     """`0x40123 <kernel_start+0x23> (kernel mode)`, or for user code the program's own symbol and the pid."""
     if machine.cpu.cpl() != 3:
         return f"{machine.symbols.describe(address)} (kernel mode)"
@@ -75,7 +76,7 @@ def where(machine: Machine, address: int) -> str:
     return f"{address:#x} (user mode{f', pid {pid}' if pid is not None else ''})"
 
 
-def summary(machine: Machine, stop: Stop) -> str:
+def summary(machine: Board, stop: Stop) -> str:
     """One line: how the run ended and how long it took in virtual time."""
     counts = machine.events.counts
     return (f"{stop.kind.value} at {format_time(stop.time_ns)} s virtual time: {stop.message} "
@@ -83,7 +84,7 @@ def summary(machine: Machine, stop: Stop) -> str:
             f"{counts[Kind.EXCEPTION]} exceptions]")
 
 
-def diagnose(machine: Machine, stop: Stop, syscalls: SyscallTable, last: int = 12) -> str:
+def diagnose(machine: Board, stop: Stop, syscalls: SyscallTable, last: int = 12) -> str:
     """What happened, where (by symbol), the instruction, the backtrace and the last events."""
     lines = [summary(machine, stop)]
     if stop.kind is StopKind.PANIC:

@@ -23,8 +23,8 @@ from ..pc.symbols import SymbolTable
 from .syscalls import SyscallArg, SyscallTable
 
 if TYPE_CHECKING:
+    from ..pc.board import Board
     from .kernelview import KernelView
-    from ..machine import Machine
 
 STRING_LIMIT = 32  # characters of a string or buffer shown, like strace -s 32
 CONSOLE_BYTES = 80 * 25 * 2
@@ -64,7 +64,7 @@ def signed(value: int) -> int:
 
 
 class Tracer:
-    def __init__(self, machine: Machine) -> None:
+    def __init__(self, machine: Board) -> None:
         self.machine = machine
         self.events = machine.events
         self.full = False

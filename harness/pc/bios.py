@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from unicorn import Uc
 from unicorn import x86_const as X
 
-if TYPE_CHECKING:
-    from ..machine import Machine
+from .clock import VirtualClock
+from .cpu import Cpu
+from .devices.cga import CgaConsole
+from .hooks import Recorder
 
 BIOS_SEGMENT = 0xF000
 IRET_STUB = 0xFF53  # F000:FF53 holds an `iret`, where every IVT entry points at power-on
@@ -28,8 +31,19 @@ FLAG_CF = 1
 UNSUPPORTED = 0x86
 
 
+class BiosBoard(Protocol):
+    """The parts of the board the BIOS uses (a protocol: the board that owns the BIOS is not imported here)."""
+
+    memory: memoryview
+    uc: Uc
+    cpu: Cpu
+    console: CgaConsole
+    clock: VirtualClock
+    tracer: Recorder
+
+
 class Bios:
-    def __init__(self, machine: Machine, disk: bytes | None = None) -> None:
+    def __init__(self, machine: BiosBoard, disk: bytes | None = None) -> None:
         self.machine = machine
         self.disk = disk or b""
         self.reported: set[tuple[int, int]] = set()

@@ -29,7 +29,7 @@ from .errors import HarnessError
 from .events import Event, Kind
 
 if TYPE_CHECKING:
-    from ..machine import Machine
+    from .board import Board
 
 MAGIC = b"WEENSYOS-SNAPSHOT 1\n"
 PAGE = 4096
@@ -60,12 +60,12 @@ def _event_from_json(data: dict[str, Any]) -> Event:
     return Event(**values)
 
 
-def kernel_digest(machine: Machine) -> str:
+def kernel_digest(machine: Board) -> str:
     image = machine.kernel_image
     return hashlib.sha256(image.data).hexdigest() if image is not None else ""
 
 
-def _touched_pages(machine: Machine) -> range | list[int]:
+def _touched_pages(machine: Board) -> range | list[int]:
     """Pages of guest RAM the host has ever backed (the rest of an anonymous mapping is still all zeros).
 
     /proc/self/pagemap says which pages of the mapping are present or swapped out, so a snapshot of 128 MiB of
@@ -86,7 +86,7 @@ def _touched_pages(machine: Machine) -> range | list[int]:
     return [page for page in range(count) if flags[page] & mapped]
 
 
-def take(machine: Machine) -> Snapshot:
+def take(machine: Board) -> Snapshot:
     """Capture the machine between run slices."""
     cpu = machine.cpu
     cpu.save()
@@ -118,7 +118,7 @@ def take(machine: Machine) -> Snapshot:
     return Snapshot(blob, ram, len(ram_file), json.loads(json.dumps(state)), kernel_digest(machine))
 
 
-def restore(machine: Machine, snapshot: Snapshot) -> None:
+def restore(machine: Board, snapshot: Snapshot) -> None:
     """Put `machine` (booted with the same kernel) into the snapshot's state."""
     if snapshot.kernel_sha256 != kernel_digest(machine):
         raise HarnessError("the snapshot was taken with a different kernel than the one booted")
