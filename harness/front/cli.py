@@ -1,4 +1,7 @@
-"""The command line: `boot`, `trace`, `trace-diff` and `build`."""
+"""The command line: `boot`, `trace`, `trace-diff` and `build`.
+
+Size: one argument parser and one short handler per command; the run's work lives in the layers below.
+"""
 
 from __future__ import annotations
 

@@ -11,6 +11,8 @@ with raw ctypes calls on one persistent context:
 
 The blob offsets are tied to Unicorn 2.1.4 (pinned exactly in pyproject.toml); `BlobLayout.calibrate()`
 rediscovers the movable ones at start-up by planting marker values and refuses to run if the layout differs.
+
+Size: the blob layout and the delivery rules it serves are one subject; split, each half would need the other.
 """
 
 from __future__ import annotations
