@@ -11,7 +11,9 @@ The kernel is never changed.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -341,6 +343,27 @@ class Tracer:
                 rows.append((row, text))
         self.events.add(Event(self._now(), Kind.CONSOLE, pid=self._last_user_pid,
                               text="\n".join(text for _, text in rows), detail={"rows": [r for r, _ in rows]}))
+
+    # -- snapshots (pc/snapshot.py keeps this state with the machine's) ----------------------------------------
+    def snapshot_state(self, encode: Callable[[Event], dict[str, Any]]) -> dict[str, Any]:
+        """What the tracer waits for and has seen, JSON-compatible (`encode` turns an event into JSON)."""
+        return {"full": self.full,
+                "pending_syscall": [[pid, encode(e)] for pid, e in self._pending_syscall.items()],
+                "pending_fault": [[pid, encode(e)] for pid, e in self._pending_fault.items()],
+                "names": [[pid, name] for pid, name in self._names.items()],
+                "last_user_pid": self._last_user_pid,
+                "screen": base64.b64encode(self._screen).decode()}
+
+    def restore_state(self, saved: dict[str, Any], relink: Callable[[dict[str, Any]], Event]) -> None:
+        """Take back `snapshot_state()`'s state if both the snapshot and this tracer trace fully (`relink`: the
+        restored ring's event for a saved one, so a pending call is the very event in the ring)."""
+        if not (saved["full"] and self.full):
+            return
+        self._pending_syscall = {pid: relink(e) for pid, e in saved["pending_syscall"]}
+        self._pending_fault = {pid: relink(e) for pid, e in saved["pending_fault"]}
+        self._names = {pid: name for pid, name in saved["names"]}
+        self._last_user_pid = saved["last_user_pid"]
+        self._screen = base64.b64decode(saved["screen"])
 
     # -- the rest -------------------------------------------------------------------------------------------------
     def log_line(self, line: str, rip: int, cr3: int) -> None:

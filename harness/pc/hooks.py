@@ -12,7 +12,10 @@ Two more hook points are methods the board calls on itself and a subclass may ov
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .events import Event
 
 
 class Recorder(Protocol):
@@ -44,3 +47,9 @@ class Recorder(Protocol):
 
     def finish(self) -> None:
         """The machine will not run again: close what never completed."""
+
+    def snapshot_state(self, encode: Callable[[Event], dict[str, Any]]) -> dict[str, Any]:
+        """The recorder's own state for a snapshot, JSON-compatible (`encode`: an event as JSON)."""
+
+    def restore_state(self, saved: dict[str, Any], relink: Callable[[dict[str, Any]], Event]) -> None:
+        """Take back what `snapshot_state` gave (`relink`: the restored ring's event for a saved one)."""

@@ -97,7 +97,6 @@ def take(machine: Board) -> Snapshot:
         chunk = ram_file[page * PAGE:(page + 1) * PAGE]
         if chunk != _ZERO_PAGE:
             ram[page] = chunk
-    tracer = machine.tracer
     state = {
         "devices": {name: device.snapshot_state() for name, device in machine.devices().items()},
         "clock": machine.clock.state(),
@@ -107,12 +106,7 @@ def take(machine: Board) -> Snapshot:
         "events": {"ring": [_event_to_json(e) for e in machine.events.ring],
                    "counts": {kind.value: n for kind, n in machine.events.counts.items()},
                    "next_seq": machine.events.next_seq, "capacity": machine.events.ring.maxlen},
-        "tracer": {"full": tracer.full,
-                   "pending_syscall": [[pid, _event_to_json(e)] for pid, e in tracer._pending_syscall.items()],
-                   "pending_fault": [[pid, _event_to_json(e)] for pid, e in tracer._pending_fault.items()],
-                   "names": [[pid, name] for pid, name in tracer._names.items()],
-                   "last_user_pid": tracer._last_user_pid,
-                   "screen": base64.b64encode(tracer._screen).decode()},
+        "tracer": machine.tracer.snapshot_state(_event_to_json),
         "unassigned_pages": sorted(machine.bus.unassigned_pages),
     }
     return Snapshot(blob, ram, len(ram_file), json.loads(json.dumps(state)), kernel_digest(machine))
@@ -154,18 +148,11 @@ def restore(machine: Board, snapshot: Snapshot) -> None:
     events.counts.clear()
     events.counts.update({Kind(kind): n for kind, n in state["events"]["counts"].items()})
     events.next_seq = state["events"]["next_seq"]
-    tracer = machine.tracer
-    saved = state["tracer"]
-    if saved["full"] and tracer.full:
 
-        def relink(data: dict[str, Any]) -> Event:
-            return ring.get(data["seq"]) or _event_from_json(data)
+    def relink(data: dict[str, Any]) -> Event:
+        return ring.get(data["seq"]) or _event_from_json(data)
 
-        tracer._pending_syscall = {pid: relink(e) for pid, e in saved["pending_syscall"]}
-        tracer._pending_fault = {pid: relink(e) for pid, e in saved["pending_fault"]}
-        tracer._names = {pid: name for pid, name in saved["names"]}
-        tracer._last_user_pid = saved["last_user_pid"]
-        tracer._screen = base64.b64decode(saved["screen"])
+    machine.tracer.restore_state(state["tracer"], relink)
     for address in state["unassigned_pages"]:
         if address not in machine.bus.unassigned_pages:
             machine.bus.add_unassigned_page(machine.uc, address, report=False)
