@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 from .observe.syscalls import SyscallTable
 from .observe.trace import Tracer
 from .pc import snapshot as snapshots
-from .pc.board import PANIC_GRACE_NS, PANIC_PREFIXES, Board, MachineConfig, find_kernel_in_image
+from .pc.board import PANIC_GRACE_NS, PANIC_PREFIXES, Board, MachineConfig
 from .pc.cpu import RAX, RCX, RSP
 from .pc.events import Kind
+from .pc.loader import find_kernel_in_image
 from .pc.runloop import POLL_NS, STORM_LIMIT, STORM_WINDOW_NS
 from .pc.stop import RESUMABLE, Stop, StopKind
 
@@ -45,6 +46,7 @@ class Machine(Board):
         self.auditor = IsolationAuditor(self)
         if self.tracer.kernel is None:
             self.tracer.kernel = self.auditor.kernel  # the return hook reads interrupt frames through it
+
     # -- full tracing ----------------------------------------------------------------------------------------
     def enable_tracing(self, syscalls: SyscallTable, programs: dict[str, Path] | None = None) -> None:
         """Trace with pids, return values, page-walk explanations, context switches and console output.
@@ -61,6 +63,7 @@ class Machine(Board):
             self.fast.state.memory_calls = sum(1 << number for number in range(64)
                                                if self.tracer.reads_user_memory(number))
         self._sync_tracer_view(screen=True)
+
     # -- the board's hook points (hooks.py) --------------------------------------------------------------------
     def _wants_returns(self) -> bool:
         return self.tracer.full or self.auditor is not None
@@ -84,6 +87,7 @@ class Machine(Board):
             if cs & 3 != 3:
                 return
         self._user_return(rip, regs[RAX], cr3)
+
     def _user_return(self, rip: int, rax: int, cr3: int, pid: int | None | bool = False) -> None:
         """The CPU returns to user mode at `rip`: the tracer finishes the system call, the auditor checks."""
         if self.tracer.full:
@@ -96,6 +100,7 @@ class Machine(Board):
                 self.violation = violation
                 self.violation_cause = cause
                 self._request_stop(StopKind.ISOLATION, str(violation))
+
     def _sync_tracer_view(self, screen: bool = False) -> None:
         """What the native return watch must know of the tracer to tell which returns need Python at once:
         whether a fault waits for its outcome (or the auditor checks), and, after the tracer's view was set
@@ -108,15 +113,19 @@ class Machine(Board):
             state.screen_valid = 0
             pid = self.tracer._last_user_pid
             state.last_user_pid = pid if pid is not None else -1
+
     # -- snapshots ---------------------------------------------------------------------------------------------
     def snapshot(self) -> snapshots.Snapshot:
         """The machine's whole state, to `restore()` later (between runs, never during one)."""
         return snapshots.take(self)
+
     def restore(self, snapshot: snapshots.Snapshot) -> None:
         snapshots.restore(self, snapshot)
         self._refresh_fast_ports()
         self._sync_tracer_view(screen=True)
+
     def save_snapshot(self, path: Path) -> None:
         snapshots.save(self.snapshot(), path)
+
     def load_snapshot(self, path: Path) -> None:
         self.restore(snapshots.load(path))

@@ -154,6 +154,7 @@ class Board(RunLoop, HotPaths, DebugControls):
         self._breakpoints: dict[int, int] = {}  # address -> Unicorn hook handle
         self._resume_address: int | None = None  # a breakpoint to run over once (continuing from it)
         self._next_stop_ns: int | None = None
+
     # -- boot ----------------------------------------------------------------------------------------------
     def boot(self, kernel: loader.ElfImage, command_line: str = "", modules: list[loader.Module] | None = None,
              symbols: SymbolTable | None = None) -> loader.BootState:
@@ -182,6 +183,7 @@ class Board(RunLoop, HotPaths, DebugControls):
         self._install_interrupt_window_hooks()
         uc.ctl_flush_tb()
         return state
+
     def boot_disk(self, image: bytes, kernel: loader.ElfImage | None = None, label: str = "disk image") -> None:
         """Power on like a PC with a hard disk: sector 0 at 0x7C00, real mode, DL = 0x80, BIOS services.
 
@@ -200,18 +202,20 @@ class Board(RunLoop, HotPaths, DebugControls):
         self.cpu.bios_call = self._bios_call
         self.memory[0x7C00:0x7E00] = image[:512]
         self.cpu.enter_real_mode(cs=0, ip=0x7C00, sp=0x7C00, dl=0x80)
-        kernel = kernel or find_kernel_in_image(image)
+        kernel = kernel or loader.find_kernel_in_image(image)
         if kernel is not None:
             self.kernel_image = kernel
             self.symbols = SymbolTable.from_elf(kernel.data)
             self._install_msr_shims(kernel)
             self._install_interrupt_window_hooks()
         self.uc.ctl_flush_tb()
+
     def _bios_call(self, vector: int) -> bool:
         if self.bios is None or not self.bios.owns(vector):
             return False
         self.bios.call(vector)
         return True
+
     def _install_msr_shims(self, kernel: loader.ElfImage) -> None:
         """Answer `rdmsr` of IA32_APIC_BASE, which Unicorn (having no APIC) reads as 0.
 
@@ -220,12 +224,14 @@ class Board(RunLoop, HotPaths, DebugControls):
         """
         for address, _ in self._kernel_code_matches((b"\x0f\x32",)):
             self.uc.hook_add(UC_HOOK_CODE, self._hook_rdmsr, None, address, address)
+
     def _hook_rdmsr(self, uc: Uc, address: int, size: int, user_data: object) -> None:
         if size == 2 and self.cpu.read_register(X.UC_X86_REG_RCX) & 0xFFFFFFFF == MSR_IA32_APIC_BASE \
                 and self.cpu.cpl() == 0:
             self.cpu.write_register(X.UC_X86_REG_RAX, APIC_BASE_MSR_VALUE & 0xFFFFFFFF)
             self.cpu.write_register(X.UC_X86_REG_RDX, APIC_BASE_MSR_VALUE >> 32)
             self.cpu.write_register(X.UC_X86_REG_RIP, address + 2)
+
     def _kernel_code_matches(self, patterns: tuple[bytes, ...]) -> list[tuple[int, int]]:
         """(address, length) of every occurrence of `patterns` in the kernel's executable segments."""
         found = []
@@ -240,17 +246,21 @@ class Board(RunLoop, HotPaths, DebugControls):
                     found.append((seg.vaddr + at, len(pattern)))
                     at = code.find(pattern, at + 1)
         return sorted(found)
+
     # -- Board: the chipset lines devices pull ---------------------------------------------------------------
     def power_off(self, source: str) -> None:
         self._request_stop(StopKind.POWER_OFF, f"the guest powered off ({source})")
+
     def reset(self, source: str) -> None:
         self._request_stop(StopKind.RESET, f"the guest requested a reset ({source}); the harness does not reboot")
+
     def _request_stop(self, kind: StopKind, message: str) -> None:
         if self.stop is None:
             self.stop = Stop(kind, message, self.clock.now_ns(), self.cpu.rip())
             self._machine_event(message)
         self._slice_interrupted = True
         self.uc.emu_stop()
+
     def _hook_unmapped(self, uc: Uc, access: int, address: int, size: int, value: int, user_data: object) -> bool:
         """Physical memory with nothing behind it. Data accesses are harmless (an empty bus); executing it is
         a machine fault the run stops on."""
@@ -264,12 +274,14 @@ class Board(RunLoop, HotPaths, DebugControls):
             access, "read from")
         self._unmapped_access = f"{kind} physical address {address:#x}, where there is no RAM or device"
         return False
+
     # -- what the board reports (hooks.py) ---------------------------------------------------------------------
     def _record_delivery(self, vector: int, error_code: int | None, rip: int, cr2: int, external: bool,
                          from_user: bool, cr3: int) -> None:
         self.halted = False
         self.tracer.delivery(vector, error_code, rip, cr2, external, from_user, cr3)
         self._sync_tracer_view()
+
     def _record_syscall(self, rip: int, number: int, cr3: int, args: tuple[int, ...],
                         time_ns: int | None = None) -> None:
         self.tracer.syscall(rip, number, cr3, args, time_ns)
@@ -279,8 +291,10 @@ class Board(RunLoop, HotPaths, DebugControls):
                 self._until_screen = screen
                 if self._until_seen() and self.stop is None:
                     self._request_stop(StopKind.UNTIL, f"{self._until!r} appeared on the screen")
+
     def _machine_event(self, text: str) -> None:
         self.tracer.machine_event(text)
+
     def _log_line(self, line: str) -> None:
         self.cpu.save()
         rip, cr3 = self.cpu.eip.value, self.cpu.cr3.value
@@ -293,6 +307,7 @@ class Board(RunLoop, HotPaths, DebugControls):
             self._panic_deadline = self.clock.now_ns() + PANIC_GRACE_NS
             self.tracer.panic(line, rip, cr3, backtrace)
             self._rearm()
+
     # -- hook points for observers (hooks.py; harness.machine overrides them) --------------------------------
     def _wants_returns(self) -> bool:
         """Must every return to user mode be seen (the native watch then reports them)?"""
@@ -306,6 +321,7 @@ class Board(RunLoop, HotPaths, DebugControls):
 
     def _sync_tracer_view(self, screen: bool = False) -> None:
         """Tell the native return watch what the observers need to see at once (after their view changed)."""
+
     # -- state for snapshots -----------------------------------------------------------------------------------
     def devices(self) -> dict[str, Any]:
         """Every device with state, by a stable name (snapshots key on it)."""
@@ -316,6 +332,7 @@ class Board(RunLoop, HotPaths, DebugControls):
         if self.disk is not None:
             devices["ata0"] = self.disk
         return devices
+
     def run_state(self) -> dict[str, Any]:
         panic = self._panic
         return {"halted": self.halted, "irq_waiting": self._irq_waiting, "storm": list(self._storm_window),
@@ -323,6 +340,7 @@ class Board(RunLoop, HotPaths, DebugControls):
                 "panic": None if panic is None else [panic.message, panic.time_ns, panic.rip, panic.backtrace],
                 "reported": sorted([d, p] for d, p in self.bus._reported),
                 "input": [[when, codes.hex()] for when, codes in self._input]}
+
     def restore_run_state(self, state: dict[str, Any]) -> None:
         self.halted = state["halted"]
         self._irq_waiting = state["irq_waiting"]
@@ -334,16 +352,20 @@ class Board(RunLoop, HotPaths, DebugControls):
         self._input = [(when, bytes.fromhex(codes)) for when, codes in state.get("input", [])]
         self.stop = None
         self._pending_gp = None
+
     # -- inspection --------------------------------------------------------------------------------------------
     def screen_text(self) -> str:
         return self.console.text()
+
     @property
     def timer_ticks(self) -> int:
         return self.lapic.timer_expirations
+
     def registers(self) -> dict[str, int]:
         names = ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13",
                  "r14", "r15", "rip", "rflags", "cs", "ss", "cr0", "cr2", "cr3", "cr4"]
         return {name: self.cpu.read_register(getattr(X, f"UC_X86_REG_{name.upper()}")) for name in names}
+
     def backtrace(self, rbp: int, cr3: int, depth: int = 16) -> list[int]:
         """Return addresses found by following the frame-pointer chain (kernels built with frame pointers)."""
         out: list[int] = []
@@ -360,9 +382,11 @@ class Board(RunLoop, HotPaths, DebugControls):
         except (PageFault, PhysicalFault):
             pass
         return out
+
     def halted_after_step(self) -> bool:
         """Did the instruction just stepped halt the CPU (it was `hlt`)?"""
         return self._code_byte(self.cpu.rip() - 1) == 0xF4
+
     def _code_byte(self, rip: int) -> int | None:
         """The byte at `rip` as the CPU fetches it (segment base in real mode, page tables when paging)."""
         linear, paged = self.cpu.code_address(rip)
@@ -372,22 +396,8 @@ class Board(RunLoop, HotPaths, DebugControls):
             return self.read_virtual(linear, 1)[0]
         except (PageFault, PhysicalFault):
             return None
+
     def read_virtual(self, address: int, length: int, cr3: int | None = None) -> bytes:
         if cr3 is None:
             cr3 = self.cpu.read_register(X.UC_X86_REG_CR3)
         return read_virtual(self.memory, cr3, address, length)
-
-def find_kernel_in_image(image: bytes) -> loader.ElfImage | None:
-    """The kernel ELF inside a disk image: the first x86-64 executable that starts on a sector boundary.
-
-    Both our image layout and the course's (the kernel at sector 1) keep the kernel file whole and
-    sector-aligned, so the harness can know the kernel's code without being told."""
-    at = image.find(b"\x7fELF\x02\x01", 512)
-    while at >= 0:
-        if at % 512 == 0:
-            try:
-                return loader.parse_elf(image[at:], f"kernel in the disk image at sector {at // 512}")
-            except LoaderError:
-                pass
-        at = image.find(b"\x7fELF\x02\x01", at + 1)
-    return None

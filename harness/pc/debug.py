@@ -24,11 +24,13 @@ class DebugControls:
             self._breakpoints[address] = self.uc.hook_add(UC_HOOK_CODE, self._hook_breakpoint, None, address,
                                                           address)
             self.uc.ctl_flush_tb()  # code already translated must be translated again, with the hook
+
     def remove_breakpoint(self, address: int) -> None:
         handle = self._breakpoints.pop(address, None)
         if handle is not None:
             self.uc.hook_del(handle)
             self.uc.ctl_flush_tb()
+
     def _hook_breakpoint(self, uc: Uc, address: int, size: int, user_data: object) -> None:
         if address == self._resume_address:
             self._resume_address = None  # continuing from this breakpoint: run its instruction once
@@ -40,6 +42,7 @@ class DebugControls:
         self._slice_interrupted = True
         self.cpu.write_register(X.UC_X86_REG_RIP, address)  # leave the instruction unexecuted
         uc.emu_stop()
+
     def step(self) -> Stop | None:
         """Execute one instruction (or enter one interrupt handler); returns a stop if the machine stopped."""
         if self.stop is not None and self.stop.kind is StopKind.BREAKPOINT:

@@ -228,3 +228,19 @@ def prepare_boot(mem: memoryview, kernel: ElfImage, command_line: str, modules: 
                      len(modules), entries)
     return BootState(entry=kernel.entry, multiboot_info=info, stack_top=BOOT_STACK_TOP, gdt_base=BOOT_GDT,
                      gdt_limit=gdt_limit, page_table=BOOT_PML4, boot_data_end=cursor)
+
+
+def find_kernel_in_image(image: bytes) -> ElfImage | None:
+    """The kernel ELF inside a disk image: the first x86-64 executable that starts on a sector boundary.
+
+    Both our image layout and the course's (the kernel at sector 1) keep the kernel file whole and
+    sector-aligned, so the harness can know the kernel's code without being told."""
+    at = image.find(b"\x7fELF\x02\x01", 512)
+    while at >= 0:
+        if at % 512 == 0:
+            try:
+                return parse_elf(image[at:], f"kernel in the disk image at sector {at // 512}")
+            except LoaderError:
+                pass
+        at = image.find(b"\x7fELF\x02\x01", at + 1)
+    return None

@@ -131,6 +131,7 @@ class RunLoop:
             self.tracer.finish()  # the machine is done: close what will never complete
         self.log.flush()
         return self.stop
+
     def run_slice(self, deadline: int | None = None) -> None:
         """Run the CPU until `deadline` (virtual ns), a halt, or a hook's stop; handle what stopped it."""
         clock, cpu = self.clock, self.cpu
@@ -179,31 +180,37 @@ class RunLoop:
             elif self.stop is None:
                 self.stop = Stop(StopKind.MACHINE_FAULT, "the emulator stopped for no known reason",
                                  clock.now_ns(), rip)
+
     def _until_seen(self) -> bool:
         assert self._until is not None
         return self._until in self.console.text()  # log lines are checked as they arrive, in _log_line
+
     def _rearm(self) -> None:
         """A device moved its deadline in the middle of a slice: stop earlier if needed."""
         when = self._next_deadline()
         if when is not None and (self._next_stop_ns is None or when < self._next_stop_ns):
             self._next_stop_ns = when
             self.clock.stop_at_ns(when)
+
     def _next_deadline(self, poll: int | None = None) -> int | None:
         candidates = [self.lapic.next_deadline_ns(), self._budget_end, self._panic_deadline, poll, self._pause_end,
                       self._input[0][0] if self._input else None]
         present = [c for c in candidates if c is not None]
         return min(present) if present else None
+
     def type_keys(self, codes: bytes, at_ns: int | None = None) -> None:
         """Queue scan codes for the keyboard at virtual time `at_ns` (default: now)."""
         when = self.clock.now_ns() if at_ns is None else at_ns
         self._input.append((when, codes))
         self._input.sort(key=lambda item: item[0])  # stable: same-time keys keep their order
         self._rearm()
+
     def _deliver_input(self, now: int) -> None:
         while self._input and self._input[0][0] <= now:
             self.keyboard.push(self._input.pop(0)[1])
             self.halted = False  # a real 8042 would raise IRQ1; a polling kernel needs the CPU to run
             self._refresh_fast_ports()
+
     def _storm(self, now: int, vector: int) -> bool:
         """Count device interrupts per window of virtual time; stop the run if they come as a storm."""
         start, count = self._storm_window
@@ -220,9 +227,11 @@ class RunLoop:
                          now, self.cpu.rip())
         self._machine_event(self.stop.message)
         return True
+
     def _triple_fault(self, fault: TripleFault) -> None:
         self.stop = Stop(StopKind.TRIPLE_FAULT, f"triple fault: {fault.reason}", self.clock.now_ns(), fault.rip)
         self._machine_event(self.stop.message)
+
     def _emulator_error(self, error: UcError) -> None:
         rip = self.cpu.rip()
         message = self._unmapped_access or f"the emulator refused to continue: {error}"
