@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .loader import Module, read_elf
 from .machine import Machine, MachineConfig
+from .pc.loader import Module, read_elf
 
 
 def boot_machine(kernel: Path, command_line: str | None, programs: dict[str, Path],

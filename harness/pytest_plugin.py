@@ -36,14 +36,14 @@ from typing import Any
 import pytest
 
 from . import project
-from .diagnosis import format_event
-from .events import Event, Kind
-from .kernelview import KernelView, PageAccounting, ProcInfo
-from .loader import Module, read_elf
 from .machine import Machine, MachineConfig, Stop, StopKind
-from .snapshot import Snapshot
-from .syscalls import SyscallTable, choose_table
-from .traceformat import jsonl_record
+from .observe.diagnosis import format_event
+from .observe.kernelview import KernelView, PageAccounting, ProcInfo
+from .observe.syscalls import SyscallTable, choose_table
+from .observe.traceformat import jsonl_record
+from .pc.events import Event, Kind
+from .pc.loader import Module, read_elf
+from .pc.snapshot import Snapshot
 
 DEFAULT_BUDGET_S = 10.0
 
@@ -122,7 +122,7 @@ class Guest:
 
     def type(self, text: str) -> None:
         """Type text now (named keys as in --keys: `<enter>`, `<ctrl-c>`, ...)."""
-        from .keys import text_to_scancodes
+        from .pc.keys import text_to_scancodes
 
         self.machine.type_keys(text_to_scancodes(text))
 
@@ -237,7 +237,7 @@ class WeensyOS:
         key = (str(kernel), kernel.stat().st_mtime_ns, command, seed, tuple(sorted((k, str(v)) for k, v in
                                                                                    chosen.items())))
         table = self._tables.get(key[:2])
-        if table is None:  # the build's table only for a kernel that speaks its ABI (harness/syscalls.py)
+        if table is None:  # the build's table only for a kernel that speaks its ABI (observe/syscalls.py)
             table = self._tables[key[:2]] = choose_table(read_elf(kernel, "kernel"), None, self.tree.syscall_table)
 
         def create() -> Machine:

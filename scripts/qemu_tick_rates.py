@@ -39,10 +39,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import project  # noqa: E402
-from harness.events import Kind  # noqa: E402
+from harness.front.qemu import QEMU, boot_image, qemu_available  # noqa: E402
 from harness.machine import Machine, MachineConfig, StopKind  # noqa: E402
-from harness.qemu import QEMU, boot_image, qemu_available  # noqa: E402
-from harness.symbols import SymbolTable  # noqa: E402
+from harness.pc.events import Kind  # noqa: E402
+from harness.pc.symbols import SymbolTable  # noqa: E402
 
 HZ = 100  # the kernel's timer rate: QEMU's LAPIC timer counts at 1 GHz of (host) wall time
 

@@ -17,11 +17,11 @@ import pytest
 
 from harness import project
 from harness.api import boot_machine
-from harness.loader import read_elf
+from harness.front.qemu import boot_image
 from harness.machine import Machine, MachineConfig, StopKind
-from harness.qemu import boot_image
-from harness.symbols import SymbolTable
-from harness.syscalls import choose_table
+from harness.observe.syscalls import choose_table
+from harness.pc.loader import read_elf
+from harness.pc.symbols import SymbolTable
 
 from .test_disk_image import needs_qemu
 

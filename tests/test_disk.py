@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import LoaderError
 from harness.machine import Machine, MachineConfig, StopKind
+from harness.pc.errors import LoaderError
 
 BOOT_SECTOR = r"""
     .code16

@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 from harness.api import boot_machine
-from harness.diagnosis import collapse_repeats
-from harness.errors import ExitCode
 from harness.machine import MachineConfig, StopKind
-from harness.panics import is_panic_line
-from harness.symbols import SymbolTable
+from harness.observe.diagnosis import collapse_repeats
+from harness.pc.errors import ExitCode
+from harness.pc.panics import is_panic_line
+from harness.pc.symbols import SymbolTable
 
 from .test_misbehaving_kernels import SET_GATE
 from .x86asm import assemble_kernel

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import LoaderError
-from harness.loader import (
+from harness.pc.errors import LoaderError
+from harness.pc.loader import (
     BOOT_DATA_MIN,
     BOOT_INFO_WINDOW,
     MB_FLAG_CMDLINE,
