@@ -8,7 +8,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import HarnessError
+from .pc.errors import HarnessError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 PROGRAM_PREFIX = "p-"

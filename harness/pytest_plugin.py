@@ -36,14 +36,14 @@ from typing import Any
 import pytest
 
 from . import project
-from .diagnosis import format_event
-from .events import Event, Kind
-from .kernelview import KernelView, PageAccounting, ProcInfo
-from .loader import Module, read_elf
 from .machine import Machine, MachineConfig, Stop, StopKind
-from .snapshot import Snapshot
-from .syscalls import SyscallTable
-from .traceformat import jsonl_record
+from .observe.diagnosis import format_event
+from .observe.kernelview import KernelView, PageAccounting, ProcInfo
+from .observe.syscalls import SyscallTable, choose_table
+from .observe.traceformat import jsonl_record
+from .pc.events import Event, Kind
+from .pc.loader import Module, read_elf
+from .pc.snapshot import Snapshot
 
 DEFAULT_BUDGET_S = 10.0
 
@@ -122,7 +122,7 @@ class Guest:
 
     def type(self, text: str) -> None:
         """Type text now (named keys as in --keys: `<enter>`, `<ctrl-c>`, ...)."""
-        from .keys import text_to_scancodes
+        from .pc.keys import text_to_scancodes
 
         self.machine.type_keys(text_to_scancodes(text))
 
@@ -218,16 +218,19 @@ class WeensyOS:
         self.seed = seed
         self.guests: list[Guest] = []
         self._leases: list[tuple[tuple[Any, ...], Machine]] = []
+        self._tables: dict[tuple[str, int], SyscallTable] = {}
 
     def boot(self, command: str = "hello", *, seed: int | None = None, programs: dict[str, Path] | None = None,
              fresh: bool = False) -> Guest:
         """A guest with `command` on its kernel command line, traced, ready to run."""
         seed = self.seed if seed is None else seed
         chosen = programs if programs is not None else self.tree.programs()
-        table = SyscallTable.load(self.tree.syscall_table)
         kernel = self.kernel
         key = (str(kernel), kernel.stat().st_mtime_ns, command, seed, tuple(sorted((k, str(v)) for k, v in
                                                                                    chosen.items())))
+        table = self._tables.get(key[:2])
+        if table is None:  # the build's table only for a kernel that speaks its ABI (observe/syscalls.py)
+            table = self._tables[key[:2]] = choose_table(read_elf(kernel, "kernel"), None, self.tree.syscall_table)
 
         def create() -> Machine:
             machine = Machine(MachineConfig(seed=seed))

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import bench, project
-from harness.cli import main
+from harness import project
+from harness.front import bench
+from harness.front.cli import main
 
 
 def test_rates_subtract_the_baseline_run_made_just_before() -> None:

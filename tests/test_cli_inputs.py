@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness import project
-from harness.cliargs import MAX_MEMORY_MIB
+from harness.front.cliargs import MAX_MEMORY_MIB
 
 
 def harness(tree: project.BuildTree, *args: str, stdout: int | None = subprocess.PIPE,
@@ -42,8 +42,8 @@ def test_the_largest_memory_size_boots(build_tree: project.BuildTree) -> None:
 
 
 def test_ram_the_host_refuses_is_a_harness_error() -> None:
-    from harness.errors import HarnessError
     from harness.machine import Machine, MachineConfig
+    from harness.pc.errors import HarnessError
 
     with pytest.raises(HarnessError, match="give 1 to"):
         Machine(MachineConfig(ram_size=64 << 30))
@@ -183,7 +183,7 @@ def test_a_guest_s_escape_sequences_reach_the_terminal_as_text(tmp_path: Path) -
 
 def test_guest_text_cannot_command_the_terminal() -> None:
     """A log line with escape sequences (retitle, reset, clear) is printed with the escapes made visible."""
-    from harness.termtext import escape_for_terminal
+    from harness.front.termtext import escape_for_terminal
 
     hostile = "PANIC: \x1b]0;pwned\x07\x1bc\x1b[2J\r\x9b1m done"
     shown = escape_for_terminal(hostile)

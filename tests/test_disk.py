@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from harness import project
-from harness.errors import LoaderError
 from harness.machine import Machine, MachineConfig, StopKind
+from harness.pc.errors import LoaderError
 
 BOOT_SECTOR = r"""
     .code16

@@ -19,8 +19,8 @@ from elftools.elf.elffile import ELFFile
 
 from harness import project
 from harness.api import boot_machine
+from harness.front.qemu import boot_image, qemu_available
 from harness.machine import Machine, MachineConfig, StopKind
-from harness.qemu import boot_image, qemu_available
 
 SOURCE = project.PACKAGE_ROOT / "weensyos-src"
 SECTOR = 512

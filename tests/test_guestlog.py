@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.guestlog import LINE_LIMIT, MEMORY_LIMIT, GuestLog
+from harness.pc.guestlog import LINE_LIMIT, MEMORY_LIMIT, GuestLog
 
 from .x86asm import assemble_kernel
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from elftools.elf.elffile import ELFFile
 
 from harness import project
-from harness.font8x16 import GLYPHS
+from harness.front.font8x16 import GLYPHS
 
 
 def cli(tree: project.BuildTree, *args: str) -> list[str]:

@@ -5,7 +5,7 @@ run in a scratch directory against the session's build, and its output (standard
 must match the lines shown. Virtual times, addresses and tick counts are normalised (they move whenever the
 clock or the kernel's layout changes), everything else must be the same text; a line `...` stands for any
 number of lines. Counts of timer ticks and system calls are normalised too (a run bounded in time makes as many as
-fit). The exit-status table must be the one generated from `harness.errors.EXIT_MEANINGS`, and
+fit). The exit-status table must be the one generated from `harness.pc.errors.EXIT_MEANINGS`, and
 every option of every command must be documented.
 """
 
@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from harness import project
-from harness.cli import build_parser
-from harness.errors import exit_status_table
+from harness.front.cli import build_parser
+from harness.pc.errors import exit_status_table
 
 README = project.PACKAGE_ROOT / "README.md"
 HARNESS = ".venv/bin/python -m harness"

@@ -11,10 +11,10 @@ import pytest
 
 from harness import project
 from harness.api import boot_machine
-from harness.events import Event, Kind
 from harness.machine import Machine, MachineConfig
-from harness.syscalls import SyscallTable
-from harness.traceformat import PerfettoWriter, jsonl_record, record_is_unfinished_entry, strace_lines, summary
+from harness.observe.syscalls import SyscallTable
+from harness.observe.traceformat import PerfettoWriter, jsonl_record, record_is_unfinished_entry, strace_lines, summary
+from harness.pc.events import Event, Kind
 
 
 def traced(tree: project.BuildTree, command: str, **run: object) -> tuple[Machine, list[Event]]:
