@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import sys
 
+import weensy_engine
 from setuptools import build_meta as _setuptools
 from setuptools.build_meta import *  # noqa: F403 - every hook we do not wrap is setuptools' own
-
-import weensy_engine
 
 
 def _engine() -> None:

@@ -3,7 +3,7 @@
 Why a build of our own: the harness's speed ceiling is Unicorn itself (engine/README.md says where and what each
 patch changes), and the deterministic instruction clock has to live inside the translated code. The Python binding
 stays Unicorn's own (the `unicorn` wheel from PyPI): the harness points it at our library with LIBUNICORN_PATH
-before it imports `unicorn` (harness/engine.py).
+before it imports `unicorn` (harness/pc/engine.py).
 
 The library is cached under a key made of the Unicorn version, the build recipe below and the bytes of every
 patch, so it is rebuilt only when one of them changes (and shared by every checkout on the machine). This file

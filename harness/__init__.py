@@ -1,6 +1,6 @@
 """A PC on the Unicorn CPU emulator that boots, runs, traces and tests a compiled x86-64 WeensyOS."""
 
-from . import engine as _engine
+from .pc import engine as _engine
 
 __version__ = "0.1.0"
 
