@@ -664,7 +664,7 @@ class Machine:
     def load_snapshot(self, path: Path) -> None:
         from . import snapshot as snapshots
 
-        self.restore(snapshots.load(path))
+        self.restore(snapshots.load(path, ram_size=len(self.memory)))
 
     # -- inspection --------------------------------------------------------------------------------------------
     def backtrace(self, rbp: int, cr3: int, depth: int = 16) -> list[int]:

@@ -1,0 +1,187 @@
+"""Snapshot files are untrusted data: crafted ones end in one clear error and never reach the engine or the host.
+
+Each case here is an attack that used to work: raw engine state (with its host pointers) copied from the file
+into Unicorn, a small file inflating to gigabytes, a page list that never ends, fields of the wrong type that
+ended in a traceback. The machine a refused snapshot was meant for is left as it was.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import struct
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import cpustate, project
+from harness import snapshot as snapshots
+from harness.api import boot_machine
+from harness.errors import HarnessError
+from harness.machine import Machine
+
+COMMAND = "spinner hello"
+BREAKPOINT_POINTERS = (cpustate.OFF_DR + 64, cpustate.OFF_DR + 96)  # Unicorn's CPUBreakpoint *[4], after dr[8]
+
+
+def fresh(tree: project.BuildTree) -> Machine:
+    return boot_machine(tree.kernel, COMMAND, tree.programs())
+
+
+def header_of(machine: Machine) -> dict[str, Any]:
+    snapshot = machine.snapshot()
+    return {"cpu": snapshot.cpu, "ram_size": snapshot.ram_size, "state": snapshot.state,
+            "kernel_sha256": snapshot.kernel_sha256}
+
+
+def write(path: Path, header: dict[str, Any] | bytes, ram: bytes = b"", magic: bytes = snapshots.MAGIC) -> Path:
+    data = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(magic + struct.pack("<I", len(data)) + data + zlib.compress(ram))
+    return path
+
+
+def registers(machine: Machine) -> dict[str, Any]:
+    return cpustate.capture(machine.cpu)
+
+
+def breakpoint_words(machine: Machine) -> bytes:
+    machine.cpu.save()
+    start, end = BREAKPOINT_POINTERS
+    return ctypes.string_at(cpustate.data_address(machine.cpu) + start, end - start)
+
+
+@pytest.fixture
+def running(build_tree: project.BuildTree) -> Machine:
+    machine = fresh(build_tree)
+    machine.run(ticks=2)
+    return machine
+
+
+def test_a_restored_cpu_has_every_named_field_of_the_original(build_tree: project.BuildTree,
+                                                               running: Machine) -> None:
+    copy = fresh(build_tree)
+    copy.restore(running.snapshot())
+    assert registers(copy) == registers(running)
+
+
+def test_the_cpu_state_never_includes_the_engines_host_pointers() -> None:
+    numbers, raw = cpustate.fields()
+    start, end = BREAKPOINT_POINTERS
+    for field in numbers:
+        assert not start <= field.offset < end, field.name
+    for blob in raw:
+        assert blob.offset + blob.size <= start or blob.offset >= end, blob.name
+
+
+def test_raw_engine_state_in_a_file_is_refused(build_tree: project.BuildTree, running: Machine,
+                                               tmp_path: Path) -> None:
+    header = header_of(running)
+    header["cpu"] = "AAAA" * 1402  # a version-1 style base64 blob with forged pointers
+    target = fresh(build_tree)
+    before = breakpoint_words(target)
+    with pytest.raises(HarnessError, match="damaged snapshot .*named fields"):
+        target.load_snapshot(write(tmp_path / "blob.snap", header))
+    assert breakpoint_words(target) == before
+    with pytest.raises(HarnessError, match="version 1 snapshot"):
+        target.load_snapshot(write(tmp_path / "v1.snap", header, magic=b"WEENSYOS-SNAPSHOT 1\n"))
+
+
+def test_armed_debug_registers_are_refused_before_the_engine_is_touched(build_tree: project.BuildTree,
+                                                                        running: Machine, tmp_path: Path) -> None:
+    header = header_of(running)
+    header["cpu"]["dr7"] = 0x403  # L0 and G0: would make Unicorn walk its breakpoint list
+    header["cpu"]["dr0"] = 0xFFFF_8000_0000_0000
+    target = fresh(build_tree)
+    state = registers(target)
+    with pytest.raises(HarnessError, match="dr7"):
+        target.load_snapshot(write(tmp_path / "dr7.snap", header))
+    assert registers(target) == state
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("rip", -1, "rip"), ("rip", "0x1000", "rip"), ("rip", 1 << 64, "rip"), ("cr0", 1 << 40, "cr0"),
+    ("hflags", 1 << 19, "hflags"), ("efer", 1 << 12, "efer"), ("fpstt", 9, "fpstt"), ("xmm3", "zz" * 16, "xmm3"),
+    ("st0", "00", "st0"), ("cs.selector", 0x10000, "cs.selector"), ("rflags", 1 << 17, "rflags"),
+])
+def test_each_cpu_field_is_type_and_range_checked(build_tree: project.BuildTree, running: Machine,
+                                                  tmp_path: Path, field: str, value: Any, message: str) -> None:
+    header = header_of(running)
+    header["cpu"][field] = value
+    with pytest.raises(HarnessError, match=f"damaged snapshot .*{message}"):
+        fresh(build_tree).load_snapshot(write(tmp_path / "field.snap", header))
+
+
+@pytest.mark.parametrize("path, value, message", [
+    (("clock", "blocks"), -5, "state.clock.blocks"),
+    (("machine", "storm"), [1], "state.machine.storm"),
+    (("machine", "panic"), ["boom", 1, 2, [3]], r"state.machine.panic\[3\]\[0\]"),
+    (("events", "ring"), [{"kind": "no-such-kind", "time_ns": 0}], r"state.events.ring\[0\].kind"),
+    (("log",), "not base64!", "state.log"),
+    (("devices", "console", "crtc"), [0] * 3, "devices.console.crtc has 3 entries"),
+    (("devices", "pic", "master"), {"imr": 0}, "devices.pic.master"),
+    (("devices", "ata0"), {}, "devices"),
+    (("tracer", "names"), [[1, 2]], r"state.tracer.names\[0\]\[1\]"),
+])
+def test_each_saved_state_field_is_checked(build_tree: project.BuildTree, running: Machine, tmp_path: Path,
+                                           path: tuple[str, ...], value: Any, message: str) -> None:
+    header = header_of(running)
+    where = header["state"]
+    for key in path[:-1]:
+        where = where[key]
+    where[path[-1]] = value
+    target = fresh(build_tree)
+    screen = target.screen_text()
+    with pytest.raises(HarnessError, match=f"damaged snapshot .*{message}"):
+        target.load_snapshot(write(tmp_path / "state.snap", header))
+    assert target.screen_text() == screen
+
+
+def test_a_small_file_that_inflates_beyond_ram_is_refused_quickly(build_tree: project.BuildTree,
+                                                                  running: Machine, tmp_path: Path) -> None:
+    header = header_of(running)
+    compressor = zlib.compressobj(9)
+    bomb = b"".join(compressor.compress(bytes(64 << 20)) for _ in range(8)) + compressor.flush()  # 512 MiB
+    path = tmp_path / "bomb.snap"
+    data = json.dumps(header).encode()
+    path.write_bytes(snapshots.MAGIC + struct.pack("<I", len(data)) + data + bomb)
+    assert path.stat().st_size < 2 << 20
+    started = time.process_time()
+    with pytest.raises(HarnessError, match="inflates beyond"):
+        fresh(build_tree).load_snapshot(path)
+    assert time.process_time() - started < 30  # a generous bound: it stops at the RAM size, not at 512 MiB
+
+
+@pytest.mark.parametrize("pages, message", [
+    ([5, 5], "out of order"), ([7, 3], "out of order"), ([1 << 31], "outside"), ([0xFFFFFFFF], "outside"),
+])
+def test_page_lists_must_be_increasing_and_inside_ram(build_tree: project.BuildTree, running: Machine,
+                                                     tmp_path: Path, pages: list[int], message: str) -> None:
+    ram = b"".join(struct.pack("<I", page) + bytes(4096) for page in pages)
+    with pytest.raises(HarnessError, match=message):
+        fresh(build_tree).load_snapshot(write(tmp_path / "pages.snap", header_of(running), ram))
+
+
+@pytest.mark.parametrize("header, message", [
+    (b"[" * 100000 + b"]" * 100000, "damaged snapshot"),  # nesting deep enough to exhaust Python's stack
+    (b'{"cpu": {}}', "not a snapshot header"),
+    (b"1" * 5000, "damaged snapshot"),  # an integer too long to convert
+])
+def test_malformed_headers_are_one_clear_error(build_tree: project.BuildTree, tmp_path: Path,
+                                               header: bytes, message: str) -> None:
+    with pytest.raises(HarnessError, match=message):
+        fresh(build_tree).load_snapshot(write(tmp_path / "header.snap", header))
+
+
+def test_a_header_length_past_the_end_of_the_file_is_refused(build_tree: project.BuildTree, tmp_path: Path) -> None:
+    path = tmp_path / "short.snap"
+    path.write_bytes(snapshots.MAGIC + struct.pack("<I", 0xFFFFFFFF) + b"{}")
+    with pytest.raises(HarnessError, match="runs past the file"):
+        fresh(build_tree).load_snapshot(path)
+
+
+def test_special_files_are_refused_without_reading_them(build_tree: project.BuildTree) -> None:
+    with pytest.raises(HarnessError, match="not a regular file"):
+        fresh(build_tree).load_snapshot(Path("/dev/zero"))
