@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, TextIO
 from . import __version__, project
 from .api import boot_machine
 from .diagnosis import diagnose, summary
+from .diskimage import open_image
 from .errors import ExitCode, HarnessError
 from .events import Event
 from .keys import parse_key_script
@@ -246,12 +247,7 @@ class Session:
     def _boot_disk(self, args: argparse.Namespace, tree: project.BuildTree) -> None:
         if args.programs:
             raise HarnessError("with --disk the command to run is written in the image; give no PROGRAM")
-        try:
-            image = args.disk.read_bytes()
-        except FileNotFoundError:
-            raise HarnessError(f"disk image {args.disk}: no such file") from None
-        except OSError as e:
-            raise HarnessError(f"disk image {args.disk}: cannot read ({e.strerror})") from None
+        image = open_image(args.disk)
         kernel = read_elf(args.kernel, "kernel") if args.kernel is not None else None
         self.programs = tree.programs()
         table = args.syscalls or tree.syscall_table

@@ -149,6 +149,8 @@ def check(machine: Machine, snapshot: Snapshot) -> tuple[dict[str, Any], dict[st
         raise HarnessError("this machine has armed hardware breakpoints (DR7): restore into a fresh machine")
     try:
         cpu = cpustate.check(snapshot.cpu)
+        if cpu["cr3"] & ~0xFFF >= snapshot.ram_size:
+            raise cpustate.CpuStateError(f"CPU field cr3 = {cpu['cr3']:#x} points outside the machine's RAM")
         state = check_state(snapshot.state, DeviceTemplate(_state(machine)["devices"]))
     except (cpustate.CpuStateError, SchemaError) as e:
         raise HarnessError(f"damaged snapshot ({e})") from None
