@@ -101,19 +101,48 @@ class GdbStub:
                 self._at -= 1  # not an acknowledgement: gdb went on (a packet, a Ctrl-C); keep the byte
                 return
 
-    def _read_byte(self) -> int | None:
+    def _fill(self) -> bool:
+        """Refill the buffer once it is used up; False when gdb disconnects."""
         assert self.conn is not None
-        if self._at >= len(self.buffer):
-            try:
-                chunk = self.conn.recv(65536)
-            except OSError:
-                return None
-            if not chunk:
-                return None
-            self.buffer, self._at = chunk, 0
+        if self._at < len(self.buffer):
+            return True
+        try:
+            chunk = self.conn.recv(65536)
+        except OSError:
+            return False
+        if not chunk:
+            return False
+        self.buffer, self._at = chunk, 0
+        return True
+
+    def _read_byte(self) -> int | None:
+        if not self._fill():
+            return None
         byte = self.buffer[self._at]
         self._at += 1
         return byte
+
+    def _read_payload(self) -> tuple[bytes, bool] | None:
+        """The bytes up to '#' (after a '$'), whole buffers at a time: (at most MAX_PACKET of them, whether
+        more were dropped); None when gdb disconnects. A '$' on the way starts the packet again."""
+        payload = bytearray()
+        oversized = False
+        while self._fill():
+            buffer, at = self.buffer, self._at
+            end = buffer.find(b"#", at)
+            stop = end if end >= 0 else len(buffer)
+            restart = buffer.rfind(b"$", at, stop)
+            if restart >= 0:  # a new packet starts: what came before it was noise
+                payload.clear()
+                oversized = False
+                at = restart + 1
+            room = MAX_PACKET - len(payload)
+            payload += buffer[at:at + min(room, stop - at)]
+            oversized = oversized or stop - at > room
+            self._at = stop + 1 if end >= 0 else stop
+            if end >= 0:
+                return bytes(payload), oversized
+        return None
 
     def _read_packet(self) -> bytes | None:
         """The next packet's payload; b'\\x03' for an interrupt; TOO_LONG for a payload over MAX_PACKET bytes
@@ -128,26 +157,18 @@ class GdbStub:
                 return None
             if byte == 0x03:
                 return b"\x03"
-            payload = bytearray()
-            oversized = False
-            while (byte := self._read_byte()) not in (None, ord("#")):
-                if byte == ord("$"):  # a new packet starts: the unfinished one was noise
-                    payload.clear()
-                    oversized = False
-                elif len(payload) < MAX_PACKET:
-                    payload.append(byte)
-                else:
-                    oversized = True
+            read = self._read_payload()
             digits = bytes(b for b in (self._read_byte(), self._read_byte()) if b is not None)
-            if byte is None or len(digits) < 2:
+            if read is None or len(digits) < 2:
                 return None
+            payload, oversized = read
             if self.ack:
                 assert self.conn is not None
-                if digits.lower() != checksum(bytes(payload)) and not oversized:
+                if digits.lower() != checksum(payload) and not oversized:
                     self.conn.sendall(b"-")
                     continue
                 self.conn.sendall(b"+")
-            return TOO_LONG if oversized else bytes(payload)
+            return TOO_LONG if oversized else payload
 
     def _interrupt_pending(self) -> bool:
         """Did gdb send Ctrl-C while the machine ran? (It is taken out of the input.)"""
