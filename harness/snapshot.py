@@ -152,9 +152,19 @@ def check(machine: Machine, snapshot: Snapshot) -> tuple[dict[str, Any], dict[st
         if cpu["cr3"] & ~0xFFF >= snapshot.ram_size:
             raise cpustate.CpuStateError(f"CPU field cr3 = {cpu['cr3']:#x} points outside the machine's RAM")
         state = check_state(snapshot.state, DeviceTemplate(_state(machine)["devices"]))
+        _check_unassigned_pages(machine, state["unassigned_pages"])
     except (cpustate.CpuStateError, SchemaError) as e:
         raise HarnessError(f"damaged snapshot ({e})") from None
     return cpu, state
+
+
+def _check_unassigned_pages(machine: Machine, pages: list[int]) -> None:
+    """Empty-bus pages are mapped into the engine on restore: each must be a page beyond RAM, below the
+    physical address limit, clear of every device's registers (the engine refuses overlapping regions)."""
+    for address in pages:
+        clash = any(base < address + PAGE and address < base + size for base, size, _ in machine.bus.mmio)
+        if address % PAGE or address < len(machine.memory) or address >= cpustate.PHYSICAL_LIMIT or clash:
+            raise SchemaError(f"state.unassigned_pages: {address:#x} is not a free page beyond RAM")
 
 
 def restore(machine: Machine, snapshot: Snapshot) -> None:

@@ -22,6 +22,7 @@ MAX_LIST = 1 << 20  # entries in any saved list
 MAX_TEXT = 1 << 16  # characters in a saved string (names, event text)
 MAX_BLOB = 64 << 20  # bytes of a saved base64 or hex blob (the log)
 MAX_DEPTH = 8  # nesting of free-form event details
+MAX_UNASSIGNED_PAGES = 4096  # empty-bus pages a snapshot may map (each is one engine region)
 DEVICE_INT_MAX = (1 << 256) - 1  # the widest device register: the local APIC's 256-bit IRR/ISR/TMR
 
 
@@ -151,11 +152,11 @@ def counts(value: Any, where: str) -> dict[str, int]:
 
 
 def _panic(value: Any, where: str) -> list[Any]:
-    """[message, time_ns, rip, backtrace] of a panic the machine has seen but not yet stopped for."""
+    """[message, time_ns, rip, backtrace (return addresses)] of a panic seen but not yet stopped for."""
     if type(value) is not list or len(value) != 4:
         raise SchemaError(f"{where} is not [message, time, rip, backtrace]")
     return [text()(value[0], f"{where}[0]"), integer()(value[1], f"{where}[1]"),
-            integer()(value[2], f"{where}[2]"), list_of(text(), 64)(value[3], f"{where}[3]")]
+            integer()(value[2], f"{where}[2]"), list_of(integer(), 64)(value[3], f"{where}[3]")]
 
 
 STATE = record({
@@ -174,7 +175,7 @@ STATE = record({
                       "pending_fault": list_of(pair(SIGNED, event)),
                       "names": list_of(pair(SIGNED, nullable(text()))), "last_user_pid": nullable(SIGNED),
                       "screen": encoded("b64", 1 << 16)}),
-    "unassigned_pages": list_of(integer()),
+    "unassigned_pages": list_of(integer(), MAX_UNASSIGNED_PAGES),
 })
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import faulthandler
 import json
 import os
-import signal
 import random
+import signal
 from pathlib import Path
 
 import pytest
@@ -27,8 +27,8 @@ from harness.errors import HarnessError
 from . import campaign
 from .mutators import mutate_bytes, mutate_json
 
-CASES = int(os.environ.get("WEENSY_FUZZ_CASES", "150"))
-DISK_CASES = max(CASES // 10, 10)  # a disk boot runs real-mode code: slower per case
+CASES = int(os.environ.get("WEENSY_FUZZ_CASES", "60"))
+DISK_CASES = max(CASES // 12, 5)  # a disk boot runs real-mode code: much slower per case
 FUZZ = settings(max_examples=CASES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 
 
