@@ -42,7 +42,7 @@ PAGE = 4096
 RECORD = 4 + PAGE  # a RAM record: page number, contents
 _ZERO_PAGE = bytes(PAGE)
 MAX_RAM_SIZE = 16 << 30  # the largest RAM a snapshot may describe
-MAX_HEADER = 256 << 20  # bytes of JSON header (the log and the event ring are its bulk)
+MAX_HEADER = 64 << 20  # bytes of JSON header (the log and the event ring are its bulk)
 SHA256_HEX = frozenset("0123456789abcdef")
 
 

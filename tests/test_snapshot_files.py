@@ -20,7 +20,7 @@ from harness import cpustate, project
 from harness import snapshot as snapshots
 from harness.api import boot_machine
 from harness.errors import HarnessError
-from harness.machine import Machine
+from harness.machine import Machine, MachineConfig
 
 COMMAND = "spinner hello"
 BREAKPOINT_POINTERS = (cpustate.OFF_DR + 64, cpustate.OFF_DR + 96)  # Unicorn's CPUBreakpoint *[4], after dr[8]
@@ -125,6 +125,7 @@ def test_each_cpu_field_is_type_and_range_checked(build_tree: project.BuildTree,
     (("log",), "not base64!", "state.log"),
     (("devices", "console", "crtc"), [0] * 3, "devices.console.crtc has 3 entries"),
     (("devices", "pic", "master"), {"imr": 0}, "devices.pic.master"),
+    (("devices", "pci", "functions", "00:00.0"), "00" * 8, r"devices.pci.functions.00:00.0 is not a string"),
     (("devices", "ata0"), {}, "devices"),
     (("tracer", "names"), [[1, 2]], r"state.tracer.names\[0\]\[1\]"),
 ])
@@ -153,6 +154,29 @@ def test_every_state_a_real_run_passes_through_is_accepted(build_tree: project.B
         snapshots.check(target, machine.snapshot())
         if stop.kind.value != "paused":
             break
+
+
+def test_every_state_of_a_disk_boot_is_accepted_and_resumes_exactly(build_tree: project.BuildTree) -> None:
+    """A machine booted from the disk image, snapshotted all along its boot (real mode, ATA transfers in
+    flight), is accepted by a fresh disk-booted machine, which then runs on exactly like the original."""
+    image = (build_tree.directory / "weensyos.img").read_bytes()
+
+    def disk_machine() -> Machine:
+        machine = Machine(MachineConfig())
+        machine.boot_disk(image)
+        return machine
+
+    machine = disk_machine()
+    for _ in range(12):  # through the boot loader's disk reads, into the kernel
+        assert machine.run(for_ns=300_000).kind.value == "paused"
+        snapshot = machine.snapshot()
+        snapshots.check(disk_machine(), snapshot)
+    copy = disk_machine()
+    copy.restore(snapshot)
+    machine.run(for_ns=20_000_000)
+    copy.run(for_ns=20_000_000)
+    assert copy.screen_text() == machine.screen_text()
+    assert registers(copy) == registers(machine)
 
 
 def test_a_small_file_that_inflates_beyond_ram_is_refused(build_tree: project.BuildTree,
