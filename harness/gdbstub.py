@@ -301,6 +301,8 @@ class GdbStub:
                 self._send(reply)
                 if self._stop_acking:
                     self.ack = self._stop_acking = False
+        except OSError:  # gdb went away mid-reply (a reset or broken connection): the session is over
+            return self.last_stop
         finally:
             self.conn.close()
             self.server.close()

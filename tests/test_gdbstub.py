@@ -119,6 +119,17 @@ def test_a_packet_instead_of_an_acknowledgement_is_still_answered(gdb: Gdb) -> N
     assert gdb.ask(b"qC") == b"QC1"  # gdb never acknowledged: its next packet is read, not swallowed
 
 
+def test_gdb_vanishing_mid_session_ends_the_session_quietly(build_tree: project.BuildTree) -> None:
+    machine = boot_machine(build_tree.kernel, "hello", build_tree.programs())
+    stub = GdbStub(machine, 0, announce=lambda _: None)
+    stub.server.close()
+    ours, theirs = socket.socketpair()
+    theirs.sendall(frame(b"g") + frame(b"g"))
+    theirs.shutdown(socket.SHUT_RD)  # replies now fail to send (EPIPE), like a gdb killed mid-session
+    theirs.close()
+    assert stub.serve_connection(ours) is None  # no exception: the session simply ends
+
+
 def test_memory_written_then_read_back(gdb: Gdb) -> None:
     assert gdb.ask(b"M100000,4:deadbeef") == b"OK"  # the kernel's identity-mapped first megabyte and above
     assert gdb.ask(b"m100000,4") == b"deadbeef"
