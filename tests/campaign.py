@@ -32,7 +32,7 @@ from harness.errors import HarnessError
 
 KINDS = ("kernel", "program", "disk", "snapshot", "syscalls", "gdb")
 # Shares of the total, by cost: a gdb packet or a table takes microseconds, a disk boot in real mode a second.
-SHARE = {"kernel": 0.08, "program": 0.08, "disk": 0.02, "snapshot": 0.08, "syscalls": 0.20, "gdb": 0.54}
+SHARE = {"kernel": 0.08, "program": 0.08, "disk": 0.01, "snapshot": 0.10, "syscalls": 0.08, "gdb": 0.65}
 RUN_NS = 3_000_000  # virtual time each accepted runnable input runs for
 RAM = 16 << 20
 WALL_GUARD_S = 60.0  # a case silent this long is a hang
