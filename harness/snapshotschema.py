@@ -129,7 +129,7 @@ KINDS = frozenset(kind.value for kind in Kind)
 
 
 def kind(value: Any, where: str) -> str:
-    if value not in KINDS:
+    if type(value) is not str or value not in KINDS:
         raise SchemaError(f"{where} is not an event kind")
     return value
 
