@@ -191,6 +191,8 @@ def like(value: Any, template: Any, where: str) -> None:
         limit = VARIABLE_STRINGS.get(where)
         if type(value) is not str or (len(value) > limit if limit is not None else len(value) != len(template)):
             raise SchemaError(f"{where} is not a string of the expected size")
+        if (limit is not None or _is_hex(template)) and not _is_hex(value):
+            raise SchemaError(f"{where} is not hex")  # device buffers and PCI configuration spaces are saved as hex
     elif isinstance(template, list):
         if type(value) is not list or len(value) > MAX_LIST:
             raise SchemaError(f"{where} is not a list")
@@ -208,9 +210,13 @@ def like(value: Any, template: Any, where: str) -> None:
         raise SchemaError(f"{where}: unexpected saved type")
 
 
+def _is_hex(text: str) -> bool:
+    return len(text) % 2 == 0 and all(c in "0123456789abcdefABCDEF" for c in text)
+
+
 # Device strings whose length varies in a run, with their longest; every other one (a PCI function's configuration
 # space, say) has the length the machine's own device gives it.
-VARIABLE_STRINGS = {"devices.ata0.buffer": 2 * 512}  # hex of the sector (or IDENTIFY block) being transferred
+VARIABLE_STRINGS = {"devices.ata0.buffer": 2 * 512}  # the sector (or IDENTIFY block) being transferred, in hex
 
 # Device lists whose length varies in a run (queues, records); every other integer list has a fixed size.
 VARIABLE_LISTS = frozenset({"devices.keyboard.keys", "devices.keyboard.replies",

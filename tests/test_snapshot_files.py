@@ -128,6 +128,7 @@ def test_each_cpu_field_is_type_and_range_checked(build_tree: project.BuildTree,
     (("devices", "console", "crtc"), [0] * 3, "devices.console.crtc has 3 entries"),
     (("devices", "pic", "master"), {"imr": 0}, "devices.pic.master"),
     (("devices", "pci", "functions", "00:00.0"), "00" * 8, r"devices.pci.functions.00:00.0 is not a string"),
+    (("devices", "pci", "functions", "00:00.0"), "zz" * 256, r"devices.pci.functions.00:00.0 is not hex"),
     (("devices", "ata0"), {}, "devices"),
     (("tracer", "names"), [[1, 2]], r"state.tracer.names\[0\]\[1\]"),
 ])
