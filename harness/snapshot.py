@@ -153,7 +153,9 @@ def check(machine: Machine, snapshot: Snapshot) -> tuple[dict[str, Any], dict[st
             raise cpustate.CpuStateError(f"CPU field cr3 = {cpu['cr3']:#x} points outside the machine's RAM")
         state = check_state(snapshot.state, DeviceTemplate(_state(machine)["devices"]))
         _check_unassigned_pages(machine, state["unassigned_pages"])
-    except (cpustate.CpuStateError, SchemaError) as e:
+        for name, device in machine.devices().items():
+            device.check_state(state["devices"][name])
+    except (cpustate.CpuStateError, SchemaError, ValueError) as e:
         raise HarnessError(f"damaged snapshot ({e})") from None
     return cpu, state
 

@@ -130,6 +130,8 @@ def test_each_cpu_field_is_type_and_range_checked(build_tree: project.BuildTree,
     (("devices", "pci", "functions", "00:00.0"), "00" * 8, r"devices.pci.functions.00:00.0 is not a string"),
     (("devices", "pci", "functions", "00:00.0"), "zz" * 256, r"devices.pci.functions.00:00.0 is not hex"),
     (("devices", "ata0"), {}, "devices"),
+    (("devices", "lapic", "initial_count"), 0, "lapic timer is running with an initial count of 0"),
+    (("devices", "lapic", "svr"), 1 << 40, "lapic.svr"),
     (("tracer", "names"), [[1, 2]], r"state.tracer.names\[0\]\[1\]"),
 ])
 def test_each_saved_state_field_is_checked(build_tree: project.BuildTree, running: Machine, tmp_path: Path,
@@ -146,12 +148,16 @@ def test_each_saved_state_field_is_checked(build_tree: project.BuildTree, runnin
     assert target.screen_text() == screen
 
 
-@pytest.mark.parametrize("command", ["panicker", "fault hello", "fuzz", "forkexit"])
-def test_every_state_a_real_run_passes_through_is_accepted(build_tree: project.BuildTree, command: str) -> None:
+@pytest.mark.parametrize("command, seed", [("panicker", None), ("fault hello", None), ("fuzz", None),
+                                           ("forkexit", None), ("spinner", 12345)])
+def test_every_state_a_real_run_passes_through_is_accepted(build_tree: project.BuildTree, command: str,
+                                                           seed: int | None) -> None:
     """The checks refuse nothing a real machine produces: snapshots taken all along runs that panic, fault,
-    make random system calls and fork are each accepted by a fresh machine."""
-    machine = boot_machine(build_tree.kernel, command, build_tree.programs())
-    target = boot_machine(build_tree.kernel, command, build_tree.programs())
+    make random system calls and fork, or run with a seed (a timer phase), are each accepted by a fresh
+    machine."""
+    config = MachineConfig(seed=seed) if seed is not None else None
+    machine = boot_machine(build_tree.kernel, command, build_tree.programs(), config)
+    target = boot_machine(build_tree.kernel, command, build_tree.programs(), config)
     for _ in range(40):
         stop = machine.run(for_ns=500_000)
         snapshots.check(target, machine.snapshot())

@@ -427,6 +427,18 @@ class LocalApic(Device):
         state["lvt"] = {f"{reg:#x}": value for reg, value in self.lvt.items()}
         return state
 
+    def check_state(self, state: dict[str, Any]) -> None:
+        """32-bit registers, 256-bit vector sets, and a running timer always has a period (the timer code
+        divides by it)."""
+        for name in ("id", "tpr", "ldr", "dfr", "svr", "esr", "esr_pending", "icr_low", "icr_high",
+                     "initial_count", "divide_config"):
+            if not 0 <= state[name] <= 0xFFFFFFFF:
+                raise ValueError(f"lapic.{name} = {state[name]} is not a 32-bit register value")
+        if any(not 0 <= value <= 0xFFFFFFFF for value in state["lvt"].values()):
+            raise ValueError("an LVT entry is not a 32-bit register value")
+        if state["timer_running"] and state["initial_count"] == 0:
+            raise ValueError("lapic timer is running with an initial count of 0")
+
     def restore_state(self, state: dict[str, Any]) -> None:
         for name in self._STATE_FIELDS:
             setattr(self, name, state[name])
