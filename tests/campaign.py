@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import project
-from harness.errors import HarnessError
+from harness.pc.errors import HarnessError
 
 KINDS = ("kernel", "program", "disk", "snapshot", "syscalls", "gdb")
 # Shares of the total, by cost: a gdb packet or a table takes microseconds, a disk boot in real mode a second.
@@ -45,9 +45,9 @@ class Inputs:
     """The real files the mutations start from, and the machinery to try a mutated one (built per worker)."""
 
     def __init__(self, build: Path) -> None:
-        from harness import snapshot as snapshots
-        from harness.loader import Module, parse_elf
         from harness.machine import Machine, MachineConfig
+        from harness.pc import snapshot as snapshots
+        from harness.pc.loader import Module, parse_elf
 
         self.build = build
         self.kernel = (build / "kernel").read_bytes()
@@ -70,8 +70,8 @@ class Inputs:
         self._Machine, self._MachineConfig, self._parse_elf = Machine, MachineConfig, parse_elf
 
     def machine(self, command: str = "spinner hello") -> Any:
-        from harness.loader import parse_elf
         from harness.machine import Machine, MachineConfig
+        from harness.pc.loader import parse_elf
 
         machine = Machine(MachineConfig(ram_size=RAM))
         machine.boot(parse_elf(self.kernel, "kernel"), command, self.modules)
@@ -113,7 +113,7 @@ def case_kernel(inputs: Inputs, rng: random.Random) -> str:
 
 
 def case_program(inputs: Inputs, rng: random.Random) -> str:
-    from harness.loader import Module
+    from harness.pc.loader import Module
     from tests.mutators import mutate_bytes
 
     name = rng.choice(sorted(inputs.programs))
@@ -126,7 +126,7 @@ def case_program(inputs: Inputs, rng: random.Random) -> str:
 
 
 def case_disk(inputs: Inputs, rng: random.Random) -> str:
-    from harness.diskimage import open_image
+    from harness.pc.diskimage import open_image
     from tests.mutators import mutate_bytes
 
     roll = rng.random()
@@ -159,8 +159,8 @@ def case_snapshot(inputs: Inputs, rng: random.Random) -> str:
 def case_syscalls(inputs: Inputs, rng: random.Random) -> str:
     """A mutated table as --syscalls gives it; one that loads also decodes a short traced run (strace lines,
     JSON records and the summary), where odd names, types and argument lists meet the formatter."""
-    from harness import traceformat
-    from harness.syscalls import SyscallTable
+    from harness.observe import traceformat
+    from harness.observe.syscalls import SyscallTable
     from tests.mutators import mutate_bytes, mutate_json
 
     if rng.random() < 0.5:
@@ -180,7 +180,7 @@ def case_syscalls(inputs: Inputs, rng: random.Random) -> str:
 
 
 def case_gdb(inputs: Inputs, rng: random.Random) -> str:
-    from harness.gdbstub import GdbStub
+    from harness.front.gdbstub import GdbStub
     from tests.mutators import gdb_packet
 
     if not hasattr(inputs, "stub"):

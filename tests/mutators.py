@@ -14,7 +14,7 @@ import struct
 import zlib
 from typing import Any
 
-from harness import snapshot as snapshots
+from harness.pc import snapshot as snapshots
 
 ODD_VALUES: list[Any] = [-1, 0, 1, 7, 255, 0x10000, 1 << 31, 1 << 32, (1 << 63) - 1, 1 << 63, (1 << 64) - 1, 1 << 64,
                          1 << 256, 1.5, "", "x" * 9, "zz", None, True, [], [0] * 5, {}, {"a": 1}]

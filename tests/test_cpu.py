@@ -11,9 +11,9 @@ import struct
 import pytest
 from unicorn import x86_const as X
 
-from harness.cpu import RSP
-from harness.events import Event
 from harness.machine import Machine, MachineConfig, StopKind
+from harness.pc.cpu import RSP
+from harness.pc.events import Event
 
 from .x86asm import assemble
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from harness import project
-from harness.devices import ata
-from harness.diskimage import open_image
-from harness.errors import HarnessError
 from harness.machine import Machine, MachineConfig, StopKind
-from harness.symbols import SymbolTable
+from harness.pc.devices import ata
+from harness.pc.diskimage import open_image
+from harness.pc.errors import HarnessError
+from harness.pc.symbols import SymbolTable
 
 POWER_OFF = """
     mov $0x604, %dx

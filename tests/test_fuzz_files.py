@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness import project
-from harness.errors import HarnessError
+from harness.pc.errors import HarnessError
 
 from . import campaign
 from .mutators import mutate_bytes, mutate_json

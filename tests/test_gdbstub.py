@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from harness import project
 from harness.api import boot_machine
-from harness.gdbstub import ERROR, MAX_PACKET, GdbStub, checksum
+from harness.front.gdbstub import ERROR, MAX_PACKET, GdbStub, checksum
 
 CASES = int(os.environ.get("WEENSY_FUZZ_CASES", "300"))
 EXECUTION = (b"c", b"C", b"s", b"S", b"v", b"D", b"k")  # packets that run or end the machine, not parsers

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from harness import project
 from harness.api import boot_machine
-from harness.errors import ExitCode
-from harness.events import Kind
 from harness.machine import StopKind
+from harness.pc.errors import ExitCode
+from harness.pc.events import Kind
 
 from .x86asm import assemble_kernel
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from harness import project
-from harness import snapshot as snapshots
 from harness.api import boot_machine
-from harness.errors import HarnessError
 from harness.machine import Machine
-from harness.syscalls import SyscallTable
+from harness.observe.syscalls import SyscallTable
+from harness.pc import snapshot as snapshots
+from harness.pc.errors import HarnessError
 
 COMMAND = "spinner fault hello"
 

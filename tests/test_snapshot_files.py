@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
-from harness import cpustate, project
-from harness import snapshot as snapshots
+from harness import project
 from harness.api import boot_machine
-from harness.errors import HarnessError
 from harness.machine import Machine, MachineConfig
+from harness.pc import cpustate, snapshotschema
+from harness.pc import snapshot as snapshots
+from harness.pc.errors import HarnessError
 
 COMMAND = "spinner hello"
 BREAKPOINT_POINTERS = (cpustate.OFF_DR + 64, cpustate.OFF_DR + 96)  # Unicorn's CPUBreakpoint *[4], after dr[8]
@@ -132,7 +133,12 @@ def test_each_cpu_field_is_type_and_range_checked(build_tree: project.BuildTree,
     (("devices", "ata0"), {}, "devices"),
     (("devices", "lapic", "initial_count"), 0, "lapic timer is running with an initial count of 0"),
     (("devices", "lapic", "svr"), 1 << 40, "lapic.svr"),
+    (("devices", "lapic", "timer_interrupts_taken"), 1 << 64, "lapic.timer_interrupts_taken"),
+    (("devices", "lapic", "timer_interrupts_taken"), -1, "lapic.timer_interrupts_taken"),
+    (("devices", "lapic", "timer_expirations"), 1 << 70, "lapic.timer_expirations"),
     (("tracer", "names"), [[1, 2]], r"state.tracer.names\[0\]\[1\]"),
+    (("tracer", "exit_status"), [[1, "zero"]], r"state.tracer.exit_status\[0\]\[1\]"),
+    (("tracer", "exit_status"), [[1, 2, 3]], r"state.tracer.exit_status\[0\] is not a pair"),
 ])
 def test_each_saved_state_field_is_checked(build_tree: project.BuildTree, running: Machine, tmp_path: Path,
                                            path: tuple[str, ...], value: Any, message: str) -> None:
@@ -146,6 +152,13 @@ def test_each_saved_state_field_is_checked(build_tree: project.BuildTree, runnin
     with pytest.raises(HarnessError, match=f"damaged snapshot .*{message}"):
         target.load_snapshot(write(tmp_path / "state.snap", header))
     assert target.screen_text() == screen
+
+
+def test_the_schema_lists_exactly_the_run_state_and_tracer_keys(running: Machine) -> None:
+    """The schema's one list of run-state keys (and of tracer keys) is the board's and the tracer's: a key added
+    to either without its check would make every snapshot refused, a check left for a removed key hides it."""
+    assert set(running.run_state()) == set(snapshotschema.RUN_STATE_FIELDS)
+    assert set(running.tracer.snapshot_state(lambda event: {})) == set(snapshotschema.TRACER_FIELDS)
 
 
 @pytest.mark.parametrize("command, seed", [("panicker", None), ("fault hello", None), ("fuzz", None),
