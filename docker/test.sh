@@ -15,15 +15,20 @@
 #   -h, --help        this text
 #
 # The Docker daemon: the one the docker client reaches (DOCKER_HOST, the default socket) if there is one. If not,
-# and as root, a private dockerd of our own (vfs storage, no iptables, no bridge) with its data under the cache
-# directory, stopped by its pid when the script ends; a system daemon is never started or stopped.
+# and as root, a private dockerd of our own (its data under the cache directory, its default bridge network with
+# NAT for the build's downloads), stopped by its pid when the script ends; a system daemon is never started or
+# stopped. The build never uses the host's network: it runs on the daemon's bridge network, where it reaches the
+# internet but not the host's local services; the host's local pip paths are served to it on the bridge's gateway
+# address only (docker/pip_bridge.py). The tests run with no network at all, as an unprivileged user, with every
+# capability dropped, no privilege gain, and memory and process limits (WEENSY_DOCKER_MEMORY, default 6g;
+# WEENSY_DOCKER_PIDS, default 4096); their results are copied out of the container afterwards.
 # The base image debian:bookworm: used if present, else pulled, else (no registry) built with debootstrap from
 # Debian's mirror and imported under that name.
 # Cache: ${WEENSY_DOCKER_CACHE:-${XDG_CACHE_HOME:-~/.cache}/weensy-harness/docker} (the private daemon's
 # data-root and the base image's tarball; several GB with vfs; delete it to start afresh).
 # Other variables: WEENSY_DEBIAN_MIRROR (debootstrap's mirror, default: the host's Debian mirror, else
-# http://deb.debian.org/debian), WEENSY_DOCKER_BUILD_NETWORK (default host; anything else also turns off the pip
-# pass-through), WEENSY_DOCKER_STORAGE_DRIVER (private daemon: overlay2, vfs, or auto = overlay2 if it works, else vfs), WEENSY_DOCKER_PIP_CERT (a CA bundle
+# http://deb.debian.org/debian), WEENSY_DOCKER_BUILD_NETWORK (default: the daemon's default bridge network; none or
+# a network name also work and turn off the pip pass-through; host is refused), WEENSY_DOCKER_STORAGE_DRIVER (private daemon: overlay2, vfs, or auto = overlay2 if it works, else vfs), WEENSY_DOCKER_PIP_CERT (a CA bundle
 # for pip in the build, instead of the host pip's `cert`), WEENSY_PIP_BRIDGE_PORT (default 37621).
 set -euo pipefail
 
@@ -34,7 +39,9 @@ cache="${WEENSY_DOCKER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/weensy-harness/doc
 results="${WEENSY_DOCKER_RESULTS:-$PWD/test-results}"
 user_build="${WEENSY_DOCKER_BUILD_DIR:-}"
 host_pip="${WEENSY_DOCKER_HOST_PIP:-1}"
-build_network="${WEENSY_DOCKER_BUILD_NETWORK:-host}"
+build_network="${WEENSY_DOCKER_BUILD_NETWORK:-default}"
+memory="${WEENSY_DOCKER_MEMORY:-6g}"
+pids="${WEENSY_DOCKER_PIDS:-4096}"
 storage_driver="${WEENSY_DOCKER_STORAGE_DRIVER:-auto}"
 no_cache=()
 label="org.weensy-harness.test-image=1"
@@ -59,6 +66,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 pytest_args=("$@")
+[ "$build_network" != host ] || die "WEENSY_DOCKER_BUILD_NETWORK=host is refused: the build must not share the host's network"
 
 if [ -n "$user_build" ]; then
     [ -f "$user_build/kernel" ] || die "--build-dir $user_build: no kernel there (build one with make -C weensyos-src BUILD=DIR)"
@@ -82,6 +90,7 @@ apt_install() {
 dockerd_pid=""
 dockerd_exec=""
 bridge_pid=""
+bridge_dir=""
 container=""
 rootfs_tmp=""
 
@@ -113,6 +122,7 @@ cleanup() {
         docker rm -f "$container" >/dev/null 2>&1 || true
     fi
     if [ -n "$bridge_pid" ]; then stop_pid "$bridge_pid" 5; fi
+    if [ -n "$bridge_dir" ]; then rm -rf "$bridge_dir"; fi
     if [ -n "$dockerd_pid" ]; then
         say "stopping the private dockerd (pid $dockerd_pid)"
         stop_pid "$dockerd_pid" 30
@@ -164,7 +174,8 @@ else
     unset DOCKER_CONTEXT
     start_dockerd() {  # start_dockerd DRIVER: 0 once the daemon answers, 1 if it died at start
         say "starting a private dockerd ($1 storage, data-root $cache/root, log $cache/dockerd.log)"
-        dockerd --storage-driver="$1" --iptables=false --ip6tables=false --bridge=none \
+        # The default bridge network with NAT (iptables): builds reach the internet without the host's network.
+        dockerd --storage-driver="$1" --ip6tables=false \
             --data-root "$cache/root" --exec-root "$dockerd_exec/exec" --pidfile "$dockerd_exec/docker.pid" \
             -H "unix://$dockerd_exec/docker.sock" >"$cache/dockerd.log" 2>&1 &
         dockerd_pid=$!
@@ -265,9 +276,15 @@ fi
 # ---- the host's pip configuration, for pip inside the build ---------------------------------------------------
 # Index URLs, find-links and trusted hosts go to the build as PIP_* build arguments. Local paths among them (and
 # the CA bundle of pip's `cert`, which a TLS-inspecting network needs) are invisible to the build container, so
-# docker/pip_bridge.py serves them on 127.0.0.1 (the build uses the host's network) for the length of the build.
+# docker/pip_bridge.py serves them, for the length of the build, on the gateway address of the bridge network the
+# build runs on: reachable from the host and its containers, not from other machines.
 build_args=()
-if [ "$host_pip" = 1 ] && [ "$build_network" = host ]; then
+gateway=""
+if [ "$host_pip" = 1 ] && [ "$build_network" = default ]; then
+    gateway="$(docker network inspect bridge --format '{{range .IPAM.Config}}{{.Gateway}}{{end}}' 2>/dev/null || true)"
+    [ -n "$gateway" ] || say "pip: the daemon's bridge network has no gateway address; the host's pip settings are not used"
+fi
+if [ -n "$gateway" ]; then
     declare -A pip_value=()
     pip_list="$( (python3 -m pip config list || pip config list) 2>/dev/null || true)"
     for key in index-url extra-index-url find-links trusted-host cert; do
@@ -296,7 +313,7 @@ if [ "$host_pip" = 1 ] && [ "$build_network" = host ]; then
                         served+=("$path")
                         # a simple index links its files relative to itself, usually one level up (../files)
                         if [ "$key" != find-links ]; then served+=("$(dirname "$path")"); fi
-                        out+=("http://127.0.0.1:@PORT@$path")
+                        out+=("http://$gateway:@PORT@$path")
                     else
                         say "pip: skipping $key $item (not a directory on this host)"
                     fi ;;
@@ -308,22 +325,23 @@ if [ "$host_pip" = 1 ] && [ "$build_network" = host ]; then
     if [ -n "${pip_value[cert]:-}" ]; then
         if [ -f "${pip_value[cert]}" ]; then
             served+=("${pip_value[cert]}")
-            pip_arg[cert]="http://127.0.0.1:@PORT@${pip_value[cert]}"
+            pip_arg[cert]="http://$gateway:@PORT@${pip_value[cert]}"
         else
             say "pip: skipping cert ${pip_value[cert]} (not a file on this host)"
         fi
     fi
     port=""
     if [ ${#served[@]} -gt 0 ]; then
-        port_file="$(mktemp -u /tmp/weensy-pip-bridge.XXXXXX)"
+        bridge_dir="$(mktemp -d /tmp/weensy-pip-bridge.XXXXXX)"  # private (0700): no one else can plant the file
+        port_file="$bridge_dir/port"
         # A fixed port by default: the URLs are build arguments, and the same arguments keep Docker's layer cache.
-        python3 "$repo/docker/pip_bridge.py" --port-file "$port_file" --port "${WEENSY_PIP_BRIDGE_PORT:-37621}" \
-            "${served[@]}" &
+        python3 "$repo/docker/pip_bridge.py" --port-file "$port_file" --host "$gateway" \
+            --port "${WEENSY_PIP_BRIDGE_PORT:-37621}" "${served[@]}" &
         bridge_pid=$!
         for ((i = 0; i < 50; i++)); do [ -f "$port_file" ] && break; sleep 0.1; done
         [ -f "$port_file" ] || die "the pip bridge (docker/pip_bridge.py) did not start"
-        port="$(cat "$port_file")"; rm -f "$port_file"
-        say "pip: the host's local pip paths are served to the build at http://127.0.0.1:$port (pid $bridge_pid)"
+        port="$(cat "$port_file")"
+        say "pip: the host's local pip paths are served to the build at http://$gateway:$port (pid $bridge_pid)"
     fi
     for key in index-url extra-index-url find-links cert; do
         [ -n "${pip_arg[$key]:-}" ] || continue
@@ -335,9 +353,11 @@ if [ "$host_pip" = 1 ] && [ "$build_network" = host ]; then
         build_args+=(--build-arg "$name=$value")
         say "pip: $name=$value"
     done
-    if [ -n "${pip_value[trusted-host]:-}" ]; then
-        build_args+=(--build-arg "PIP_TRUSTED_HOST=${pip_value[trusted-host]}")
-        say "pip: PIP_TRUSTED_HOST=${pip_value[trusted-host]}"
+    trusted="${pip_value[trusted-host]:-}"
+    if [ -n "$port" ]; then trusted="${trusted:+$trusted }$gateway:$port"; fi  # the bridge speaks plain HTTP
+    if [ -n "$trusted" ]; then
+        build_args+=(--build-arg "PIP_TRUSTED_HOST=$trusted")
+        say "pip: PIP_TRUSTED_HOST=$trusted"
     fi
 fi
 
@@ -354,7 +374,7 @@ set +e
 build_status=${PIPESTATUS[0]}
 set -e
 [ "$build_status" = 0 ] || die "docker build failed (status $build_status)"
-if [ -n "$bridge_pid" ]; then stop_pid "$bridge_pid" 5; bridge_pid=""; fi
+if [ -n "$bridge_pid" ]; then stop_pid "$bridge_pid" 5; bridge_pid=""; rm -rf "$bridge_dir"; bridge_dir=""; fi
 # The image this build replaced, if any, is untagged now: drop it (on a shared daemon, only images with our label).
 if [ "$private" = 1 ]; then
     docker image prune -f >/dev/null 2>&1 || true
@@ -370,20 +390,28 @@ if [ ! -d "$results" ]; then
     printf '# written by docker/test.sh\n*\n' >"$results/.gitignore"
 fi
 results="$(cd "$results" && pwd)"
-run_args=(--rm --network none -v "$results:/work/test-results" -e "WEENSY_RESULTS_OWNER=$(id -u):$(id -g)")
+# No network, no capability, no privilege gain, bounded memory and processes; the image's user `tester`. Nothing
+# of the host is mounted writable: the results are copied out of the stopped container.
+run_args=(--network none --cap-drop ALL --security-opt no-new-privileges --memory "$memory" --memory-swap "$memory"
+          --pids-limit "$pids")
 if [ -n "$user_build" ]; then
     run_args+=(-v "$user_build:/work/build-user:ro" -e WEENSY_BUILD_DIR=/work/build-user -e WEENSY_NO_BUILD=1)
     say "testing your build $user_build (mounted read-only at /work/build-user)"
 fi
 container="weensy-harness-test-$$-$RANDOM"
 shown="$(printf ' %q' "${pytest_args[@]}")"
-say "running the suite in container $container: pytest -n auto${pytest_args[*]:+$shown}"
+say "running the suite in container $container (user tester, no network, --memory $memory, --pids-limit $pids):"\
+" pytest -n auto${pytest_args[*]:+$shown}"
 # In the background, so that Ctrl-C reaches this script (whose cleanup removes the container) at once.
 set +e
 docker run --name "$container" "${run_args[@]}" "$image" "${pytest_args[@]}" &
 wait $!
 status=$?
 set -e
+rm -f "$results/junit.xml" "$results/results.json"
+docker cp "$container:/work/test-results/." "$results/" >/dev/null 2>&1 \
+    || say "no results could be copied out of the container"
+docker rm -f "$container" >/dev/null 2>&1 || true
 container=""
 if [ -f "$results/junit.xml" ]; then
     say "results: $results/junit.xml, $results/results.json"

@@ -129,4 +129,4 @@ class Machine(Board):
         snapshots.save(self.snapshot(), path)
 
     def load_snapshot(self, path: Path) -> None:
-        self.restore(snapshots.load(path))
+        self.restore(snapshots.load(path, ram_size=len(self.memory)))

@@ -193,8 +193,8 @@ def test_guest_text_cannot_command_the_terminal() -> None:
 
 
 @pytest.mark.parametrize("args, words", [
-    (("boot", "--headless", "--disk", "/dev/null"), ("no boot signature",)),
-    (("boot", "--headless", "--disk", "/"), ("cannot read",)),
+    (("boot", "--headless", "--disk", "/dev/null"), ("/dev/null", "not a regular file")),
+    (("boot", "--headless", "--disk", "/"), ("disk image /", "not a regular file")),
     (("boot", "--headless", "--log", "/"), ("cannot write the log",)),
     (("boot", "--headless", "--kernel", "/dev/null"), ("not a file",)),
     (("boot", "--headless", "--load-snapshot", "/etc/hostname"), ("not a harness snapshot",)),

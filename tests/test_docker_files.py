@@ -45,7 +45,7 @@ def test_dockerfile_builds_from_debian_and_runs_the_readme_steps(repo_root: Path
     assert "python3 -m venv .venv" in runs
     assert "-e '.[test]'" in runs
     assert "make -C weensyos-src" in runs
-    assert any(step.startswith("COPY . .") for step in steps)
+    assert any(step.startswith("COPY ") and step.endswith(" . .") for step in steps)
     entrypoint = [step for step in steps if step.startswith("ENTRYPOINT ")]
     assert entrypoint == ['ENTRYPOINT ["/work/weensy-harness/docker/entrypoint.sh"]']
     entry = (repo_root / "docker" / "entrypoint.sh").read_text()
@@ -119,3 +119,49 @@ def test_pip_env_drops_empty_pip_variables(repo_root: Path) -> None:
            "PIP_FIND_LINKS": "", "PIP_TRUSTED_HOST": "", "WEENSY_PIP_CERT_URL": ""}
     result = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, check=True)
     assert result.stdout.splitlines() == ["PIP_EXTRA_INDEX_URL=https://mirror.example/simple"]
+
+
+def test_the_build_never_shares_the_host_network(repo_root: Path) -> None:
+    script = (repo_root / "docker" / "test.sh").read_text()
+    assert "--network host" not in script and "--network=host" not in script
+    assert "--network host" not in (repo_root / "docker" / "Dockerfile").read_text()
+    refused = subprocess.run(["bash", str(repo_root / "docker" / "test.sh")], capture_output=True, text=True,
+                             timeout=30, env={"PATH": "/usr/bin:/bin", "HOME": str(repo_root),
+                                  "WEENSY_DOCKER_BUILD_NETWORK": "host"})
+    assert refused.returncode == 2
+    assert "WEENSY_DOCKER_BUILD_NETWORK=host is refused" in refused.stderr
+
+
+def test_temporary_files_are_made_private_not_just_named(repo_root: Path) -> None:
+    for path in (repo_root / "docker").iterdir():
+        assert "mktemp -u" not in path.read_text(), path.name  # a name only: another process can take it first
+
+
+def test_the_test_container_runs_confined(repo_root: Path) -> None:
+    script = (repo_root / "docker" / "test.sh").read_text()
+    run_args = script[script.index("run_args=("):]
+    run_args = run_args[:run_args.index(")\n")]
+    for option in ("--network none", "--cap-drop ALL", "--security-opt no-new-privileges", '--memory "$memory"',
+                   '--memory-swap "$memory"', '--pids-limit "$pids"'):
+        assert option in run_args, option
+    assert "-v " not in run_args  # nothing of the host is mounted writable: results are copied out
+    assert 'docker cp "$container:/work/test-results/."' in script
+
+
+def test_the_tests_run_as_an_unprivileged_user(repo_root: Path) -> None:
+    steps = instructions(repo_root / "docker" / "Dockerfile")
+    users = [step.split()[1] for step in steps if step.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")
+    created = next(step for step in steps if "useradd" in step)
+    assert f" {users[-1]}" in created and "--uid 0 " not in created
+    copies = [step for step in steps if step.startswith("COPY ")]
+    assert all(f"--chown={users[-1]}:" in step for step in copies)  # the user owns its tree, root owns the rest
+
+
+def test_pip_bridge_refuses_to_listen_on_every_interface(tmp_path: Path, repo_root: Path) -> None:
+    for address in ("0.0.0.0", "::", "not-an-address"):
+        result = subprocess.run([sys.executable, str(repo_root / "docker" / "pip_bridge.py"), "--port-file",
+                                 str(tmp_path / "port"), "--host", address, str(tmp_path)],
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode == 1, address
+        assert not (tmp_path / "port").exists()

@@ -13,6 +13,7 @@ from harness import project
 from harness.api import boot_machine
 from harness.machine import Machine
 from harness.observe.syscalls import SyscallTable
+from harness.pc import snapshot as snapshots
 from harness.pc.errors import HarnessError
 
 COMMAND = "spinner fault hello"
@@ -66,7 +67,7 @@ def test_a_snapshot_of_another_kernel_is_refused(build_tree: project.BuildTree, 
 
 def test_a_damaged_snapshot_file_is_one_clear_error(build_tree: project.BuildTree, tmp_path: Path) -> None:
     path = tmp_path / "bad.snap"
-    path.write_bytes(b"WEENSYOS-SNAPSHOT 1\n\x05\x00\x00\x00{oops")
+    path.write_bytes(snapshots.MAGIC + b"\x05\x00\x00\x00{oops")
     with pytest.raises(HarnessError, match="damaged snapshot"):
         machine_for(build_tree, traced=False).load_snapshot(path)
     path.write_bytes(b"hello")

@@ -30,6 +30,7 @@ from ..observe.traceformat import (
     summary_table,
 )
 from ..observe.traceformat import summary as syscall_summary
+from ..pc.diskimage import open_image
 from ..pc.errors import ExitCode, HarnessError, exit_status_epilog
 from ..pc.events import Event
 from ..pc.keys import ScheduledKeys
@@ -294,12 +295,7 @@ class Session:
     def _boot_disk(self, args: argparse.Namespace, tree: project.BuildTree) -> None:
         if args.programs or args.command_line is not None:
             raise HarnessError("with --disk the command to run is written in the image; give no PROGRAM or --command")
-        try:
-            image = args.disk.read_bytes()
-        except FileNotFoundError:
-            raise HarnessError(f"disk image {args.disk}: no such file") from None
-        except OSError as e:
-            raise HarnessError(f"disk image {args.disk}: cannot read ({e.strerror})") from None
+        image = open_image(args.disk)
         kernel = read_elf(args.kernel, "kernel") if args.kernel is not None else symbols_for_image(image, tree)
         self.programs = tree.programs()
         self.machine = Machine(MachineConfig(ram_size=args.memory << 20, seed=args.seed))

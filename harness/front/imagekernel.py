@@ -8,6 +8,8 @@ process did what.
 
 from __future__ import annotations
 
+import mmap
+
 from ..pc.errors import HarnessError
 from ..pc.loader import ElfImage, find_kernel_in_image, read_elf
 from ..pc.symbols import SymbolTable
@@ -18,7 +20,7 @@ def _loadable(image: ElfImage) -> list[tuple[int, int, bytes]]:
     return [(seg.vaddr, seg.memsz, image.data[seg.offset:seg.offset + seg.filesz]) for seg in image.segments]
 
 
-def symbols_for_image(disk: bytes, tree: BuildTree) -> ElfImage | None:
+def symbols_for_image(disk: bytes | mmap.mmap, tree: BuildTree) -> ElfImage | None:
     """The kernel ELF with symbols for a disk image's kernel: the image's own if it has them, else a kernel of
     the build (`kernel`, `kernel-course`) whose loadable bytes are the image's; None if neither."""
     embedded = find_kernel_in_image(disk)

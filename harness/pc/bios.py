@@ -13,6 +13,7 @@ int 0x1A AH=0 (tick count from the virtual clock). Anything else returns with CF
 
 from __future__ import annotations
 
+import mmap
 import struct
 from collections.abc import Callable
 from typing import Protocol
@@ -44,9 +45,10 @@ class BiosBoard(Protocol):
 
 
 class Bios:
-    def __init__(self, machine: BiosBoard, disk: bytes | None = None) -> None:
+    def __init__(self, machine: BiosBoard, disk: bytes | mmap.mmap | None = None) -> None:
         self.machine = machine
-        self.disk = disk or b""
+        self.disk: bytes | mmap.mmap = disk if disk is not None else b""
+        self.sectors = -(-len(self.disk) // 512)  # a last partial sector reads as zero-padded
         self.reported: set[tuple[int, int]] = set()
         self.services: dict[int, Callable[[], None]] = {
             0x10: self._video, 0x12: self._memory_size, 0x13: self._disk, 0x15: self._system,
@@ -152,10 +154,10 @@ class Bios:
         self._set(X.UC_X86_REG_RAX, 639)
 
     def _read_disk(self, lba: int, count: int, address: int) -> bool:
-        start, end = lba * 512, (lba + count) * 512
-        if end > len(self.disk) or address + count * 512 > len(self.machine.memory):
+        if lba + count > self.sectors or address + count * 512 > len(self.machine.memory):
             return False
-        self.machine.memory[address:address + count * 512] = self.disk[start:end]
+        data = self.disk[lba * 512:(lba + count) * 512]
+        self.machine.memory[address:address + count * 512] = data.ljust(count * 512, b"\0")
         self.machine.uc.ctl_remove_cache(address, address + count * 512)
         return True
 
@@ -177,6 +179,10 @@ class Bios:
                 self._unsupported(0x13)
         elif ah == 0x42:  # extended read: DS:SI -> disk address packet
             packet = self._linear(X.UC_X86_REG_DS, self._get(X.UC_X86_REG_RSI))
+            if packet + 16 > len(self.machine.memory):
+                self._set_ah(0x01)  # invalid parameter: the packet is not in RAM
+                self._carry(True)
+                return
             _, _, count, offset, segment, lba = struct.unpack_from("<BBHHHQ", self.machine.memory, packet)
             if self._read_disk(lba, count, segment * 16 + offset):
                 self._ok()
@@ -225,6 +231,9 @@ class Bios:
             return
         base, length, kind = regions[index]
         address = self._linear(X.UC_X86_REG_ES, self._get(X.UC_X86_REG_RDI))
+        if address + 20 > len(self.machine.memory):
+            self._unsupported(0x15)
+            return
         struct.pack_into("<QQI", self.machine.memory, address, base, length, kind)
         self._set(X.UC_X86_REG_RAX, 0x534D4150)
         self._set(X.UC_X86_REG_RCX, 20)

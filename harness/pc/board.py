@@ -10,6 +10,7 @@ instruction; Python runs only per system call, exception, I/O access and slice.
 from __future__ import annotations
 
 import ctypes
+import mmap
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,15 +186,14 @@ class Board(RunLoop, HotPaths, DebugControls):
         uc.ctl_flush_tb()
         return state
 
-    def boot_disk(self, image: bytes, kernel: loader.ElfImage | None = None, label: str = "disk image") -> None:
+    def boot_disk(self, image: bytes | mmap.mmap, kernel: loader.ElfImage | None = None,
+                  label: str = "disk image") -> None:
         """Power on like a PC with a hard disk: sector 0 at 0x7C00, real mode, DL = 0x80, BIOS services.
 
         The kernel ELF, if given (or found inside the image), provides symbols for diagnoses and the code
         addresses the harness hooks (IA32_APIC_BASE reads, the instructions that re-enable interrupts)."""
         if len(image) < 512 or image[510:512] != b"\x55\xaa":
             raise LoaderError(f"{label}: no boot signature 0x55AA at the end of sector 0: not a bootable disk")
-        if len(image) % 512:
-            image = image + bytes(512 - len(image) % 512)
         self.disk = AtaDisk(image, irq=lambda: self.ioapic.raise_irq(14))
         self.bus.add_device_ports(self.disk)
         if self.fast is not None:

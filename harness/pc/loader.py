@@ -17,6 +17,7 @@ run the program compiled into them, as after a boot from their disk.
 from __future__ import annotations
 
 import io
+import mmap
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,17 +285,22 @@ def prepare_boot(mem: memoryview, kernel: ElfImage, command_line: str | None,
                      gdt_limit=gdt_limit, page_table=BOOT_PML4, boot_data_end=end)
 
 
-def find_kernel_in_image(image: bytes) -> ElfImage | None:
+KERNEL_SEARCH_BYTES = 64 << 20  # the kernel is looked for (and may extend) this far into a disk image
+
+
+def find_kernel_in_image(image: bytes | mmap.mmap) -> ElfImage | None:
     """The kernel ELF inside a disk image: the first x86-64 executable that starts on a sector boundary.
 
     Both our image layout and the course's (the kernel at sector 1) keep the kernel file whole and
-    sector-aligned, so the harness can know the kernel's code without being told."""
-    at = image.find(b"\x7fELF\x02\x01", 512)
+    sector-aligned, so the harness can know the kernel's code without being told. The search is bounded, so a
+    huge image (mapped, not read) is read only in its first KERNEL_SEARCH_BYTES."""
+    at = image.find(b"\x7fELF\x02\x01", 512, KERNEL_SEARCH_BYTES)
     while at >= 0:
         if at % 512 == 0:
             try:
-                return parse_elf(image[at:], f"kernel in the disk image at sector {at // 512}")
+                return parse_elf(bytes(image[at:at + KERNEL_SEARCH_BYTES]),
+                                 f"kernel in the disk image at sector {at // 512}")
             except LoaderError:
                 pass
-        at = image.find(b"\x7fELF\x02\x01", at + 1)
+        at = image.find(b"\x7fELF\x02\x01", at + 1, KERNEL_SEARCH_BYTES)
     return None

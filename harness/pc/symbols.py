@@ -5,11 +5,13 @@ from __future__ import annotations
 import bisect
 import io
 import shutil
+import struct
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from elftools.common.exceptions import ELFError
+from elftools.construct import ConstructError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
@@ -77,8 +79,9 @@ class SymbolTable:
                             if sym["st_shndx"] == "SHN_UNDEF":
                                 continue
                             symbols.append(Symbol(sym.name, sym["st_value"], sym["st_size"]))
-        except (OSError, ELFError, ValueError):
-            return cls([])
+        except (OSError, ELFError, ConstructError, ValueError, OverflowError, IndexError, KeyError, TypeError,
+                struct.error, RecursionError):
+            return cls([])  # a damaged symbol table (pyelftools raises all of these on crafted files)
         return cls(demangle(symbols))
 
     def __contains__(self, name: str) -> bool:

@@ -11,6 +11,7 @@ register (nIEN clear); a polling loader simply ignores it.
 from __future__ import annotations
 
 import ctypes
+import mmap
 from collections.abc import Callable
 from typing import Any
 
@@ -65,9 +66,11 @@ class AtaDisk(Device):
     name = "ata0"
     PORTS: tuple[tuple[int, int], ...] = ((PORT_DATA, 8), (PORT_ALT_STATUS, 1))
 
-    def __init__(self, image: bytes, irq: Callable[[], None] | None = None) -> None:
-        self.disk = bytearray(image)  # writes land here, never in the file
-        self.sectors = len(image) // SECTOR
+    def __init__(self, image: bytes | mmap.mmap, irq: Callable[[], None] | None = None) -> None:
+        # Writes land here, never in the file: a copy-on-write mapping (see diskimage) is used as it is, so a
+        # large image is read only where the guest reads; plain bytes are copied.
+        self.disk: bytearray | mmap.mmap = image if isinstance(image, mmap.mmap) else bytearray(image)
+        self.sectors = -(-len(image) // SECTOR)  # a last partial sector reads as zero-padded
         self.irq = irq
         self.transfer = AtaTransfer()
         self._buffer = bytearray()
@@ -184,7 +187,7 @@ class AtaDisk(Device):
         if self.writing:
             self.buffer = bytearray(SECTOR)
         else:
-            self.buffer = bytearray(self.disk[sector * SECTOR:(sector + 1) * SECTOR])
+            self.buffer = bytearray(self.disk[sector * SECTOR:(sector + 1) * SECTOR]).ljust(SECTOR, b"\0")
         self.position = 0
         self.remaining -= 1
         self.next_sector += 1
@@ -198,7 +201,9 @@ class AtaDisk(Device):
     def _sector_done(self) -> None:
         if self.writing:
             sector = self.next_sector - 1
-            self.disk[sector * SECTOR:(sector + 1) * SECTOR] = self.buffer
+            start = sector * SECTOR
+            end = min(start + SECTOR, len(self.disk))  # the part of a last partial sector the image has
+            self.disk[start:end] = self.buffer[:end - start]
         if self.remaining:
             self._next_buffer()
         else:

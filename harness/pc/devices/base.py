@@ -33,6 +33,11 @@ class Device:
     def reset(self) -> None:
         """Return to power-on state."""
 
+    def check_state(self, state: dict[str, Any]) -> None:
+        """Raise ValueError if a saved state (a snapshot file's, shaped like `snapshot_state()`) breaks an
+        invariant the device relies on; called before any device is restored. Most devices need nothing more
+        than the shape check the snapshot code already makes."""
+
     # Port I/O (x86 in/out). `port` is the absolute port number; `size` is 1, 2 or 4 bytes.
     def io_read(self, port: int, size: int) -> int:
         return (1 << (8 * size)) - 1

@@ -15,6 +15,9 @@ Registers are 32 bits wide at 16-byte strides. Accesses narrower than 4 bytes or
 containing dword (a narrow write is a read-modify-write of it); the other 12 bytes of each 16-byte slot are
 reserved and read as 0. Not modelled: IPIs (ICR is stored only), x2APIC, the thermal/performance/LINT
 sources (their LVTs are stored only) and TSC-deadline mode (noted in `tsc_deadline_requested`, timer stopped).
+
+Size: one device with its register file, timer arithmetic and snapshot state with its checks; splitting them
+would spread one register set over several files.
 """
 
 from __future__ import annotations
@@ -432,8 +435,24 @@ class LocalApic(Device):
         state["lvt"] = {f"{reg:#x}": value for reg, value in self.lvt.items()}
         return state
 
+    def check_state(self, state: dict[str, Any]) -> None:
+        """32-bit registers, 256-bit vector sets, 64-bit counters (the timer's expiries and the timer interrupts
+        taken, which `timer_ticks` reports), and a running timer always has a period (the timer code divides by
+        it)."""
+        for name in ("id", "tpr", "ldr", "dfr", "svr", "esr", "esr_pending", "icr_low", "icr_high",
+                     "initial_count", "divide_config"):
+            if not 0 <= state[name] <= 0xFFFFFFFF:
+                raise ValueError(f"lapic.{name} = {state[name]} is not a 32-bit register value")
+        for name in ("timer_fired", "timer_expirations", "timer_interrupts_taken"):
+            if not 0 <= state[name] < 1 << 64:
+                raise ValueError(f"lapic.{name} = {state[name]} is not a 64-bit count")
+        if any(not 0 <= value <= 0xFFFFFFFF for value in state["lvt"].values()):
+            raise ValueError("an LVT entry is not a 32-bit register value")
+        if state["timer_running"] and state["initial_count"] == 0:
+            raise ValueError("lapic timer is running with an initial count of 0")
+
     def restore_state(self, state: dict[str, Any]) -> None:
         for name in self._STATE_FIELDS:
-            setattr(self, name, state.get(name, 0) if name == "timer_interrupts_taken" else state[name])
+            setattr(self, name, state[name])
         self.lvt = {int(reg, 16): value for reg, value in state["lvt"].items()}
         self.clock.deadlines_changed()
