@@ -115,7 +115,7 @@ def test_each_cpu_field_is_type_and_range_checked(build_tree: project.BuildTree,
 
 
 @pytest.mark.parametrize("path, value, message", [
-    (("clock", "blocks"), -5, "state.clock.blocks"),
+    (("clock", "instructions"), -5, "state.clock.instructions"),
     (("machine", "storm"), [1], "state.machine.storm"),
     (("machine", "panic"), ["boom", 1, 2, ["main+3"]], r"state.machine.panic\[3\]\[0\]"),
     (("unassigned_pages",), [0x1000], r"unassigned_pages: 0x1000 is not a free page beyond RAM"),

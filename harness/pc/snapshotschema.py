@@ -182,7 +182,7 @@ TRACER_OPTIONAL = frozenset({"exit_status"})
 
 STATE = record({
     "devices": lambda value, where: value,  # checked against the machine's own devices: see check_state
-    "clock": record({"blocks": integer(), "skipped_ns": integer(), "stops": integer()}),
+    "clock": record({"instructions": integer(), "skipped_ns": integer(), "stops": integer()}),
     "machine": record(RUN_STATE_FIELDS, optional=RUN_STATE_OPTIONAL),
     "log": encoded("b64"), "log_line": encoded("b64"),
     "events": record({"ring": list_of(event), "counts": counts, "next_seq": integer(),
