@@ -24,9 +24,11 @@ from unicorn import (
     UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
+    UC_HOOK_MEM_FETCH_PROT,
     UC_HOOK_MEM_FETCH_UNMAPPED,
     UC_HOOK_MEM_READ_UNMAPPED,
     UC_HOOK_MEM_WRITE_UNMAPPED,
+    UC_MEM_FETCH_PROT,
     UC_MEM_FETCH_UNMAPPED,
     UC_MEM_WRITE_UNMAPPED,
     UC_MODE_64,
@@ -39,7 +41,7 @@ from unicorn import x86_const as X
 from . import loader
 from .bios import Bios
 from .clock import DEFAULT_NS_PER_BLOCK, VirtualClock
-from .cpu import FLAG_IF, GP, NOT_AN_ADDRESS, OFF_OLD_EXCEPTION, RAX, RBP, RCX, RSP, Cpu, TripleFault
+from .cpu import FLAG_IF, GP, NOT_AN_ADDRESS, OFF_OLD_EXCEPTION, RAX, RBP, RCX, RSP, Cpu, MissingMemory, TripleFault
 from .devices.ata import AtaDisk
 from .devices.cga import CgaConsole
 from .devices.ioapic import IoApic
@@ -178,6 +180,7 @@ class Machine:
             self.bus.add_device_ports(device)
         for device in (self.lapic, self.ioapic):
             self.bus.add_mmio(uc, device, device.MMIO_BASE, device.MMIO_SIZE)
+        self.bus.map_empty_space(uc, config.ram_size)
 
         uc.hook_add(UC_HOOK_INTR, self.cpu.hook_interrupt)
         uc.hook_add(UC_HOOK_INSN_INVALID, self.cpu.hook_invalid_instruction)
@@ -197,11 +200,12 @@ class Machine:
             uc.hook_add(UC_HOOK_INSN, self.cpu.hook_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
             uc.hook_add(UC_HOOK_INSN, self._hook_in, None, 1, 0, X.UC_X86_INS_IN)
             uc.hook_add(UC_HOOK_INSN, self._hook_out, None, 1, 0, X.UC_X86_INS_OUT)
-        # Only beyond RAM can an access find nothing, so the hook covers only that. (Unicorn 2.1.4 keeps every
-        # store to a page that a memory hook covers on its slow path; it does so for executable pages anyway,
-        # and without NX in the guest's page tables every page is executable.)
-        uc.hook_add(UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED,
-                    self._hook_unmapped, None, config.ram_size, (1 << 64) - 1)
+        # Only beyond RAM can a fetch find no code (the empty bus and the devices are MMIO, which Unicorn
+        # refuses to execute), so the hook covers only that. (Unicorn 2.1.4 keeps every store to a page that a
+        # memory hook covers on its slow path; it does so for executable pages anyway, and without NX in the
+        # guest's page tables every page is executable.)
+        uc.hook_add(UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED
+                    | UC_HOOK_MEM_FETCH_PROT, self._hook_unmapped, None, config.ram_size, (1 << 64) - 1)
 
         self.symbols = SymbolTable([])
         self.kernel_image: loader.ElfImage | None = None
@@ -383,16 +387,10 @@ class Machine:
         self.uc.emu_stop()
 
     def _hook_unmapped(self, uc: Uc, access: int, address: int, size: int, value: int, user_data: object) -> bool:
-        """Physical memory with nothing behind it. Data accesses are harmless (an empty bus); executing it is
-        a machine fault the run stops on."""
-        if access != UC_MEM_FETCH_UNMAPPED:
-            try:
-                self.bus.add_unassigned_page(uc, address)
-                return True
-            except UcError:
-                pass  # beyond the physical address space: fall through to a machine fault
-        kind = {UC_MEM_FETCH_UNMAPPED: "instruction fetch from", UC_MEM_WRITE_UNMAPPED: "write to"}.get(
-            access, "read from")
+        """A fetch from physical memory that holds no code (the empty bus, a device), or an access beyond the
+        physical address space: a machine fault the run stops on."""
+        kind = {UC_MEM_FETCH_UNMAPPED: "instruction fetch from", UC_MEM_FETCH_PROT: "instruction fetch from",
+                UC_MEM_WRITE_UNMAPPED: "write to"}.get(access, "read from")
         self._unmapped_access = f"{kind} physical address {address:#x}, where there is no RAM or device"
         return False
 
@@ -964,7 +962,10 @@ class Machine:
         return True
 
     def _triple_fault(self, fault: TripleFault) -> None:
-        self.stop = Stop(StopKind.TRIPLE_FAULT, f"triple fault: {fault.reason}", self.clock.now_ns(), fault.rip)
+        if isinstance(fault, MissingMemory):  # a table or stack outside RAM: a machine fault, not a CPU reset
+            self.stop = Stop(StopKind.MACHINE_FAULT, f"machine fault: {fault.reason}", self.clock.now_ns(), fault.rip)
+        else:
+            self.stop = Stop(StopKind.TRIPLE_FAULT, f"triple fault: {fault.reason}", self.clock.now_ns(), fault.rip)
         self._machine_event(self.stop.message)
 
     def _emulator_error(self, error: UcError) -> None:
