@@ -47,6 +47,7 @@ EXIT_FOR_STOP = {
     StopKind.RESET: ExitCode.RESET,
     StopKind.ISOLATION: ExitCode.ISOLATION,
     StopKind.STORM: ExitCode.STORM,
+    StopKind.WALL: ExitCode.WALL,
     StopKind.BREAKPOINT: ExitCode.OK,
 }
 
@@ -101,6 +102,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-time", type=_positive_float, metavar="SECONDS",
                         help="safety budget of virtual time; running out is a failure (default: 30, and none "
                              "on the live console)")
+    parser.add_argument("--max-wall", type=_positive_float, metavar="SECONDS",
+                        help="wall-clock guard: stop (exit status 11) after this much host time (default: 60 + 50 "
+                             "per second of --max-time)")
     parser.add_argument("--kernel", type=Path, metavar="ELF", help="boot this kernel instead of build/kernel "
                         "(with --disk: only its symbols are used)")
     parser.add_argument("--disk", type=Path, metavar="IMAGE",
@@ -298,7 +302,7 @@ class Session:
                 stop = console.run(ticks=args.ticks, max_time_ns=budget if args.max_time_given else None,
                                    until=args.until)
             else:
-                stop = machine.run(ticks=args.ticks, max_time_ns=budget, until=args.until)
+                stop = machine.run(ticks=args.ticks, max_time_ns=budget, until=args.until, max_wall_s=args.max_wall)
             if args.save_snapshot is not None:
                 machine.save_snapshot(args.save_snapshot)
             if args.screen is not None:

@@ -32,3 +32,4 @@ class ExitCode(enum.IntEnum):
     RESET = 8  # the guest asked the chipset for a reset (the harness does not reboot, like QEMU -no-reboot)
     ISOLATION = 9  # --audit found a page mapping that breaks process isolation
     STORM = 10  # device interrupts came as a storm (e.g. a LAPIC timer programmed with a period of nanoseconds)
+    WALL = 11  # the wall-clock guard fired: the run took too much host time for its virtual time

@@ -71,6 +71,7 @@ from .paging import PageFault, PhysicalFault, read_u64, read_virtual
 from .symbols import SymbolTable
 from .syscalls import SyscallTable
 from .trace import Tracer
+from .wallguard import CHECK_EVERY_NS, WallGuard, default_limit_s
 
 if TYPE_CHECKING:
     from . import snapshot as snapshots
@@ -96,13 +97,15 @@ class StopKind(enum.Enum):
     PANIC = "kernel panic"
     TRIPLE_FAULT = "triple fault"
     BUDGET = "budget exhausted"
+    WALL = "wall-clock guard"
     MACHINE_FAULT = "machine fault"
     HANG = "hang"
     RESET = "reset"
 
 
 # Stops after which `run()` may be called again to go on (the others end the machine's life).
-RESUMABLE = frozenset({StopKind.TICKS, StopKind.UNTIL, StopKind.PAUSED, StopKind.BREAKPOINT, StopKind.BUDGET})
+RESUMABLE = frozenset({StopKind.TICKS, StopKind.UNTIL, StopKind.PAUSED, StopKind.BREAKPOINT, StopKind.BUDGET,
+                       StopKind.WALL})
 
 
 @dataclass
@@ -232,6 +235,7 @@ class Machine:
         self._breakpoints: dict[int, int] = {}  # address -> Unicorn hook handle
         self._resume_address: int | None = None  # a breakpoint to run over once (continuing from it)
         self._next_stop_ns: int | None = None
+        self._wall_check: int | None = None  # while a wall-clock guard runs: end slices this often (virtual ns)
 
     # -- boot ----------------------------------------------------------------------------------------------
     def boot(self, kernel: loader.ElfImage, command_line: str = "", modules: list[loader.Module] | None = None,
@@ -722,7 +726,8 @@ class Machine:
 
     def _next_deadline(self, poll: int | None = None) -> int | None:
         candidates = [self.lapic.next_deadline_ns(), self._budget_end, self._panic_deadline, poll, self._pause_end,
-                      self._input[0][0] if self._input else None]
+                      self._input[0][0] if self._input else None,
+                      self.clock.now_ns() + self._wall_check if self._wall_check is not None else None]
         present = [c for c in candidates if c is not None]
         return min(present) if present else None
 
@@ -792,11 +797,14 @@ class Machine:
             self._refresh_fast_ports()
 
     def run(self, *, ticks: int | None = None, max_time_ns: int | None = None, until: str | None = None,
-            for_ns: int | None = None, until_event: Callable[[Event], bool] | None = None) -> Stop:
+            for_ns: int | None = None, until_event: Callable[[Event], bool] | None = None,
+            max_wall_s: float | None = None) -> Stop:
         """Run until the guest powers off or a stop condition holds; returns why it stopped.
 
         `ticks`: stop (successfully) once that many more LAPIC timer periods have elapsed.
         `max_time_ns`: the safety budget of virtual time; running out of it is a failure.
+        `max_wall_s`: the wall-clock guard, in host seconds (StopKind.WALL); by default scaled to
+        `max_time_ns` (wallguard.py), and none without a virtual budget.
         `until`: stop (successfully) once this text is on the screen or in a line of the log. The log is
         checked line by line as it is written; the screen at every system call and whenever the CPU stops.
         `for_ns`: pause (successfully) after this much virtual time. `until_event`: stop (successfully) right
@@ -809,7 +817,8 @@ class Machine:
 
             self.events.observers.append(watch)
             try:
-                return self.run(ticks=ticks, max_time_ns=max_time_ns, until=until, for_ns=for_ns)
+                return self.run(ticks=ticks, max_time_ns=max_time_ns, until=until, for_ns=for_ns,
+                                max_wall_s=max_wall_s)
             finally:
                 self.events.observers.remove(watch)
         clock, cpu, lapic = self.clock, self.cpu, self.lapic
@@ -823,8 +832,15 @@ class Machine:
         tick_target = lapic.timer_expirations + ticks if ticks is not None else None
         self._budget_end = clock.now_ns() + max_time_ns if max_time_ns is not None else None
         self._pause_end = clock.now_ns() + for_ns if for_ns is not None else None
+        wall_limit = max_wall_s if max_wall_s is not None else default_limit_s(max_time_ns)
+        guard = WallGuard(wall_limit) if wall_limit is not None else None
+        self._wall_check = CHECK_EVERY_NS if guard is not None else None
         while self.stop is None:
             now = clock.now_ns()
+            if guard is not None and guard.expired():
+                self.stop = Stop(StopKind.WALL, guard.message(now, max_time_ns), now, cpu.rip())
+                self._machine_event(self.stop.message)
+                break
             lapic.advance(now)
             self._deliver_input(now)
             if self._panic is not None and self._panic_deadline is not None and now >= self._panic_deadline:
@@ -888,6 +904,7 @@ class Machine:
                 self.stop = Stop(StopKind.UNTIL, f"{until!r} appeared", clock.now_ns(), cpu.rip())
         self._until = None
         self._pause_end = None
+        self._wall_check = None
         if self._panic is not None and self.stop.kind is not StopKind.PANIC:
             self.stop = self._panic  # a panic is what matters, even if a key then powered the machine off
         if self.stop.kind not in RESUMABLE:

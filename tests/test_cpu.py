@@ -14,6 +14,7 @@ from unicorn import x86_const as X
 from harness.cpu import BP, RSP
 from harness.events import Event, Kind
 from harness.machine import Machine, MachineConfig, StopKind
+from harness.wallguard import CHECK_EVERY_NS, WallGuard
 
 from .x86asm import assemble
 
@@ -359,3 +360,30 @@ def test_a_cr3_outside_ram_ends_in_a_machine_fault_not_an_emulator_refusal(machi
     run_kernel_code(machine, f"mov ${OUTSIDE_RAM:#x}, %rax\nmov %rax, %cr3\nnop\nhlt\n")
     assert machine.stop is not None and machine.stop.kind is StopKind.MACHINE_FAULT, machine.stop
     assert "outside RAM" in machine.stop.message and "refused" not in machine.stop.message
+
+
+def test_the_wall_clock_guard_ends_an_io_loop_with_no_timer_and_a_far_budget(machine: Machine,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel polling PCI configuration space with interrupts off and no timer: every access is a Python
+    call and no deadline but the budget would ever end the slice. The guard looks at the host clock at least
+    every virtual millisecond, so it stops the run (its limit is 0: the first look fires)."""
+    build_world(machine, "nop\n")
+    code = assemble("loop: mov $0xcf8, %dx\nmov $0x80000000, %eax\nout %eax, %dx\nmov $0xcfc, %dx\n"
+                    "in %dx, %eax\njmp loop\n", 0x70000)[0]
+    machine.memory[0x70000:0x70000 + len(code)] = code
+    machine.cpu.save()
+    machine.cpu.segs[1].load(0x08, 0, 0xFFFFFFFF, descriptor(0, True) >> 32)
+    machine.cpu.hflags.value &= ~3
+    machine.cpu.eip.value = 0x70000
+    machine.cpu.restore()
+    machine.uc.ctl_flush_tb()
+    stop = machine.run(max_time_ns=86_400 * 10**9, max_wall_s=0.0)
+    assert stop.kind is StopKind.WALL
+    assert stop.message.startswith("the wall-clock guard fired") and "budget 86400 s" in stop.message
+
+    looks = []
+    monkeypatch.setattr(WallGuard, "expired", lambda guard: looks.append(machine.clock.now_ns()) or False)
+    machine.stop = None
+    stop = machine.run(max_time_ns=86_400 * 10**9, max_wall_s=3600, for_ns=10_000_000)
+    assert stop.kind is StopKind.PAUSED
+    assert len(looks) >= 10 and all(b - a <= CHECK_EVERY_NS + 1_000 for a, b in zip(looks, looks[1:]))  # + a block or two
