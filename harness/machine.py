@@ -402,6 +402,8 @@ class Machine:
     def _record_delivery(self, vector: int, error_code: int | None, rip: int, cr2: int, external: bool,
                          from_user: bool, cr3: int) -> None:
         self.halted = False
+        if from_user and self.auditor is not None:
+            self.auditor.entered_from_user(cr3)
         self.tracer.delivery(vector, error_code, rip, cr2, external, from_user, cr3)
         self._sync_tracer_view()
 

@@ -9,6 +9,11 @@ from __future__ import annotations
 import re
 import struct
 
+from unicorn import x86_const as X
+
+from harness import project
+from harness.api import boot_machine
+from harness.events import Event, Kind
 from harness.machine import StopKind
 
 from .conftest import BootFn
@@ -44,3 +49,47 @@ def test_a_wild_pagetable_pointer_in_the_process_table_is_a_machine_fault_with_i
     stop = machine.run(max_time_ns=1_000_000_000)
     assert stop.kind is StopKind.MACHINE_FAULT, stop.message
     assert "could not be delivered" in stop.message and "physical 0x7ff000000, outside RAM" in stop.message
+
+
+def test_processes_cannot_see_each_others_fpu_sse_or_fs_gs_registers(build_tree: project.BuildTree) -> None:
+    """Two `regspy`s (and their fork children) load values naming themselves into the x87 control word, MXCSR,
+    MMX 0-7, XMM 0-15 and FS or GS, give the CPU away 40 times each (yields and timer preemption) and must
+    always find their own values; each starts clean, a fork child starts with its parent's. The auditor's
+    register rule watches every return to user mode."""
+    machine = boot_machine(build_tree.kernel, "regspy regspy", build_tree.programs())
+    machine.enable_audit()
+    stop = machine.run(max_time_ns=2_000_000_000)
+    assert stop.kind is StopKind.POWER_OFF, stop.message
+    log = machine.log.text()
+    assert sorted(re.findall(r"process (\d+) \(regspy\) exited with status 0", log)) == ["1", "2", "3", "4"], log
+    assert machine.auditor is not None and machine.auditor.registers.entries >= 130
+
+
+def test_the_auditor_catches_a_kernel_that_lets_registers_change_across_a_switch(
+        build_tree: project.BuildTree) -> None:
+    """A kernel that changed a waiting process's saved XMM registers (here: the harness, playing a leaky
+    kernel, edits pid 1's saved FXSAVE image in its process-table slot while pid 2 runs) is stopped by the
+    register rule when pid 1 resumes, before pid 1 can see the value."""
+    machine = boot_machine(build_tree.kernel, "regspy regspy", build_tree.programs())
+    machine.enable_audit()
+    yields = []
+
+    def fourth_yield(event: Event) -> bool:  # by then both have loaded their values
+        if event.kind is Kind.SYSCALL and event.number == 2:
+            yields.append(event)
+        return len(yields) == 4
+
+    stop = machine.run(max_time_ns=2_000_000_000, until_event=fourth_yield)
+    assert stop.kind is StopKind.UNTIL, stop.message
+    address = machine.symbols.address_of("ptable")
+    stride = machine.symbols.lookup(address).size // NPROC
+    slot = bytes(machine.memory[address + stride:address + 2 * stride])
+    xmm5 = (0x584D4D0000000000 | (1 << 16) | 5).to_bytes(8, "little")  # regspy's marker: pid 1, XMM5
+    assert slot.count(xmm5) == 1, "pid 1's saved XMM5 is in its slot"
+    at = address + stride + slot.index(xmm5)
+    machine.memory[at:at + 8] = (0x1234).to_bytes(8, "little")
+    stop = machine.run(max_time_ns=2_000_000_000)
+    assert stop.kind is StopKind.ISOLATION, stop.message
+    assert stop.message == ("isolation violation (registers not private): pid 1: it resumes with registers it "
+                            "did not leave: x87/MMX/SSE registers")
+    assert "regspy 1: after a switch: an XMM register" not in machine.screen_text()
