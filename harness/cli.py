@@ -123,8 +123,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                              "page-table pages, shared writable pages, ownership, freed pages); stop at the first "
                              "isolation violation (exit status 9)")
     parser.add_argument("--seed", type=int, default=0, metavar="N",
-                        help="start the timer at a phase derived from N (default 0: no offset); the same seed "
-                             "gives the same run, another seed shows timing-dependent behaviour")
+                        help="start the timer at a phase derived from N (default 0: no offset), and derive the "
+                             "TSC offset and rdrand/rdseed numbers from it; the same seed gives the same run, "
+                             "another seed shows timing-dependent behaviour")
     parser.add_argument("--keys", action="append", default=[], metavar="[TIME:]KEYS",
                         help="type KEYS at virtual TIME (seconds, or 250ms; default 0), e.g. --keys 0.5:q or "
                              "--keys '1s:<ctrl-c>'; named keys: <enter> <esc> <up> <down> <left> <right> <tab> "

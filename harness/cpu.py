@@ -273,6 +273,8 @@ class Cpu:
         self.triple_fault: TripleFault | None = None  # raised where an exception could not carry it
         # Real mode: the BIOS services (set by the machine for a disk boot); returns True if it answered.
         self.bios_call: Callable[[int], bool] | None = None
+        # Instructions the engine refuses (#UD) but the machine runs itself: (rip, code) -> length or None.
+        self.emulate_invalid: Callable[[int, bytes], int | None] | None = None
 
     # -- raw state access ----------------------------------------------------------------------------------
     def save(self) -> None:
@@ -602,6 +604,10 @@ class Cpu:
         Unicorn also calls this hook for a software `int $6` (it reports every vector-6 raise as an invalid
         instruction): that one is an `int n` like any other, with its gate's DPL check."""
         self.save()
+        if not self.exception_is_int.value and self.emulate_invalid is not None and self.hflags.value & HF_LMA:
+            rip = self.eip.value
+            if self.emulate_invalid(rip, self._code_bytes(rip)) is not None:
+                return True  # an instruction Unicorn refuses but the machine provides (rdrand, rdseed)
         try:
             if self.exception_is_int.value:  # `int $6` (eip still on the instruction): RIP goes past it
                 self.eip.value = self.exception_next_eip.value
@@ -614,6 +620,19 @@ class Cpu:
             self.triple_fault = fault
             uc.emu_stop()
         return True
+
+    def _code_bytes(self, rip: int, length: int = 8) -> bytes:
+        """Up to `length` bytes of code at `rip` (fewer where the next page is not mapped)."""
+        out = b""
+        for address in (rip, (rip | 0xFFF) + 1):
+            want = min(length - len(out), 0x1000 - (address & 0xFFF))
+            try:
+                out += self._read_linear(address, want)
+            except (_NestedFault, _Unbacked):
+                break
+            if len(out) == length:
+                break
+        return out
 
     def hook_syscall(self, uc: Uc, user_data: object) -> None:
         """UC_HOOK_INSN(SYSCALL): enter the kernel at LSTAR in ring 0, as the CPU does."""

@@ -38,7 +38,7 @@ from unicorn import (
 )
 from unicorn import x86_const as X
 
-from . import loader
+from . import entropy, loader
 from .bios import Bios
 from .clock import DEFAULT_NS_PER_BLOCK, VirtualClock
 from .cpu import FLAG_IF, GP, NOT_AN_ADDRESS, OFF_OLD_EXCEPTION, RAX, RBP, RCX, RSP, Cpu, MissingMemory, TripleFault
@@ -142,6 +142,7 @@ class Machine:
     def __init__(self, config: MachineConfig | None = None) -> None:
         self.config = config = config or MachineConfig()
         self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        uc.ctl_set_cpu_model(entropy.CPU_MODEL)  # before anything else (see entropy.py)
         # A bounded buffer for translated code: Unicorn reuses it only when full, and forked programs keep
         # bringing code in on new physical pages, so the default (1 GiB) would make a long run's memory grow.
         uc.ctl_set_tcg_buffer_size(TRANSLATION_BUFFER_BYTES)
@@ -159,6 +160,8 @@ class Machine:
         self.cpu = Cpu(uc, self.memory)
         self.cpu.on_delivery = self._record_delivery
         self.cpu.on_syscall = self._record_syscall
+        self.entropy = entropy.GuestEntropy(uc, self.clock, config.seed)
+        self.cpu.emulate_invalid = self.entropy.emulate_invalid
         self.log = GuestLog()
         self.log.on_line = self._log_line
 
@@ -633,7 +636,8 @@ class Machine:
                 "panic_deadline": self._panic_deadline,
                 "panic": None if panic is None else [panic.message, panic.time_ns, panic.rip, panic.backtrace],
                 "reported": sorted([d, p] for d, p in self.bus._reported),
-                "input": [[when, codes.hex()] for when, codes in self._input]}
+                "input": [[when, codes.hex()] for when, codes in self._input],
+                "entropy": self.entropy.state()}
 
     def restore_run_state(self, state: dict[str, Any]) -> None:
         self.halted = state["halted"]
@@ -644,6 +648,8 @@ class Machine:
         self._panic = None if panic is None else Stop(StopKind.PANIC, panic[0], panic[1], panic[2], list(panic[3]))
         self.bus._reported = {(d, p) for d, p in state["reported"]}
         self._input = [(when, bytes.fromhex(codes)) for when, codes in state.get("input", [])]
+        if "entropy" in state:
+            self.entropy.restore(state["entropy"])
         self.stop = None
         self._pending_gp = None
 

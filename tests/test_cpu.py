@@ -387,3 +387,50 @@ def test_the_wall_clock_guard_ends_an_io_loop_with_no_timer_and_a_far_budget(mac
     stop = machine.run(max_time_ns=86_400 * 10**9, max_wall_s=3600, for_ns=10_000_000)
     assert stop.kind is StopKind.PAUSED
     assert len(looks) >= 10 and all(b - a <= CHECK_EVERY_NS + 1_000 for a, b in zip(looks, looks[1:]))  # + a block or two
+
+
+ENTROPY_CODE = """
+rdtsc
+shl $32, %rdx
+or %rax, %rdx
+mov %rdx, %r8
+mov $100, %ecx
+spin: dec %ecx
+jnz spin
+rdtscp
+shl $32, %rdx
+or %rax, %rdx
+mov %rdx, %r9
+mov %rcx, %r12
+rdrand %r10
+setc %r13b
+rdseed %r11d
+mov $0x1111111111111111, %rbx
+rdrand %bx
+hlt
+"""
+
+
+def entropy_run(seed: int, fast_paths: bool = True) -> dict[str, int]:
+    """Run ENTROPY_CODE in ring 3 on a fresh machine with `seed`: the registers it filled."""
+    machine = Machine(MachineConfig(ram_size=8 << 20, seed=seed, fast_paths=fast_paths))
+    build_world(machine, ENTROPY_CODE)
+    run_until(machine, HANDLERS + 16 * 13)  # the user's hlt is #GP
+    names = ("r8", "r9", "r10", "r11", "r12", "r13", "rbx")
+    return {name: machine.cpu.read_register(getattr(X, f"UC_X86_REG_{name.upper()}")) for name in names}
+
+
+@pytest.mark.parametrize("fast_paths", [True, False], ids=["native-paths", "python-paths"])
+def test_rdtsc_rdtscp_rdrand_rdseed_come_from_virtual_time_and_the_seed(fast_paths: bool) -> None:
+    first = entropy_run(7, fast_paths)
+    assert first == entropy_run(7, fast_paths)  # host time and host randomness would differ
+    other = entropy_run(8, fast_paths)
+    assert other["r8"] != first["r8"] and other["r10"] != first["r10"]
+    assert 0 < first["r9"] - first["r8"] < 10_000  # the TSC moves with the (virtual) time of the loop
+    assert first["r12"] == 0  # rdtscp's IA32_TSC_AUX
+    assert first["r13"] == 1  # rdrand reports success (CF)
+    assert first["r11"] >> 32 == 0  # a 32-bit destination clears the upper half
+    assert first["rbx"] >> 16 == 0x111111111111  # a 16-bit one keeps it
+    assert len({first["r10"], first["r11"], first["rbx"] & 0xFFFF}) == 3
+    seed0 = entropy_run(0, fast_paths)
+    assert seed0["r8"] < 1_000_000  # seed 0: the TSC starts at power-on (virtual time in 2 GHz ticks)
