@@ -81,7 +81,7 @@ PANIC_PREFIXES = ("PANIC:", "USER PANIC:")
 PANIC_GRACE_NS = 5_000_000  # after a panic line in the log, let the kernel finish drawing for 5 ms
 TRANSLATION_BUFFER_BYTES = 16 << 20
 STORM_WINDOW_NS = 1_000_000  # more than STORM_LIMIT device interrupts in this much virtual time is a storm
-STORM_LIMIT = 2_000  # (2 MHz: far beyond any timer a kernel means to program)
+STORM_LIMIT = 200  # (200 kHz: far beyond any timer a kernel means to program, and cheap to reach)
 POLL_NS = 100_000  # while an interrupt waits for IF=1, look again this often (the hooks below usually see it first)
 MSR_IA32_APIC_BASE = 0x1B
 
@@ -239,6 +239,7 @@ class Machine:
         self._resume_address: int | None = None  # a breakpoint to run over once (continuing from it)
         self._next_stop_ns: int | None = None
         self._wall_check: int | None = None  # while a wall-clock guard runs: end slices this often (virtual ns)
+        self._tick_target: int | None = None  # while run(ticks=) runs: the timer expiry count to stop at
 
     # -- boot ----------------------------------------------------------------------------------------------
     def boot(self, kernel: loader.ElfImage, command_line: str = "", modules: list[loader.Module] | None = None,
@@ -733,7 +734,9 @@ class Machine:
             self.clock.stop_at_ns(when)
 
     def _next_deadline(self, poll: int | None = None) -> int | None:
-        candidates = [self.lapic.next_deadline_ns(), self._budget_end, self._panic_deadline, poll, self._pause_end,
+        timer = self.lapic.next_deadline_ns() if self._tick_target is not None \
+            else self.lapic.next_effective_deadline_ns()  # (--ticks counts every expiry, even useless ones)
+        candidates = [timer, self._budget_end, self._panic_deadline, poll, self._pause_end,
                       self._input[0][0] if self._input else None,
                       self.clock.now_ns() + self._wall_check if self._wall_check is not None else None]
         present = [c for c in candidates if c is not None]
@@ -838,6 +841,7 @@ class Machine:
         if until is not None and self._until_seen():
             self.stop = Stop(StopKind.UNTIL, f"{until!r} appeared", clock.now_ns(), cpu.rip())
         tick_target = lapic.timer_expirations + ticks if ticks is not None else None
+        self._tick_target = tick_target
         self._budget_end = clock.now_ns() + max_time_ns if max_time_ns is not None else None
         self._pause_end = clock.now_ns() + for_ns if for_ns is not None else None
         wall_limit = max_wall_s if max_wall_s is not None else default_limit_s(max_time_ns)
@@ -913,6 +917,7 @@ class Machine:
         self._until = None
         self._pause_end = None
         self._wall_check = None
+        self._tick_target = None
         if self._panic is not None and self.stop.kind is not StopKind.PANIC:
             self.stop = self._panic  # a panic is what matters, even if a key then powered the machine off
         if self.stop.kind not in RESUMABLE:
