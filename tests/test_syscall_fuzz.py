@@ -11,7 +11,8 @@ of their own; the tests patch copies of the ELF files. CI runs a short form (5,0
     WEENSY_SYSCALL_FUZZ_CALLS=100000 .venv/bin/python -m pytest tests/test_syscall_fuzz.py
 
 (about 80 s of wall time with the auditor on; WEENSY_SYSCALL_FUZZ_SEED=0x... picks another seed). The campaign of
-10^6 calls is the same test with WEENSY_SYSCALL_FUZZ_CALLS=1000000.
+10^6 calls is the same test with WEENSY_SYSCALL_FUZZ_CALLS=1000000 (and -s for its campaign line): measured at
+42 min of wall time on a heavily loaded 2-core machine (542 s of CPU time), 1.3 GB resident, 15.5 s virtual.
 """
 
 from __future__ import annotations
