@@ -1,7 +1,7 @@
-"""`python -m harness`: see harness.cli."""
+"""`python -m harness`: see harness.front.cli."""
 
 import sys
 
-from .cli import main
+from .front.cli import main
 
 sys.exit(main())

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .loader import Module, read_elf
 from .machine import Machine, MachineConfig
+from .pc.loader import Module, read_elf
 
 
-def boot_machine(kernel: Path, command_line: str, programs: dict[str, Path],
+def boot_machine(kernel: Path, command_line: str | None, programs: dict[str, Path],
                  config: MachineConfig | None = None) -> Machine:
-    """A machine with `kernel` loaded, every program passed as a multiboot module, ready to `run()`."""
+    """A machine with `kernel` loaded, every program passed as a multiboot module, ready to `run()`.
+
+    `command_line` None boots without a multiboot hand-off (no command line, no modules), as the course's boot
+    loader does: a course kernel then runs the program compiled into it."""
     image = read_elf(kernel, "kernel")
     modules = [Module(name, read_elf(path, f"program '{name}'")) for name, path in programs.items()]
     machine = Machine(config)

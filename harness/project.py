@@ -8,7 +8,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import HarnessError
+from .pc.errors import HarnessError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 PROGRAM_PREFIX = "p-"
@@ -73,6 +73,21 @@ class BuildTree:
                 if path.name.startswith(PROGRAM_PREFIX) and path.is_file() and "." not in path.name}
 
 
+BUILD_STAMP = ".weensy-harness-build"  # in a directory the harness built: it may rebuild it
+
+
+def ours_to_build(build_dir: Path) -> bool:
+    """May the harness (re)build `build_dir` from the repository's sources when it is stale?
+
+    Yes for the repository's own build/, for a directory that the harness built (its stamp is there) and for
+    one that does not exist yet or is empty. Never for a build the user made (`make BUILD=DIR` of their own
+    sources): rebuilding it would silently replace their kernel with ours, and they would test the wrong one."""
+    build_dir = build_dir.resolve()
+    if build_dir == (PACKAGE_ROOT / "build").resolve() or not build_dir.exists():
+        return True
+    return (build_dir / BUILD_STAMP).exists() or not any(build_dir.iterdir())
+
+
 def _outputs_signature(build_dir: Path) -> list[tuple[str, int]]:
     if not build_dir.is_dir():
         return []
@@ -93,4 +108,7 @@ def build(source: Path, build_dir: Path) -> bool:
     if result.returncode != 0:
         output = (result.stdout + result.stderr).strip()
         raise HarnessError(f"building WeensyOS failed (make exited {result.returncode}):\n{output}")
+    stamp = build_dir / BUILD_STAMP
+    if not stamp.exists():
+        stamp.touch()
     return _outputs_signature(build_dir) != before

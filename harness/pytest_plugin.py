@@ -36,14 +36,14 @@ from typing import Any
 import pytest
 
 from . import project
-from .diagnosis import format_event
-from .events import Event, Kind
-from .kernelview import KernelView, PageAccounting, ProcInfo
-from .loader import Module, read_elf
 from .machine import Machine, MachineConfig, Stop, StopKind
-from .snapshot import Snapshot
-from .syscalls import SyscallTable
-from .traceformat import jsonl_record
+from .observe.diagnosis import format_event
+from .observe.kernelview import KernelView, PageAccounting, ProcInfo
+from .observe.syscalls import SyscallTable, choose_table
+from .observe.traceformat import jsonl_record
+from .pc.events import Event, Kind
+from .pc.loader import Module, read_elf
+from .pc.snapshot import Snapshot
 
 DEFAULT_BUDGET_S = 10.0
 
@@ -123,7 +123,7 @@ class Guest:
 
     def type(self, text: str) -> None:
         """Type text now (named keys as in --keys: `<enter>`, `<ctrl-c>`, ...)."""
-        from .keys import text_to_scancodes
+        from .pc.keys import text_to_scancodes
 
         self.machine.type_keys(text_to_scancodes(text))
 
@@ -138,18 +138,16 @@ class Guest:
 
     def syscalls(self, name: str | None = None, pid: int | None = None) -> list[Event]:
         """Finished system calls (each once), optionally of one name and one process."""
-        seen: set[int] = set()
         out = []
         for event in self.trace:
-            if event.kind is not Kind.SYSCALL or event.seq in seen:
-                continue
-            seen.add(event.seq)
+            if event.kind is not Kind.SYSCALL or event.detail.get("unfinished"):
+                continue  # a call that blocked is listed once, complete: its resolution, in the place of its entry
             if name is not None and self.syscall_table.name(event.number) != name:
                 continue
             if pid is not None and event.pid != pid:
                 continue
             out.append(event)
-        return out
+        return sorted(out, key=lambda event: event.detail.get("resumes", event.seq))
 
     def events(self, kind: Kind | None = None) -> list[Event]:
         return [e for e in self.trace if kind is None or e.kind is kind]
@@ -167,13 +165,7 @@ class Guest:
 
     def jsonl(self) -> list[str]:
         """The trace as JSON lines (the `trace --format jsonl` schema)."""
-        seen: set[int] = set()
-        lines = []
-        for event in self.trace:  # a call that blocked was passed on twice: once is enough, in its final state
-            if event.seq not in seen:
-                seen.add(event.seq)
-                lines.append(json.dumps(jsonl_record(self.machine.tracer, event)))
-        return lines
+        return [json.dumps(jsonl_record(self.machine.tracer, event)) for event in self.trace]
 
     def explain(self, events: int = 15, log_lines: int = 15) -> str:
         """Screen, log tail and last events: what a failing test needs to show."""
@@ -227,16 +219,19 @@ class WeensyOS:
         self.seed = seed
         self.guests: list[Guest] = []
         self._leases: list[tuple[tuple[Any, ...], Machine]] = []
+        self._tables: dict[tuple[str, int], SyscallTable] = {}
 
     def boot(self, command: str = "hello", *, seed: int | None = None, programs: dict[str, Path] | None = None,
              fresh: bool = False) -> Guest:
         """A guest with `command` on its kernel command line, traced, ready to run."""
         seed = self.seed if seed is None else seed
         chosen = programs if programs is not None else self.tree.programs()
-        table = SyscallTable.load(self.tree.syscall_table)
         kernel = self.kernel
         key = (str(kernel), kernel.stat().st_mtime_ns, command, seed, tuple(sorted((k, str(v)) for k, v in
                                                                                    chosen.items())))
+        table = self._tables.get(key[:2])
+        if table is None:  # the build's table only for a kernel that speaks its ABI (observe/syscalls.py)
+            table = self._tables[key[:2]] = choose_table(read_elf(kernel, "kernel"), None, self.tree.syscall_table)
 
         def create() -> Machine:
             machine = Machine(MachineConfig(seed=seed))
@@ -278,7 +273,8 @@ def weensy_build(request: pytest.FixtureRequest) -> project.BuildTree:
     option = request.config.getoption("--weensy-build-dir")
     build_dir = Path(option).resolve() if option else project.default_build_dir()
     source = project.default_source_dir()
-    if source is not None and not os.environ.get("WEENSY_NO_BUILD") and not option:
+    if source is not None and not os.environ.get("WEENSY_NO_BUILD") and not option and \
+            project.ours_to_build(build_dir):  # never a build the user made
         build_dir.parent.mkdir(parents=True, exist_ok=True)
         with open(build_dir.parent / ".weensyos-build.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)

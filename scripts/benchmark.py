@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import project  # noqa: E402
 from harness.api import boot_machine  # noqa: E402
-from harness.events import Kind  # noqa: E402
 from harness.machine import MachineConfig  # noqa: E402
-from harness.syscalls import SyscallTable  # noqa: E402
+from harness.observe.syscalls import SyscallTable  # noqa: E402
+from harness.pc.events import Kind  # noqa: E402
 
 SCENARIOS = {
     "hello": ("hello", None),  # boot, greet, exit, power off

@@ -11,11 +11,11 @@ import struct
 
 from harness import project
 from harness.api import boot_machine
-from harness.events import Kind
-from harness.kernelview import KernelView, PageAccounting
 from harness.machine import Machine, StopKind
-from harness.paging import ADDRESS_MASK, PTE_P, PTE_U, PTE_W, walk
-from harness.syscalls import SyscallTable
+from harness.observe.kernelview import KernelView, PageAccounting
+from harness.observe.syscalls import SyscallTable
+from harness.pc.events import Kind
+from harness.pc.paging import ADDRESS_MASK, PTE_P, PTE_U, PTE_W, walk
 
 SPARE_VA = 0x1F0000  # inside the page table that maps the program, never used by it
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import bench, project
-from harness.cli import main
+from harness import project
+from harness.front import bench
+from harness.front.cli import main
 
 
 def test_rates_subtract_the_baseline_run_made_just_before() -> None:
@@ -52,3 +53,23 @@ def test_saved_results_are_shown_again_as_markdown_without_measuring(tmp_path: P
     assert main(["bench", "--from-json", str(tmp_path / "missing.json")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("harness: error: cannot read benchmark results from")
+
+
+def test_the_plain_table_has_no_exponent_and_every_column_aligned() -> None:
+    rows = [bench.Row("yield loop", "syscalls/s", harness=[87_823.0, 121_573.0], qemu=[104_941.0]),
+            bench.Row("compute: Unicorn alone, without the block clock (reference)", "Minsn/s",
+                      harness=[984.0, 1634.0], qemu=[2645.0]),
+            bench.Row("compute: tracing on / off", "ratio", harness=[0.666, 1.11])]
+    lines = bench.table({"rows": [row.summary() for row in rows]}).splitlines()
+    assert not any("e+" in line for line in lines)
+    assert "104,698" in lines[1] and "87,823-121,573" in lines[1] and "1,309" in lines[2]
+    header = lines[0]
+    unit_at = header.index("unit")  # left-aligned columns start together ...
+    assert all(line[unit_at - 2:unit_at] == "  " and line[unit_at] != " " for line in lines)
+    for column in ("harness", "QEMU", "harness/QEMU"):  # ... right-aligned ones end together
+        end = header.index(f" {column} ") + 1 + len(column)
+        assert all(line[end - 1] != " " and line[end:end + 2] == "  " for line in lines), (column, lines)
+
+
+def test_one_run_is_one_run() -> None:
+    assert bench._describe_machine({"machine": {}, "repeat": 1}).endswith("median of 1 run")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from harness.events import Kind
 from harness.machine import StopKind
+from harness.pc.events import Kind
 
 from .conftest import BootFn
 

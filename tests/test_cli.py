@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +96,54 @@ def test_panic_exits_3_with_a_diagnosis(build_tree: project.BuildTree) -> None:
     assert result.returncode == 3
     assert "kernel panic" in result.stderr and "backtrace:" in result.stderr and "<syscall+" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _stale_copy_of(tree: project.BuildTree, target: Path) -> dict[str, int]:
+    """A build the user made: a copy of the build whose files are all older than the sources (make would redo
+    them all); returns each file's modification time."""
+    shutil.copytree(tree.directory, target, ignore=shutil.ignore_patterns(project.BUILD_STAMP))
+    old = 946684800  # 2000-01-01
+    for path in target.rglob("*"):
+        os.utime(path, (old, old))
+    return {str(p): p.stat().st_mtime_ns for p in target.rglob("*")}
+
+
+def test_build_dir_never_rebuilds_a_build_the_user_made(build_tree: project.BuildTree, tmp_path: Path) -> None:
+    mine = tmp_path / "my-build"
+    before = _stale_copy_of(build_tree, mine)
+    result = harness("boot", "hello", "--headless", "--build-dir", str(mine))
+    assert result.returncode == 0, result.stderr
+    assert {str(p): p.stat().st_mtime_ns for p in mine.rglob("*")} == before  # not one file touched
+
+
+def test_build_dir_that_the_harness_built_is_rebuilt_when_stale(build_tree: project.BuildTree,
+                                                                  tmp_path: Path) -> None:
+    ours = tmp_path / "our-build"
+    _stale_copy_of(build_tree, ours)
+    (ours / project.BUILD_STAMP).touch()  # as `python -m harness build --build-dir` leaves it
+    result = harness("boot", "hello", "--headless", "--build-dir", str(ours))
+    assert result.returncode == 0, result.stderr
+    assert (ours / "kernel").stat().st_mtime > 946684800  # make brought it up to date
+
+
+def test_the_summary_counts_in_good_english(build_tree: project.BuildTree) -> None:
+    result = harness("boot", "fault", "hello", "--headless", *built(build_tree))
+    assert result.stderr.rstrip().endswith("[0 timer ticks, 5 system calls, 1 exception]")
+
+
+def test_a_panic_diagnosis_says_when_its_registers_were_read(build_tree: project.BuildTree) -> None:
+    result = harness("boot", "panicker", "--headless", *built(build_tree))
+    where = re.search(r"where: (0x[0-9a-f]+)", result.stderr)
+    registers = re.search(r"registers when the run stopped \([0-9.]+ s\): rip=(0x[0-9a-f]+)", result.stderr)
+    assert where and registers and where[1] != registers[1]  # the panic's place, then where the CPU went on
+
+
+def test_the_diagnosis_shows_switches_and_console_rows(build_tree: project.BuildTree) -> None:
+    result = harness("trace", "spinner", "--max-time", "0.02", *built(build_tree))
+    assert result.returncode == 5
+    assert "    [0.00" in result.stderr and "switch: -> pid 1\n" in result.stderr
+    assert "console: pid 1: spinner 1 running" in result.stderr
+    assert not re.search(r"(switch|console):\s*\n", result.stderr)
 
 
 def test_the_wall_clock_guard_stops_a_run_with_its_own_status_and_a_diagnosis(build_tree: project.BuildTree) -> None:

@@ -11,10 +11,10 @@ import struct
 import pytest
 from unicorn import x86_const as X
 
-from harness.cpu import BP, RSP
-from harness.events import Event, Kind
 from harness.machine import Machine, MachineConfig, StopKind
-from harness.wallguard import CHECK_EVERY_NS, WallGuard
+from harness.pc.cpu import BP, RSP
+from harness.pc.events import Event, Kind
+from harness.pc.wallguard import CHECK_EVERY_NS, WallGuard
 
 from .x86asm import assemble
 

@@ -6,20 +6,20 @@ import time
 
 import pytest
 
-from harness.devices.base import Device
-from harness.devices.cga import CgaConsole
-from harness.devices.ioapic import IoApic
-from harness.devices.keyboard import Keyboard8042, scancodes_for_text
-from harness.devices.lapic import (
+from harness.pc.devices.base import Device
+from harness.pc.devices.cga import CgaConsole
+from harness.pc.devices.ioapic import IoApic
+from harness.pc.devices.keyboard import Keyboard8042, scancodes_for_text
+from harness.pc.devices.lapic import (
     APIC_BASE_MSR_VALUE,
     LAPIC_BASE,
     LocalApic,
     divisor_for,
 )
-from harness.devices.parallel import ParallelPort
-from harness.devices.pci import AcpiPm, HostBridge, Ich9Lpc, PciFunction, PciHost
-from harness.devices.pic import Pic8259
-from harness.devices.reset import SystemControlPortA
+from harness.pc.devices.parallel import ParallelPort
+from harness.pc.devices.pci import AcpiPm, HostBridge, Ich9Lpc, PciFunction, PciHost
+from harness.pc.devices.pic import Pic8259
+from harness.pc.devices.reset import SystemControlPortA
 
 MS = 1_000_000  # nanoseconds
 

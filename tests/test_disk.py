@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from harness.errors import LoaderError
+from harness import project
 from harness.machine import Machine, MachineConfig, StopKind
+from harness.pc.errors import LoaderError
 
 BOOT_SECTOR = r"""
     .code16
@@ -103,3 +105,26 @@ def test_an_image_without_a_boot_signature_is_refused() -> None:
     machine = Machine(MachineConfig(ram_size=8 << 20))
     with pytest.raises(LoaderError, match="no boot signature"):
         machine.boot_disk(bytes(1024))
+
+
+def _trace_disk(image: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness", "trace", "--disk", str(image), "--no-build", *options],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_trace_of_an_image_from_our_build_finds_the_build_s_symbols(build_tree: project.BuildTree) -> None:
+    for image in ("weensyos.img", "weensyos-course.img"):
+        result = _trace_disk(build_tree.directory / image, "--build-dir", str(build_tree.directory))
+        assert result.returncode == 0, result.stderr
+        assert "[pid 1] getpid() = 1" in result.stdout and "[kernel]" not in result.stdout
+        assert "note:" not in result.stderr
+
+
+def test_trace_of_an_image_without_symbols_says_once_how_to_give_them(build_tree: project.BuildTree,
+                                                                      tmp_path: Path) -> None:
+    image = build_tree.directory / "weensyos.img"
+    result = _trace_disk(image, "--build-dir", str(tmp_path))  # no build there to match
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("note:") == 1 and "give its ELF with --kernel" in result.stderr
+    with_kernel = _trace_disk(image, "--build-dir", str(tmp_path), "--kernel", str(build_tree.kernel))
+    assert "[pid 1] +++ created hello +++" in with_kernel.stdout and "note:" not in with_kernel.stderr

@@ -1,11 +1,13 @@
 """Booting from a disk image (issue 7, the guest's side): the boot loader binary, mkimage.py's layout, the
-course-mode kernel, and the images booted in QEMU, the reference PC (skipped when QEMU is not installed)."""
+course-mode kernel, and the images booted in QEMU, the reference PC (skipped when QEMU is not installed, except
+where WEENSY_REQUIRE_QEMU=1 makes it required, as .ci/run does)."""
 
 from __future__ import annotations
 
 import functools
 import importlib.util
 import io
+import os
 import struct
 import subprocess
 import sys
@@ -17,20 +19,32 @@ from elftools.elf.elffile import ELFFile
 
 from harness import project
 from harness.api import boot_machine
+from harness.front.qemu import boot_image, qemu_available
 from harness.machine import Machine, MachineConfig, StopKind
-from harness.qemu import boot_image, qemu_available
 
 SOURCE = project.PACKAGE_ROOT / "weensyos-src"
 SECTOR = 512
 DIRECTORY = struct.Struct("<8sII256s")
 ENTRY = struct.Struct("<32sII")
 
-def needs_qemu(test):  # type: ignore[no-untyped-def]
-    """QEMU is the reference PC: its absence is a setup error (apt-get install qemu-system-x86), not a skip."""
+REQUIRE_QEMU = "WEENSY_REQUIRE_QEMU"  # .ci/run sets it: in CI a missing QEMU is a failure, not a skip
 
+
+def check_qemu() -> None:
+    """QEMU is the reference PC the disk images are compared with. Without it these tests are skipped, with
+    the reason, except where it is required (`WEENSY_REQUIRE_QEMU=1`, as in CI): there its absence fails."""
+    if qemu_available():
+        return
+    message = "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
+    if os.environ.get(REQUIRE_QEMU) == "1":
+        pytest.fail(f"{message}, and {REQUIRE_QEMU}=1 requires the cross-check against QEMU")
+    pytest.skip(f"{message}: the cross-check against QEMU is skipped")
+
+
+def needs_qemu(test):  # type: ignore[no-untyped-def]
     @functools.wraps(test)
     def check(*args, **kwargs):  # type: ignore[no-untyped-def]
-        assert qemu_available(), "qemu-system-x86_64 is needed (apt-get install qemu-system-x86; .ci/run installs it)"
+        check_qemu()
         return test(*args, **kwargs)
 
     return check
@@ -175,3 +189,17 @@ def test_qemu_boots_the_course_image_without_multiboot_to_the_compiled_in_comman
     assert stop.kind is StopKind.POWER_OFF, stop.message
     assert disk.log.lines() == run.log.splitlines()
     assert disk.screen_text() == run.text
+
+
+@pytest.mark.parametrize(("required", "outcome"), [("", "1 skipped"), ("1", "1 failed")])
+def test_without_qemu_the_cross_check_is_skipped_with_its_reason_unless_required(
+        build_tree: project.BuildTree, tmp_path: Path, required: str, outcome: str) -> None:
+    """QEMU hidden from PATH: the QEMU test is skipped and says why, or fails where it is required."""
+    env = {**os.environ, "PATH": str(tmp_path), "WEENSY_BUILD_DIR": str(build_tree.directory),
+           "WEENSY_NO_BUILD": "1", REQUIRE_QEMU: required}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", "-rsf",
+                             f"{Path(__file__)}::test_qemu_boots_the_course_image_without_multiboot_to_the_"
+                             "compiled_in_command"], capture_output=True, text=True, env=env, timeout=300,
+                            cwd=project.PACKAGE_ROOT)
+    assert outcome in result.stdout, result.stdout
+    assert "qemu-system-x86_64 is not installed" in result.stdout

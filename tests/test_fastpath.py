@@ -12,12 +12,12 @@ import pytest
 from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
 from unicorn import x86_const as X
 
-from harness import fastpath
-from harness.clock import VirtualClock, _load_native
-from harness.devices.parallel import LptState
-from harness.events import Event, Kind
 from harness.machine import Machine, MachineConfig, StopKind
-from harness.syscalls import SyscallTable
+from harness.observe.syscalls import SyscallTable
+from harness.pc import fastpath
+from harness.pc.clock import VirtualClock, _load_native
+from harness.pc.devices.parallel import LptState
+from harness.pc.events import Event, Kind
 
 from .conftest import BootFn
 
@@ -145,11 +145,11 @@ def test_without_a_c_compiler_everything_runs_in_python_and_the_run_is_the_same(
         boot: BootFn, monkeypatch: pytest.MonkeyPatch) -> None:
     """No native library (no compiler on the machine): the clock is a Python hook, no native path is used,
     and the run is block for block the one the native build gives."""
-    import harness.clock
+    import harness.pc.clock
 
     native, _ = boot("forkexit", ticks=3)
     assert fastpath.status().startswith("native (CPU state at engine+")
-    monkeypatch.setattr(harness.clock, "_native", None)  # "looked for it, there is none"
+    monkeypatch.setattr(harness.pc.clock, "_native", None)  # "looked for it, there is none"
     python, _ = boot("forkexit", ticks=3)
     assert fastpath.status() == "unavailable: the native library could not be built (no C compiler?)"
     assert python.fast is None and not python.clock.native

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness import project
-from harness.errors import LoaderError
-from harness.loader import Module, parse_elf, prepare_boot
 from harness.machine import Machine, MachineConfig
+from harness.pc.errors import LoaderError
+from harness.pc.loader import Module, parse_elf, prepare_boot
 
 from .elfmaker import make_elf
 

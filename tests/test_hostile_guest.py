@@ -13,7 +13,7 @@ from unicorn import x86_const as X
 
 from harness import project
 from harness.api import boot_machine
-from harness.events import Event, Kind
+from harness.pc.events import Event, Kind
 from harness.machine import StopKind
 
 from .conftest import BootFn

@@ -14,7 +14,7 @@ from pathlib import Path
 from elftools.elf.elffile import ELFFile
 
 from harness import project
-from harness.font8x16 import GLYPHS
+from harness.front.font8x16 import GLYPHS
 
 
 def cli(tree: project.BuildTree, *args: str) -> list[str]:
@@ -144,3 +144,34 @@ def test_the_kernel_s_own_quit_key_works_on_the_live_console(build_tree: project
         assert "EXIT=0" in screen and "power-off" in screen
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def _run_in_tmux(command: str) -> str:
+    """Run `command` in a fresh 100x30 tmux pane (a real terminal) and return the pane once it has ended."""
+    session = f"harness-{uuid.uuid4().hex[:8]}"
+    tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "30", "bash", "--norc", "--noprofile")
+    try:
+        tmux("send-keys", "-t", session, f"clear; {command}; echo EXIT=$?", "Enter")
+        deadline = time.monotonic() + 60
+        screen = ""
+        while time.monotonic() < deadline and not re.search(r"^EXIT=\d+", screen, re.M):  # not the echoed command
+            time.sleep(0.2)
+            screen = tmux("capture-pane", "-t", session, "-p")
+        return screen
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def test_the_live_console_leaves_the_guest_s_final_screen_then_the_summary(build_tree: project.BuildTree) -> None:
+    screen = _run_in_tmux(" ".join(cli(build_tree, "boot", "hello")))
+    lines = [line for line in screen.splitlines() if line.strip()]
+    greeting = lines.index("Hello from WeensyOS process 1!")
+    assert lines[greeting + 1] == "system: WeensyOS-Unicorn 0.1"
+    assert lines[greeting + 2].startswith("harness: power-off at")
+    assert "EXIT=0" in screen
+
+
+def test_the_live_console_can_leave_nothing_behind(build_tree: project.BuildTree) -> None:
+    screen = _run_in_tmux(" ".join(cli(build_tree, "boot", "hello", "--no-keep-screen")))
+    assert "harness: power-off at" in screen and "EXIT=0" in screen
+    assert "Hello from WeensyOS" not in screen

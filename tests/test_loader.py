@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import LoaderError
-from harness.loader import (
+from harness.pc.errors import LoaderError
+from harness.pc.loader import (
     BOOT_DATA_MIN,
+    BOOT_INFO_WINDOW,
     MB_FLAG_CMDLINE,
     MB_FLAG_MODULES,
     ElfImage,
@@ -119,10 +120,59 @@ def test_hand_off_places_kernel_page_table_and_multiboot_modules(tmp_path: Path)
     pdpt = struct.unpack_from("<512Q", memory, 0x2000)
     assert pdpt[0] == 0x83 and pdpt[510] == 0x83
     info = state.multiboot_info
-    assert info >= BOOT_DATA_MIN
+    assert state.multiboot and info == BOOT_INFO_WINDOW[0]  # low memory: a kernel mapping only 2 MiB reads it
     flags, _, _, _, cmdline, count, entries = struct.unpack_from("<7I", memory, info)
     assert flags & MB_FLAG_CMDLINE and flags & MB_FLAG_MODULES and count == 1
-    assert bytes(memory[cmdline:cmdline + 12]) == b"hello world\0"
+    assert bytes(memory[cmdline:cmdline + 12]) == b"hello world\0" and cmdline < 0x200000
     start, end, name, _ = struct.unpack_from("<4I", memory, entries)
     assert bytes(memory[start:end]) == program.data and start % 4096 == 0
-    assert bytes(memory[name:name + 6]) == b"hello\0"
+    assert start >= BOOT_DATA_MIN  # modules stay out of the memory a course kernel manages
+    assert bytes(memory[name:name + 6]) == b"hello\0" and name < 0x200000
+
+
+def boot_info_address(tmp_path: Path, segments: list[tuple[int, int, int, bytes, int]]) -> int:
+    kernel = read_elf(write(tmp_path, make_elf(ElfSpec(entry=segments[0][0], segments=segments))))
+    memory = memoryview(bytearray(32 << 20))
+    state = prepare_boot(memory, kernel, "hello", [])
+    info_end = state.multiboot_info + 0x100 + len("hello") + 1
+    for seg in kernel.segments:  # never on the kernel
+        assert info_end <= seg.paddr or state.multiboot_info >= seg.paddr + seg.memsz
+    assert bytes(memory[struct.unpack_from("<I", memory, state.multiboot_info + 16)[0]:][:6]) == b"hello\0"
+    return state.multiboot_info
+
+
+def test_boot_information_goes_to_the_first_free_low_pages_around_the_kernel(tmp_path: Path) -> None:
+    assert boot_info_address(tmp_path, [(0x10000, 0x10000, 5, b"\xf4", 0x1800)]) == 0x12000
+    assert boot_info_address(tmp_path, [(0x10000, 0x10000, 5, b"\xf4", 0x1000),
+                                        (0x11000, 0x11000, 6, b"", 0x3000)]) == 0x14000
+
+
+def test_a_kernel_filling_low_memory_gets_its_boot_information_after_it(tmp_path: Path) -> None:
+    assert boot_info_address(tmp_path, [(0x8000, 0x8000, 5, b"\xf4", 0x98000)]) == BOOT_DATA_MIN
+    assert boot_info_address(tmp_path, [(0x8000, 0x8000, 5, b"\xf4", 0x98000),
+                                        (0x1000000, 0x1000000, 4, b"symbols", 0x5000)]) == 0x1005000
+
+
+def test_without_a_command_line_there_is_no_hand_off_and_the_screen_is_as_the_bios_leaves_it(
+        tmp_path: Path) -> None:
+    kernel = read_elf(write(tmp_path, make_elf()))
+    memory = memoryview(bytearray(16 << 20))
+    state = prepare_boot(memory, kernel, None, [])
+    assert not state.multiboot and state.multiboot_info == 0
+    assert bytes(memory[BOOT_INFO_WINDOW[0]:BOOT_INFO_WINDOW[0] + 0x1000]) == bytes(0x1000)
+    assert bytes(memory[0xB8000:0xC0000]) == b"\x20\x07" * 0x4000  # ' ' in light grey on black
+    assert memory[0xB7FFF] == 0 and memory[0xC0000] == 0
+
+
+def test_a_symbol_table_segment_at_16_mib_stays_whole_and_the_boot_data_avoids_it(tmp_path: Path) -> None:
+    """Like the course's obj/kernel: text at 0x40000 and its symbol table loaded at 0x1000000 (SYMTAB_ADDR)."""
+    symbols = bytes(range(256)) * 19
+    kernel = read_elf(write(tmp_path, make_elf(ElfSpec(segments=[(0x40000, 0x40000, 5, b"\xf4" * 16, 0x28000),
+                                                                 (0x1000000, 0x1000000, 4, symbols, len(symbols))]))))
+    program = ElfImage(tmp_path / "p-x", make_elf(), 0x40000, kernel.segments)
+    memory = memoryview(bytearray(32 << 20))
+    state = prepare_boot(memory, kernel, "hello", [Module("hello", program)])
+    assert state.multiboot_info == BOOT_INFO_WINDOW[0]
+    assert bytes(memory[0x1000000:0x1000000 + len(symbols)]) == symbols
+    start, end, _, _ = struct.unpack_from("<4I", memory, state.multiboot_info + 0x100)
+    assert start == 0x1002000 and bytes(memory[start:end]) == program.data  # the first page after it

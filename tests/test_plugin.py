@@ -7,8 +7,8 @@ import json
 import pytest
 
 from harness import project
-from harness.events import Kind
 from harness.machine import StopKind
+from harness.pc.events import Kind
 from harness.pytest_plugin import WeensyOS
 
 

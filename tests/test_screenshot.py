@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import render
-from harness.errors import HarnessError
-from harness.font8x16 import DRAWN, FALLBACK, GLYPHS
-from harness.render import PALETTE, ansi_frame, html_frame, sgr_for_attribute, text_frame
-from harness.screenshot import png_frame, save_screen
+from harness.front import render
+from harness.front.font8x16 import DRAWN, FALLBACK, GLYPHS
+from harness.front.render import PALETTE, ansi_frame, html_frame, sgr_for_attribute, text_frame
+from harness.front.screenshot import png_frame, save_screen
+from harness.pc.errors import HarnessError
 
 WHITE_ON_BLUE = 0x1F
 DEFAULT = 0x07

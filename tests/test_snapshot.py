@@ -11,9 +11,9 @@ import pytest
 
 from harness import project
 from harness.api import boot_machine
-from harness.errors import HarnessError
 from harness.machine import Machine
-from harness.syscalls import SyscallTable
+from harness.observe.syscalls import SyscallTable
+from harness.pc.errors import HarnessError
 
 COMMAND = "spinner fault hello"
 

@@ -24,9 +24,9 @@ import time
 
 from harness import project
 from harness.api import boot_machine
-from harness.events import Kind
 from harness.machine import MachineConfig, StopKind
-from harness.syscalls import SyscallTable
+from harness.observe.syscalls import SyscallTable
+from harness.pc.events import Kind
 
 from .weensyos_state import baseline_free_pages, exits
 

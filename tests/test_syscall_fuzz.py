@@ -23,8 +23,8 @@ from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 
-from harness.events import Event, Kind
 from harness.machine import StopKind
+from harness.pc.events import Event, Kind
 from harness.pytest_plugin import Guest, WeensyOS
 
 from .weensyos_state import baseline_free_pages, exits

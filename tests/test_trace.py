@@ -11,10 +11,10 @@ import pytest
 
 from harness import project
 from harness.api import boot_machine
-from harness.events import Event, Kind
-from harness.machine import Machine
-from harness.syscalls import SyscallTable
-from harness.traceformat import PerfettoWriter, jsonl_record, strace_lines, summary
+from harness.machine import Machine, MachineConfig
+from harness.observe.syscalls import SyscallTable
+from harness.observe.traceformat import PerfettoWriter, jsonl_record, record_is_unfinished_entry, strace_lines, summary
+from harness.pc.events import Event, Kind
 
 
 def traced(tree: project.BuildTree, command: str, **run: object) -> tuple[Machine, list[Event]]:
@@ -65,7 +65,7 @@ def test_process_lifetimes_and_switches_come_from_the_kernel_s_own_state(
     _, events = fault_hello
     processes = [(e.pid, e.text) for e in events if e.kind is Kind.PROCESS]
     assert processes == [(1, "created fault"), (2, "created hello"), (1, "killed after a page fault"),
-                         (2, "exited with status 0")]
+                         (2, "exited with 0")]
     switches = [(e.detail["from"], e.detail["to"]) for e in events if e.kind is Kind.SWITCH]
     assert switches == [(None, 1), (1, 2)]
 
@@ -156,15 +156,63 @@ def test_every_confused_deputy_attack_of_eve_is_refused_in_the_trace(build_tree:
 
 def test_the_pipe_moves_each_message_in_at_most_two_system_calls(build_tree: project.BuildTree) -> None:
     machine, events = traced(build_tree, "pipe")
-    seen: set[int] = set()
-    pipe_calls = []
-    for e in events:
-        if e.kind is Kind.SYSCALL and e.seq not in seen and machine.tracer.syscalls.name(e.number).startswith("pipe"):
-            seen.add(e.seq)
-            pipe_calls.append(e)
+    pipe_calls = [e for e in events if e.kind is Kind.SYSCALL and not record_is_unfinished_entry(e)
+                  and machine.tracer.syscalls.name(e.number).startswith("pipe")]  # a blocked call: its resolution
     messages = 200
     assert "200 messages" in machine.screen_text() and "200 intact" in machine.screen_text()
     assert len(pipe_calls) <= 2 * messages
     moved = sum(e.ret for e in pipe_calls if machine.tracer.syscalls.name(e.number) == "piperead" and e.ret)
     written = sum(e.ret for e in pipe_calls if machine.tracer.syscalls.name(e.number) == "pipewrite" and e.ret)
     assert moved == written > 0
+
+
+def traced_with(tree: project.BuildTree, command: str, fast_paths: bool) -> list[Event]:
+    machine = boot_machine(tree.kernel, command, tree.programs(), MachineConfig(fast_paths=fast_paths))
+    machine.enable_tracing(SyscallTable.load(tree.syscall_table), tree.programs())
+    events: list[Event] = []
+    machine.events.attach(events.append)
+    machine.run(max_time_ns=5_000_000_000)
+    machine.tracer.finish()
+    return events
+
+
+def console_lines(events: list[Event]) -> list[tuple[int | None, str]]:
+    return [(e.pid, line) for e in events if e.kind is Kind.CONSOLE for line in e.text.splitlines()]
+
+
+@pytest.mark.parametrize("fast_paths", [True, False], ids=["native", "python"])
+def test_console_text_is_attributed_to_the_process_that_wrote_it(build_tree: project.BuildTree,
+                                                                 fast_paths: bool) -> None:
+    events = traced_with(build_tree, "fault hello", fast_paths)
+    lines = console_lines(events)
+    assert (1, "fault: about to touch kernel memory") in lines
+    assert (2, "Hello from WeensyOS process 2!") in lines
+    written = next(i for i, e in enumerate(events) if e.kind is Kind.CONSOLE and "about to touch" in e.text)
+    fault = next(i for i, e in enumerate(events) if e.is_page_fault)
+    assert written < fault  # printed before the instruction that faults
+
+
+@pytest.mark.parametrize("fast_paths", [True, False], ids=["native", "python"])
+def test_console_text_comes_between_the_system_calls_it_was_written_between(build_tree: project.BuildTree,
+                                                                           fast_paths: bool) -> None:
+    events = traced_with(build_tree, "hello", fast_paths)
+    order = [e.detail["name"] if e.kind is Kind.SYSCALL else e.text for e in events
+             if e.kind in (Kind.SYSCALL, Kind.CONSOLE)]
+    assert order[:4] == ["getpid", "Hello from WeensyOS process 1!", "getsysname", "system: WeensyOS-Unicorn 0.1"]
+
+
+def test_console_text_of_a_panicking_process_comes_before_the_panic(build_tree: project.BuildTree) -> None:
+    events = traced_with(build_tree, "panicker", True)
+    kinds = [e.kind for e in events]
+    panic = kinds.index(Kind.PANIC)
+    assert [e.text for e in events[:panic] if e.kind is Kind.CONSOLE] == [
+        "panicker 1: about to panic", "USER PANIC: deliberate panic from panicker"]
+    assert Kind.CONSOLE not in kinds[panic:]
+
+
+@pytest.mark.parametrize("command", ["hello", "fault hello", "memviewer friends", "panicker"])
+def test_no_console_event_is_empty_or_blank(build_tree: project.BuildTree, command: str) -> None:
+    events = traced_with(build_tree, command, True)
+    console = [e for e in events if e.kind is Kind.CONSOLE]
+    assert console and all(line.strip() for e in console for line in e.text.splitlines())
+    assert all(len(e.text.splitlines()) == len(e.detail["rows"]) for e in console)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 
-from harness.events import Kind
 from harness.machine import Machine, StopKind
+from harness.pc.events import Kind
 
 from .conftest import BootFn
 from .weensyos_state import (

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from harness import project
 from harness.api import boot_machine
-from harness.events import Kind
-from harness.loader import read_elf
 from harness.machine import StopKind
+from harness.pc.events import Kind
+from harness.pc.loader import read_elf
 
 from .conftest import BootFn
 from .elfmaker import ElfSpec, make_elf

@@ -11,7 +11,7 @@ import struct
 from dataclasses import dataclass
 
 from harness.machine import Machine
-from harness.paging import walk
+from harness.pc.paging import walk
 
 NPAGES = 512  # MEMSIZE_PHYSICAL / PAGESIZE
 PAGESIZE = 4096

@@ -9,9 +9,11 @@
 // kernel's segments, and then acts like a multiboot loader: each program
 // file is copied to memory as a module and the information block names
 // them and carries the command line. The layout is the harness's (ELF
-// boot), so the kernel sees the same hand-off either way: information at
-// max(0x200000, kernel end), its module list 0x100 bytes in, then the
-// strings, then the modules, each on fresh pages. A directory with no
+// boot), so the kernel sees the same hand-off either way: the information,
+// its module list 0x100 bytes in, then the strings, on the page at 64 KiB
+// in conventional memory (where a kernel that maps only its low 2 MiB can
+// read them; after the kernel if the kernel lies there), and the modules at
+// max(0x200000, kernel end), each on fresh pages. A directory with no
 // programs gives a course-style boot instead: the kernel alone, and EAX is
 // not the multiboot magic. Nothing is printed; any error hangs.
 
@@ -24,7 +26,8 @@ extern char stage2_sectors[];       // boot.ld: the address is the count
 
 #define E820_MAP            0x0500UL
 #define E820_USABLE         1
-#define BOOT_DATA_MIN       0x200000UL  // multiboot data: here or above the kernel
+#define BOOT_INFO_LOW       0x10000UL   // multiboot information and strings, if free
+#define BOOT_DATA_MIN       0x200000UL  // modules: here or above the kernel
 #define MBI_MODULES_OFFSET  0x100       // the module list follows the information
 #define BOOT_MAP_LIMIT      0x40000000UL
 #define SECTORSIZE          512
@@ -109,8 +112,8 @@ static void read_bytes(void* dst, uint64_t pos, size_t n) {
 }
 
 // Load the kernel's segments at their physical addresses; return its
-// entry point and set `*end` past its highest segment.
-static uintptr_t load_kernel(const bootdir_entry& kernel, uintptr_t* end) {
+// entry point, set `*start` to its lowest and `*end` past its highest segment.
+static uintptr_t load_kernel(const bootdir_entry& kernel, uintptr_t* start, uintptr_t* end) {
     uint64_t base = uint64_t(kernel.lba) * SECTORSIZE;
     elf_header eh;
     read_bytes(&eh, base, sizeof(eh));
@@ -118,6 +121,7 @@ static uintptr_t load_kernel(const bootdir_entry& kernel, uintptr_t* end) {
         || eh.e_phentsize != sizeof(elf_program)) {
         boot_fail();
     }
+    *start = BOOT_MAP_LIMIT;
     *end = 0;
     for (unsigned i = 0; i != eh.e_phnum; ++i) {
         elf_program ph;
@@ -130,6 +134,9 @@ static uintptr_t load_kernel(const bootdir_entry& kernel, uintptr_t* end) {
         }
         read_bytes(reinterpret_cast<void*>(ph.p_pa), base + ph.p_offset, ph.p_filesz);
         zero_bytes(ph.p_pa + ph.p_filesz, ph.p_memsz - ph.p_filesz);
+        if (ph.p_pa < *start) {
+            *start = ph.p_pa;
+        }
         if (ph.p_pa + ph.p_memsz > *end) {
             *end = ph.p_pa + ph.p_memsz;
         }
@@ -176,19 +183,25 @@ void boot_main() {
         boot_fail();
     }
 
-    uintptr_t kernel_end;
-    uintptr_t entry = load_kernel(directory.entries[0], &kernel_end);
+    uintptr_t kernel_start, kernel_end;
+    uintptr_t entry = load_kernel(directory.entries[0], &kernel_start, &kernel_end);
     uint32_t nprograms = directory.count - 1;
     if (nprograms == 0) {
         enter_kernel(entry, 0, 0);      // the course's disk boot: no hand-off
     }
 
-    // Information, module list and strings on the first page(s), zeroed.
-    uintptr_t info = round_up(kernel_end > BOOT_DATA_MIN ? kernel_end : BOOT_DATA_MIN, PAGESIZE);
+    // Information, module list and strings on their own page(s), zeroed.
+    uintptr_t info_size = round_up(MBI_MODULES_OFFSET + nprograms * sizeof(multiboot_module)
+                                   + BOOTDIR_COMMAND_MAX + nprograms * BOOTDIR_NAME_MAX, PAGESIZE);
+    uintptr_t info = BOOT_INFO_LOW;
+    uintptr_t cursor = round_up(kernel_end > BOOT_DATA_MIN ? kernel_end : BOOT_DATA_MIN, PAGESIZE);
+    if (info + info_size > kernel_start / PAGESIZE * PAGESIZE && info < kernel_end) {
+        info = cursor;                  // the kernel lies there: after it
+        cursor += info_size;
+    }
     uintptr_t mods_pa = info + MBI_MODULES_OFFSET;
     uintptr_t strings = mods_pa + nprograms * sizeof(multiboot_module);
-    uintptr_t strings_max = strings + BOOTDIR_COMMAND_MAX + nprograms * BOOTDIR_NAME_MAX;
-    zero_bytes(info, round_up(strings_max, PAGESIZE) - info);
+    zero_bytes(info, info_size);
     auto mbi = reinterpret_cast<multiboot_info*>(info);
     auto mods = reinterpret_cast<multiboot_module*>(mods_pa);
 
@@ -206,7 +219,6 @@ void boot_main() {
     }
 
     // The program files, each from a fresh page, the rest of it zeroed.
-    uintptr_t cursor = round_up(s, PAGESIZE);
     for (uint32_t i = 0; i != nprograms; ++i) {
         const bootdir_entry& e = directory.entries[i + 1];
         uintptr_t end = cursor + e.size;

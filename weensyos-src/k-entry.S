@@ -12,9 +12,11 @@
 
         .text
 
-# kernel_entry: the boot hand-off (see /work/shared/DESIGN.md).
-# 64-bit mode, IF = 0, boot page table at 0x1000; EAX = multiboot magic,
-# RBX = multiboot information. The stack is anything: set ours up first.
+# kernel_entry: the boot hand-off, as boot.cc and the harness's loader
+# (harness/pc/loader.py) leave it: 64-bit mode, IF = 0, boot page table at
+# 0x1000; EAX = multiboot magic and RBX = multiboot information when there
+# is a command line (EAX = 0 when there is none). The stack is anything:
+# set ours up first.
         .section .text.kernel_entry, "ax"
         .globl kernel_entry
         .type kernel_entry, @function

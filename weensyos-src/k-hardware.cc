@@ -2,7 +2,8 @@
 
 // The machine: kernel page table, segments, interrupts, local APIC and its
 // timer, the keyboard, the CGA cursor, the parallel-port log, power-off,
-// and panics. See /work/shared/reference/weensyos-course-contract.md.
+// and panics: the devices of the q35-like PC the harness models (see
+// README.md and docs/architecture.md at the top of the repository).
 
 
 // Kernel page table: 0..phys_map_end identity-mapped (4 KiB pages below

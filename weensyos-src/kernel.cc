@@ -13,6 +13,11 @@ proc ptable[NPROC];
 proc* current;
 volatile uint64_t ticks;
 
+// The system-call ABI this kernel speaks (generated from syscalls.h): the
+// harness decodes its calls with build/syscalls.json only if the strings match.
+#include "syscall-abi.h"
+extern "C" [[gnu::used]] const char weensyos_syscall_abi[] = WEENSYOS_SYSCALL_ABI;
+
 #define SYSTEM_NAME "WeensyOS-Unicorn 0.1"
 static_assert(sizeof(SYSTEM_NAME) <= SYSNAME_MAX, "system name fits");
 
@@ -25,41 +30,67 @@ static_assert(sizeof(SYSTEM_NAME) <= SYSNAME_MAX, "system name fits");
 #define BOOT_MAP_LIMIT          0x40000000UL    // the boot page table maps 1 GiB
 
 static char boot_command[256];
-static char program_names[NPROGRAMS][32];
-
 // Course mode (build/kernel-course, -DCOURSE_MODE) boots like the course's
-// kernel: its programs are built in (k-embed.S), multiboot modules are
-// ignored, and without a command line from a multiboot loader (after the
-// course-style disk boot, EAX is not the magic) the command is the
-// compiled-in WEENSYOS_FIRST_PROCESS.
+// kernel and reads only what the course's kernel can: its programs are
+// built in (k-embed.S) and multiboot modules are ignored; it switches to a
+// page table that maps only physical memory below MEMSIZE_PHYSICAL (2 MiB,
+// plus the APIC pages) and only then reads the command line, through that
+// mapping, as the course's kernel_start does with the pointer its entry code
+// took from the multiboot information. A loader that leaves the command
+// line above 2 MiB therefore makes this kernel fault, as it would the
+// course's. Without a command line (after the course-style disk boot, EAX is
+// not the magic) the command is the compiled-in WEENSYOS_FIRST_PROCESS.
 #ifdef COURSE_MODE
-static constexpr bool course_mode = true;
 #ifndef WEENSYOS_FIRST_PROCESS
 #define WEENSYOS_FIRST_PROCESS "hello"
 #endif
 extern "C" const program embedded_programs[];   // ends with a null name
 
-static void use_embedded_programs() {
+// The command line's address as the course's kernel_entry finds it: the
+// cmdline field if EAX is the magic and the cmdline flag is set, else none.
+static uintptr_t course_command_address(uint32_t magic, uintptr_t mbinfo) {
+    if (magic != MULTIBOOT_MAGIC || mbinfo >= BOOT_MAP_LIMIT - sizeof(multiboot_info)) {
+        return 0;
+    }
+    auto mbi = pa2kptr<const multiboot_info*>(mbinfo);
+    return (mbi->flags & MULTIBOOT_FLAG_CMDLINE) ? mbi->cmdline : 0;
+}
+
+// After the switch to kernel_pagetable: take the programs and the command.
+static void use_embedded_programs(uintptr_t command_pa) {
     for (const program* p = embedded_programs; p->name && nprograms != NPROGRAMS; ++p) {
         programs[nprograms++] = *p;
+    }
+    boot_command[0] = '\0';
+    if (command_pa != 0) {
+        strlcpy(boot_command, pa2kptr<const char*>(command_pa), sizeof(boot_command));
     }
     if (boot_command[0] == '\0') {
         strlcpy(boot_command, WEENSYOS_FIRST_PROCESS, sizeof(boot_command));
     }
 }
 #else
-static constexpr bool course_mode = false;
-#endif
+static char program_names[NPROGRAMS][32];
 
-// Is [pa, pa + n) outside managed memory and inside what we can map?
+// Can [pa, pa + n) be read on the boot page table? The information, the
+// module list and the strings are copied before anything is allocated, so
+// they may lie anywhere the boot page table maps (a loader puts them in low
+// memory, where a kernel that maps only 2 MiB can read them too).
+static bool boot_data_ok(uintptr_t pa, size_t n) {
+    return pa >= PAGESIZE && pa < BOOT_MAP_LIMIT && n <= BOOT_MAP_LIMIT - pa;
+}
+
+// Is [pa, pa + n) outside managed memory and inside what we can map? A
+// module's contents stay where the loader put them for as long as the
+// kernel runs, so they must not be memory the allocator hands out.
 static bool boot_range_ok(uintptr_t pa, size_t n) {
-    return pa >= MEMSIZE_PHYSICAL && pa < BOOT_MAP_LIMIT && n <= BOOT_MAP_LIMIT - pa;
+    return pa >= MEMSIZE_PHYSICAL && boot_data_ok(pa, n);
 }
 
 // Copy the NUL-terminated string at physical `pa` into `buf`; false if it
-// is not where the boot contract says it must be.
+// is not where the boot contract says it may be.
 static bool boot_copy_string(char* buf, size_t size, uintptr_t pa) {
-    if (!boot_range_ok(pa, size)) {
+    if (!boot_data_ok(pa, size)) {
         return false;
     }
     strlcpy(buf, pa2kptr<const char*>(pa), size);
@@ -76,7 +107,7 @@ static uintptr_t read_boot_info(uint32_t magic, uintptr_t mbinfo) {
     if (magic != MULTIBOOT_MAGIC) {
         return phys_end;                // no loader information: defaults
     }
-    if (!boot_range_ok(mbinfo, sizeof(multiboot_info))) {
+    if (!boot_data_ok(mbinfo, sizeof(multiboot_info))) {
         log_printf("weensyos: multiboot information at %p out of range; ignored\n",
                    (void*) mbinfo);
         return phys_end;
@@ -93,9 +124,9 @@ static uintptr_t read_boot_info(uint32_t magic, uintptr_t mbinfo) {
         log_printf("weensyos: command line at %#x out of range; ignored\n", mbi->cmdline);
     }
 
-    if (!course_mode && (mbi->flags & MULTIBOOT_FLAG_MODS)) {
+    if (mbi->flags & MULTIBOOT_FLAG_MODS) {
         uint32_t count = mbi->mods_count;
-        if (!boot_range_ok(mbi->mods_addr, size_t(count) * sizeof(multiboot_module))) {
+        if (!boot_data_ok(mbi->mods_addr, size_t(count) * sizeof(multiboot_module))) {
             log_printf("weensyos: module list at %#x out of range; ignored\n", mbi->mods_addr);
             count = 0;
         }
@@ -122,6 +153,7 @@ static uintptr_t read_boot_info(uint32_t magic, uintptr_t mbinfo) {
     }
     return round_up(phys_end, pageentry_span(1));
 }
+#endif
 
 // The command line: words naming programs, pseudo-commands (expanded
 // here) and options, all listed in commands.h.
@@ -240,13 +272,16 @@ static int run_command(const char* command, bool first) {
 // kernel_start: called by kernel_entry (k-entry.S) on the kernel stack,
 // with the multiboot magic and information address from the loader.
 extern "C" [[noreturn]] void kernel_start(uint32_t magic, uintptr_t mbinfo) {
-    uintptr_t phys_end = read_boot_info(magic, mbinfo);
 #ifdef COURSE_MODE
-    use_embedded_programs();
-#endif
+    uintptr_t command_pa = course_command_address(magic, mbinfo);
+    init_hardware(MEMSIZE_PHYSICAL);    // from here on only the low 2 MiB are mapped
+    use_embedded_programs(command_pa);
     log_printf("weensyos: booting, command \"%s\"\n", boot_command);
-
+#else
+    uintptr_t phys_end = read_boot_info(magic, mbinfo);
+    log_printf("weensyos: booting, command \"%s\"\n", boot_command);
     init_hardware(phys_end);
+#endif
     console_window_top = 0;
     console_clear();
     init_physpages();

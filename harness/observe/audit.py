@@ -1,0 +1,177 @@
+"""The isolation auditor: after every return to user mode, check every process's page table from outside.
+
+Rules (each violation names the process, the mapping and the rule):
+1. no kernel page (other than the console page) is user-accessible;
+2. no page-table page is user-accessible;
+3. no physical page is writable by two processes;
+4. every user page a process maps is owned by that process (in the kernel's own `physpages`);
+5. no freed page is still mapped for user access;
+6. a process resumes with the x87/MMX/SSE registers and FS/GS it entered the kernel with, and starts with a
+   clean set or its creator's (regaudit.py).
+
+It reads the process table (`ptable`: pid and page table of each process) and page ownership (`physpages`)
+through the kernel's ELF symbols and DWARF, like the tracer, so it needs no help from the kernel; the kernel's
+own pages are those it marks as kernel or reserved, plus every page of the kernel image. The first violation
+stops the run (`StopKind.ISOLATION`) with the event that led to it.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from unicorn import UC_HOOK_CODE, Uc
+
+from ..pc.paging import ADDRESS_MASK, PTE_P, PTE_PS, PTE_U, PTE_W
+from .kernelview import KernelView, PageAccounting
+from .regaudit import RegisterAuditor
+
+if TYPE_CHECKING:
+    from ..pc.board import Board
+
+CONSOLE_PAGE = 0xB8000
+OWNER_FREE = 0
+OWNER_KERNEL = -2
+OWNER_RESERVED = -1
+_ENTRIES = struct.Struct("<512Q")
+REGISTERS_RULE = "registers not private"
+
+
+@dataclass(frozen=True)
+class Violation:
+    rule: str
+    pid: int
+    va: int
+    pa: int
+    detail: str
+
+    def __str__(self) -> str:
+        if self.rule == REGISTERS_RULE:
+            return f"isolation violation ({self.rule}): pid {self.pid}: {self.detail}"
+        return (f"isolation violation ({self.rule}): pid {self.pid} maps VA {self.va:#x} -> PA {self.pa:#x}: "
+                f"{self.detail}")
+
+
+@dataclass(frozen=True)
+class Leaf:
+    va: int
+    pa: int
+    size: int
+    user: bool
+    writable: bool
+
+
+def user_mappings(memory: memoryview, top: int) -> tuple[list[Leaf], set[int]]:
+    """Every present leaf mapping in the lower (user) half of a page table, and the page-table pages."""
+    leaves: list[Leaf] = []
+    tables = {top & ADDRESS_MASK}
+
+    def visit(table: int, level: int, base: int, user: bool, writable: bool) -> None:
+        if table + 4096 > len(memory):
+            return
+        entries = _ENTRIES.unpack_from(memory, table)
+        span = 1 << (12 + 9 * level)
+        limit = 256 if level == 3 else 512  # the top level: user half only
+        for index in range(limit):
+            entry = entries[index]
+            if not entry & PTE_P:
+                continue
+            va = base + index * span
+            u = user and bool(entry & PTE_U)
+            w = writable and bool(entry & PTE_W)
+            if level == 0 or (level in (1, 2) and entry & PTE_PS):
+                leaves.append(Leaf(va, entry & ADDRESS_MASK & ~(span - 1), span, u, w))
+            else:
+                child = entry & ADDRESS_MASK
+                tables.add(child)
+                visit(child, level - 1, va, u, w)
+
+    visit(top & ADDRESS_MASK, 3, 0, True, True)
+    return leaves, tables
+
+
+class IsolationAuditor:
+    def __init__(self, machine: Board) -> None:
+        self.machine = machine
+        image = machine.kernel_image
+        data = image.data if image is not None else None
+        self.kernel = KernelView(machine.memory, machine.symbols, data)
+        self.pages = PageAccounting(machine.memory, machine.symbols, data)
+        self.kernel_image_pages: set[int] = set()
+        if image is not None:
+            for seg in image.segments:
+                self.kernel_image_pages.update(range(seg.paddr & ~0xFFF, seg.paddr + seg.memsz, 0x1000))
+        self.audits = 0
+        if not self.kernel.available or self.kernel.nproc == 0:
+            raise RuntimeError("the auditor needs the kernel's `current` and `ptable` symbols (and DWARF)")
+        self.registers = RegisterAuditor(machine.cpu)
+        self._syscall_entry: int | None = None
+
+    def entered_from_user(self, cr3: int) -> None:
+        """A process enters the kernel through an exception or interrupt (its registers as it left them)."""
+        self.registers.entered(cr3)
+
+    def _watch_syscall_entry(self) -> None:
+        """System calls enter at LSTAR, which the kernel has set by its first return to user mode: a code hook
+        there records each caller's registers (the native paths take system calls without Python)."""
+        lstar = self.machine.cpu.lstar.value  # the blob was saved by the register check just before
+        if lstar and lstar != self._syscall_entry:
+            self._syscall_entry = lstar
+            self.machine.uc.hook_add(UC_HOOK_CODE, self._hook_syscall_entry, None, lstar, lstar)
+            self.machine.uc.ctl_flush_tb()
+
+    def _hook_syscall_entry(self, uc: Uc, address: int, size: int, user_data: object) -> None:
+        if address == self._syscall_entry:
+            self.registers.entered()
+
+    def check(self, cr3: int) -> Violation | None:
+        """Audit every live process now; the first violation, or None."""
+        self.audits += 1
+        owners = self.pages.owners() if self.pages.available else None
+        memory = self.machine.memory
+        writable_by: dict[int, int] = {}
+        mappings: list[tuple[int, list[Leaf]]] = []
+        table_pages: set[int] = set()
+        live = [proc for proc in self.kernel.processes(cr3) if proc.pagetable]
+        for proc in live:
+            leaves, tables = user_mappings(memory, proc.pagetable)
+            mappings.append((proc.pid, leaves))
+            table_pages |= tables
+        for pid, leaves in mappings:
+            for leaf in leaves:
+                if not leaf.user:
+                    continue
+                for pa in range(leaf.pa, leaf.pa + leaf.size, 0x1000):
+                    va = leaf.va + (pa - leaf.pa)
+                    violation = self._check_page(pid, va, pa, leaf.writable, owners, table_pages, writable_by)
+                    if violation is not None:
+                        return violation
+        problem = self.registers.check(cr3, [proc.pagetable for proc in live])
+        self._watch_syscall_entry()
+        if problem is not None:
+            pid = next((p.pid for p in live if p.pagetable & ~0xFFF == cr3 & ~0xFFF), -1)
+            return Violation(REGISTERS_RULE, pid, 0, 0, problem)
+        return None
+
+    def _check_page(self, pid: int, va: int, pa: int, writable: bool, owners: list[int] | None,
+                    table_pages: set[int], writable_by: dict[int, int]) -> Violation | None:
+        if pa == CONSOLE_PAGE:
+            return None
+        if pa in table_pages:
+            return Violation("page-table page user-accessible", pid, va, pa, "a page-table page is user-accessible")
+        owner = owners[pa >> 12] if owners is not None and (pa >> 12) < len(owners) else None
+        if pa in self.kernel_image_pages or owner in (OWNER_KERNEL, OWNER_RESERVED):
+            what = "the kernel image" if pa in self.kernel_image_pages else f"owner {owner}"
+            return Violation("kernel page user-accessible", pid, va, pa, f"a kernel page ({what}) is user-accessible")
+        if writable:
+            other = writable_by.setdefault(pa, pid)
+            if other != pid:
+                return Violation("page writable in two processes", pid, va, pa,
+                                 f"the page is also writable by pid {other}")
+        if owner == OWNER_FREE:
+            return Violation("freed page still mapped", pid, va, pa, "the kernel records this page as free")
+        if owner is not None and owner != pid:
+            return Violation("user page owned by another process", pid, va, pa,
+                             f"the kernel records pid {owner} as its owner")
+        return None

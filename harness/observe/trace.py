@@ -1,0 +1,430 @@
+"""The tracer: turns the machine's hooks into the event stream, with pids, return values and explanations.
+
+Always on (cheap): one event per system call entry, exception, interrupt, log line and machine event, kept in
+the machine's ring for diagnoses. With full tracing (`Machine.enable_tracing`), every event also carries the pid
+of the process the kernel calls `current` (read through the kernel's ELF symbols and DWARF), system calls get
+their decoded arguments, return value and virtual duration (seen when the CPU next returns to user mode in that
+process, through hooks on the kernel's own `iretq`/`sysretq` instructions), page faults get their page walk and
+what the kernel did next, and context switches, process creation and exit and console output become events.
+The kernel is never changed.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from unicorn.x86_const import UC_X86_REG_CR3
+
+from ..pc.events import Event, Kind
+from ..pc.paging import PF_FETCH, PF_PRESENT, PF_USER, PF_WRITE, PageFault, PhysicalFault, read_virtual, walk_steps
+from ..pc.symbols import SymbolTable
+from .syscalls import SyscallArg, SyscallTable
+
+if TYPE_CHECKING:
+    from ..pc.board import Board
+    from .kernelview import KernelView
+
+STRING_LIMIT = 32  # characters of a string or buffer shown, like strace -s 32
+CONSOLE_BYTES = 80 * 25 * 2
+_disassembler: Any = None  # capstone, loaded on first use: most runs never disassemble anything
+
+
+def disassembler() -> Any:
+    """capstone's x86-64 disassembler (imported on first use)."""
+    global _disassembler
+    if _disassembler is None:
+        from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+
+        _disassembler = Cs(CS_ARCH_X86, CS_MODE_64)
+    return _disassembler
+
+
+def quote(data: bytes, limit: int = STRING_LIMIT) -> str:
+    """A C-like quoted string, truncated with "..." after `limit` characters (as strace shows buffers)."""
+    out = []
+    for byte in data[:limit]:
+        if byte == 0x0A:
+            out.append("\\n")
+        elif byte == 0x09:
+            out.append("\\t")
+        elif byte in (0x22, 0x5C):
+            out.append("\\" + chr(byte))
+        elif 0x20 <= byte < 0x7F:
+            out.append(chr(byte))
+        else:
+            out.append(f"\\x{byte:02x}")
+    return '"' + "".join(out) + '"' + ("..." if len(data) > limit else "")
+
+
+def signed(value: int) -> int:
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value >> 63 else value
+
+
+class Tracer:
+    def __init__(self, machine: Board) -> None:
+        self.machine = machine
+        self.events = machine.events
+        self.full = False
+        self.kernel: KernelView | None = None
+        self.syscalls = SyscallTable([])
+        self.programs: dict[str, Path] = {}
+        self._program_symbols: dict[str, SymbolTable] = {}
+        self._pending_syscall: dict[int | None, Event] = {}
+        self._pending_fault: dict[int | None, Event] = {}
+        self._names: dict[int, str | None] = {}  # live processes: pid -> name
+        self._exit_status: dict[int | None, int | None] = {}  # exit called, process not yet gone: pid -> status
+        self.seen_pids: set[int] = set()  # every process that ever appeared in the kernel's table
+        self._last_user_pid: int | None = None
+        self._screen = b""
+
+    def enable(self, syscalls: SyscallTable, programs: dict[str, Path], kernel_path: Path | bytes | None) -> None:
+        self.full = True
+        self.syscalls = syscalls
+        self.programs = programs
+        from .kernelview import KernelView  # DWARF reading: imported when tracing starts
+
+        self.kernel = KernelView(self.machine.memory, self.machine.symbols, kernel_path)
+        self._screen = bytes(self.machine.memory[0xB8000:0xB8000 + CONSOLE_BYTES])
+
+    # -- helpers -------------------------------------------------------------------------------------------
+    def _now(self) -> int:
+        return self.machine.clock.now_ns()
+
+    def _pid(self, cr3: int) -> int | None:
+        return self.kernel.current_pid(cr3) if self.kernel is not None else None
+
+    def symbols_for(self, pid: int | None, address: int, user: bool) -> SymbolTable:
+        """The kernel's symbols, or for a user address those of the program that process runs."""
+        if not user:
+            return self.machine.symbols
+        name = self._names.get(pid) if pid is not None else None
+        if name is None or name not in self.programs:
+            return SymbolTable([])
+        if name not in self._program_symbols:
+            self._program_symbols[name] = SymbolTable.from_elf(self.programs[name])
+        return self._program_symbols[name]
+
+    def describe(self, pid: int | None, address: int, user: bool) -> str:
+        return self.symbols_for(pid, address, user).describe(address)
+
+    def _read(self, cr3: int, address: int, length: int) -> bytes | None:
+        try:
+            return read_virtual(self.machine.memory, cr3, address, length, user=True)
+        except (PageFault, PhysicalFault):
+            return None
+
+    def _read_string(self, cr3: int, address: int) -> bytes | None:
+        out = bytearray()
+        while len(out) <= STRING_LIMIT:
+            chunk = self._read(cr3, address + len(out), 1)
+            if chunk is None:
+                return None if not out else bytes(out)
+            if chunk == b"\0":
+                return bytes(out)
+            out += chunk
+        return bytes(out)
+
+    # -- system calls ----------------------------------------------------------------------------------------
+    def syscall(self, rip: int, number: int, cr3: int, args: tuple[int, ...], time_ns: int | None = None,
+                seq: int | None = None, pid: int | None | bool = False, returned: tuple[int, int] | None = None,
+                ) -> None:
+        """A system call entered. `time_ns`, `seq` and `pid` come with calls recorded when they happened and
+        taken later (the native fast path's batches); pid False means: read it now. `returned` (RAX, time):
+        the call also came back at once to the same process with nothing else to see at its return (the native
+        path saw that): finish it now."""
+        # Positional: this runs once per system call when tracing (time, kind, rip, cr3, number, error_code,
+        # address, args, text, seq, pid, user).
+        event = Event(self._now() if time_ns is None else time_ns, Kind.SYSCALL, rip, cr3, number, None, None,
+                      args, "", -1, None, True)
+        if not self.full:
+            self.events.add(event, seq=seq)
+            return
+        if seq is None:  # seen as it happens: what the process wrote on the screen before this call comes first
+            self.observe_console()
+        event.pid = self._pid(cr3) if pid is False else pid  # type: ignore[assignment]
+        spec = self.syscalls.by_number.get(number)
+        if spec is not None:
+            # [name, rendering] pairs (lists: they survive a JSON round trip)
+            shown = [[arg.name, self._format_argument(spec.args, i, args, cr3)] for i, arg in enumerate(spec.args)]
+            event.detail = {"args": shown, "name": spec.name}
+        else:
+            event.detail = {}
+        previous = self._pending_syscall.pop(event.pid, None)
+        if previous is not None:  # it never returned (should not happen): close it as unfinished
+            self.events.finish(previous)
+        if returned is not None:
+            event.ret, event.end_ns = returned
+            self.events.add(event, seq=seq)
+            return
+        self._pending_syscall[event.pid] = self.events.add(event, finished=False, seq=seq)
+
+    def _format_argument(self, specs: tuple[SyscallArg, ...], index: int, args: tuple[int, ...], cr3: int) -> str:
+        arg = specs[index]
+        value = args[index] if index < len(args) else 0
+        if arg.type == "str":
+            text = self._read_string(cr3, value)
+            return quote(text) if text is not None else f"{value:#x}"
+        following = specs[index + 1] if index + 1 < len(specs) else None
+        if arg.type == "ptr" and following is not None and following.type == "size" and arg.ctype.startswith("const"):
+            length = args[index + 1] if index + 1 < len(args) else 0
+            data = self._read(cr3, value, min(length, STRING_LIMIT + 1))
+            return quote(data) if data is not None else f"{value:#x}"
+        if arg.type == "ptr":
+            return f"{value:#x}"
+        if arg.type in ("size", "uint"):
+            return str(value) if value < 1 << 32 else f"{value:#x}"  # huge sizes read better in hex
+        return str(signed(value))
+
+    def format_return(self, event: Event) -> str:
+        if event.ret is None:
+            return "?"
+        spec = self.syscalls.by_number.get(event.number)
+        value = signed(event.ret)
+        if spec is not None and spec.returns == "ptr":
+            return f"{event.ret:#x}"
+        error = self.syscalls.errors.get(value)
+        return f"{value} {error}" if error else str(value)
+
+    def reads_user_memory(self, number: int) -> bool:
+        """Does tracing system call `number` read the caller's memory (a string or buffer argument shown at
+        entry, a buffer it wrote shown at its return)? Those must be read before the process runs on."""
+        spec = self.syscalls.by_number.get(number)
+        return spec is not None and any(arg.type in ("ptr", "str") for arg in spec.args)
+
+    def _output_buffer(self, event: Event, cr3: int) -> None:
+        """After a read-like call returns n > 0, show what it wrote into the caller's buffer."""
+        spec = self.syscalls.by_number.get(event.number)
+        if spec is None or not spec.args or event.ret is None or signed(event.ret) < 0:
+            return
+        for i, arg in enumerate(spec.args):
+            if arg.type != "ptr" or arg.ctype.startswith("const") or i >= len(event.args):
+                continue
+            following = spec.args[i + 1] if i + 1 < len(spec.args) else None
+            if following is not None and following.type == "size":
+                data = self._read(cr3, event.args[i], min(signed(event.ret), STRING_LIMIT + 1))
+            elif arg.ctype == "char*":  # an output string, e.g. getsysname's buffer
+                data = self._read_string(cr3, event.args[i])
+            else:
+                continue
+            if data is not None:
+                args = list(event.detail.get("args", []))
+                args[i] = [arg.name, quote(data)]
+                event.detail["args"] = args
+
+    # -- exceptions and interrupts -------------------------------------------------------------------------------
+    def delivery(self, vector: int, error_code: int | None, rip: int, cr2: int, external: bool, from_user: bool,
+                 cr3: int) -> None:
+        kind = Kind.INTERRUPT if external else Kind.EXCEPTION
+        event = Event(self._now(), kind, rip, cr3, vector, error_code, cr2 if vector == 14 and not external else None,
+                      user=from_user)
+        if not self.full:
+            self.events.add(event)
+            return
+        self.observe_console()
+        event.pid = self._pid(cr3)
+        if event.is_page_fault:
+            event.detail = self.explain_page_fault(event)
+            self._pending_fault[event.pid] = self.events.add(event, finished=False)
+            return
+        self.events.add(event)
+
+    def explain_page_fault(self, event: Event) -> dict[str, Any]:
+        code = event.error_code or 0
+        address = event.address or 0
+        steps, stopped = walk_steps(self.machine.memory, event.cr3, address)
+        if not code & PF_PRESENT:
+            problem = "page not present"
+        elif code & PF_USER and not all(step.entry & 4 for step in steps):
+            problem = "protection: a level is not user-accessible"
+        elif code & PF_WRITE:
+            problem = "protection: a level is not writable"
+        elif code & PF_FETCH:
+            problem = "protection: the page is not executable"
+        else:
+            problem = "protection"
+        blocking = None
+        for step in steps:
+            missing = (not step.entry & 1) or (code & PF_USER and not step.entry & 4) or \
+                      (code & PF_WRITE and not step.entry & 2)
+            if missing:
+                blocking = step.level
+                break
+        instruction = None
+        raw = None
+        with contextlib.suppress(PageFault, PhysicalFault):
+            raw = read_virtual(self.machine.memory, event.cr3, event.rip, 16)
+        if raw is not None:
+            for insn in disassembler().disasm(raw, event.rip):
+                instruction = f"{insn.mnemonic} {insn.op_str}".strip()
+                break
+        return {
+            "access": "instruction fetch" if code & PF_FETCH else "write" if code & PF_WRITE else "read",
+            "mode": "user" if code & PF_USER else "kernel",
+            "problem": problem,
+            "walk": [{"level": s.level, "index": s.index, "entry_address": s.entry_address, "entry": s.entry,
+                      "flags": s.flags} for s in steps],
+            "stopped": stopped,
+            "decided_by": blocking or (steps[-1].level if steps else None),
+            "instruction": instruction,
+            "where": self.describe(event.pid, event.rip, event.user),
+        }
+
+    # -- returns to user mode (full tracing) -----------------------------------------------------------------------
+    def return_to_user(self, rip: int, rax: int, cr3: int, pid: int | None | bool = False,
+                       time_ns: int | None = None, console: bool = True) -> None:
+        """The CPU went back to user mode at `rip` (RAX = `rax`): finishes that process's system call or fault.
+        `pid` and `time_ns` when the native path already read them (False: read the pid now); `console` False
+        for a return it recorded after checking that the console had not changed."""
+        if pid is False:
+            pid = self._pid(cr3)
+        now = self._now() if time_ns is None else time_ns
+        if console:  # written by the process that ran last, or by the kernel on its behalf, before this return
+            self.observe_console()
+        if pid != self._last_user_pid:
+            previous = self._last_user_pid
+            waiting = self._pending_syscall.get(previous)
+            if waiting is not None:
+                if self._never_returns(waiting):  # exit: resolved as `= ?` once, never "unfinished"
+                    del self._pending_syscall[previous]
+                    self._exit_status[previous] = signed(waiting.args[0]) if waiting.args else None
+                    self.events.finish(waiting)
+                else:
+                    waiting.blocked = True
+                    self.events.release_unfinished(waiting)
+            self._scan_processes(cr3)
+            self.events.add(Event(now, Kind.SWITCH, rip, cr3, pid=pid, user=True,
+                                  detail={"from": previous, "to": pid}))
+            self._last_user_pid = pid
+        call = self._pending_syscall.pop(pid, None)
+        if call is not None:
+            call.ret = rax
+            call.end_ns = now
+            self._output_buffer(call, cr3)
+            self.events.finish(call)
+        fault = self._pending_fault.pop(pid, None)
+        if fault is not None:
+            if pid is None and not (self.kernel is not None and self.kernel.available):
+                fault.detail["outcome"] = (f"the CPU next returned to user mode at {rip:#x} (in which process is "
+                                           f"unknown without the kernel's symbols)")
+            elif rip == fault.rip:
+                fault.detail["outcome"] = "the kernel fixed the mapping and the instruction was retried"
+            else:
+                fault.detail["outcome"] = f"the process resumed at {self.describe(pid, rip, True)}"
+            self.events.finish(fault)
+
+    def _never_returns(self, call: Event) -> bool:
+        return self.syscalls.name(call.number) == "exit"
+
+    def _scan_processes(self, cr3: int) -> None:
+        if self.kernel is None:
+            return
+        live = {proc.pid: proc.name for proc in self.kernel.processes(cr3)}
+        for pid, name in live.items():
+            if pid not in self._names:
+                self._names[pid] = name
+                self.seen_pids.add(pid)
+                self.events.add(Event(self._now(), Kind.PROCESS, pid=pid, text=f"created {name or ''}".strip(),
+                                      detail={"event": "created", "name": name}))
+        for pid in [pid for pid in self._names if pid not in live]:
+            name = self._names.pop(pid)
+            call = self._pending_syscall.pop(pid, None)
+            status = self._exit_status.pop(pid, None)
+            if call is not None:
+                if self._never_returns(call):
+                    status = signed(call.args[0]) if call.args else None
+                self.events.finish(call, self._now())
+            fault = self._pending_fault.pop(pid, None)
+            text = "exited" + (f" with {status}" if status is not None else "")
+            if fault is not None:
+                fault.detail["outcome"] = "the kernel killed the process"
+                self.events.finish(fault)
+                text = "killed after a page fault"
+            self.events.add(Event(self._now(), Kind.PROCESS, pid=pid, text=text,
+                                  detail={"event": "exited", "name": name, "status": status}))
+
+    def observe_console(self) -> None:
+        """Record what changed on the screen since the last look, as one console event of the rows that now
+        show text (a row that was cleared is not an event).
+
+        User processes write the CGA memory directly, so no instruction tells when; the tracer looks before
+        every event it records live (system call entry, interrupt, exception, log line, return to user mode),
+        and the native path asks for a look at a system call's entry when the screen changed. A console event
+        therefore carries the pid of the process that ran when the text was written and the time of the first
+        kernel entry after it, and comes before that entry in the trace."""
+        if not self.full:
+            return
+        screen = bytes(self.machine.memory[0xB8000:0xB8000 + CONSOLE_BYTES])
+        if screen == self._screen:
+            return
+        old, self._screen = self._screen, screen
+        rows = []
+        for row in range(25):
+            start, end = row * 160, row * 160 + 160
+            if screen[start:end] != old[start:end]:
+                text = screen[start:end:2].decode("cp437").replace("\0", " ").rstrip()
+                if text.strip():
+                    rows.append((row, text))
+        if rows:
+            self.events.add(Event(self._now(), Kind.CONSOLE, pid=self._last_user_pid,
+                                  text="\n".join(text for _, text in rows), detail={"rows": [r for r, _ in rows]}))
+
+    # -- snapshots (pc/snapshot.py keeps this state with the machine's) ----------------------------------------
+    def snapshot_state(self, encode: Callable[[Event], dict[str, Any]]) -> dict[str, Any]:
+        """What the tracer waits for and has seen, JSON-compatible (`encode` turns an event into JSON)."""
+        return {"full": self.full,
+                "pending_syscall": [[pid, encode(e)] for pid, e in self._pending_syscall.items()],
+                "pending_fault": [[pid, encode(e)] for pid, e in self._pending_fault.items()],
+                "names": [[pid, name] for pid, name in self._names.items()],
+                "last_user_pid": self._last_user_pid,
+                "exit_status": [[pid, status] for pid, status in self._exit_status.items()],
+                "screen": base64.b64encode(self._screen).decode()}
+
+    def restore_state(self, saved: dict[str, Any], relink: Callable[[dict[str, Any]], Event]) -> None:
+        """Take back `snapshot_state()`'s state if both the snapshot and this tracer trace fully (`relink`: the
+        restored ring's event for a saved one, so a pending call is the very event in the ring)."""
+        if not (saved["full"] and self.full):
+            return
+        self._pending_syscall = {pid: relink(e) for pid, e in saved["pending_syscall"]}
+        self._pending_fault = {pid: relink(e) for pid, e in saved["pending_fault"]}
+        self._names = {pid: name for pid, name in saved["names"]}
+        self._last_user_pid = saved["last_user_pid"]
+        self._exit_status = {pid: status for pid, status in saved.get("exit_status", [])}
+        self._screen = base64.b64decode(saved["screen"])
+
+    # -- the rest -------------------------------------------------------------------------------------------------
+    def log_line(self, line: str, rip: int, cr3: int) -> None:
+        self.observe_console()
+        self.events.add(Event(self._now(), Kind.LOG, rip, cr3, text=line,
+                              pid=self._pid(cr3) if self.full else None))
+
+    def panic(self, message: str, rip: int, cr3: int, backtrace: list[int]) -> None:
+        self.observe_console()
+        for fault in self._pending_fault.values():
+            fault.detail["outcome"] = "the kernel panicked"
+            self.events.finish(fault)
+        self._pending_fault.clear()
+        self.events.add(Event(self._now(), Kind.PANIC, rip, cr3, text=message,
+                              detail={"backtrace": [self.machine.symbols.describe(a) for a in backtrace]}))
+
+    def machine_event(self, text: str) -> None:
+        self.observe_console()
+        self.events.add(Event(self._now(), Kind.MACHINE, text=text))
+
+    def finish(self) -> None:
+        """The run ended: record the last screen and process changes, and close what never completed."""
+        if not self.full:
+            return
+        self.observe_console()
+        cr3 = self.machine.cpu.read_register(UC_X86_REG_CR3)
+        self._scan_processes(cr3)
+        for pending in (self._pending_syscall, self._pending_fault):
+            for event in pending.values():
+                if event.is_page_fault:
+                    event.detail.setdefault("outcome", "the run ended before the process resumed")
+                self.events.finish(event, self._now())
+            pending.clear()
