@@ -66,6 +66,13 @@ class Machine(Board):
         self._sync_tracer_view(screen=True)
 
     # -- the board's hook points (hooks.py) --------------------------------------------------------------------
+    def _record_delivery(self, vector: int, error_code: int | None, rip: int, cr2: int, external: bool,
+                         from_user: bool, cr3: int) -> None:
+        """A process enters the kernel by an exception or interrupt: the auditor notes its registers first."""
+        if from_user and self.auditor is not None:
+            self.auditor.entered_from_user(cr3)
+        super()._record_delivery(vector, error_code, rip, cr2, external, from_user, cr3)
+
     def _wants_returns(self) -> bool:
         return self.tracer.full or self.auditor is not None
 

@@ -96,8 +96,9 @@ class Guest:
     # -- driving ---------------------------------------------------------------------------------------------
     def run(self, *, ticks: int | None = None, until: str | None = None, until_syscall: str | int | None = None,
             until_fault: bool = False, until_exit: int | None = None, until_pids: int | None = None,
-            max_time: float = DEFAULT_BUDGET_S) -> Stop:
-        """Run until power-off or the first condition given; a budget of `max_time` virtual seconds."""
+            max_time: float = DEFAULT_BUDGET_S, max_wall: float | None = None) -> Stop:
+        """Run until power-off or the first condition given; a budget of `max_time` virtual seconds (and a
+        wall-clock guard of `max_wall` host seconds, by default scaled to it)."""
         table = self.syscall_table
         tracer = self.machine.tracer
 
@@ -117,7 +118,7 @@ class Guest:
 
         watching = until_syscall is not None or until_fault or until_exit is not None or until_pids is not None
         self.stop = self.machine.run(ticks=ticks, until=until, max_time_ns=int(max_time * 1e9),
-                                     until_event=condition if watching else None)
+                                     until_event=condition if watching else None, max_wall_s=max_wall)
         return self.stop
 
     def type(self, text: str) -> None:

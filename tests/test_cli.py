@@ -144,3 +144,13 @@ def test_the_diagnosis_shows_switches_and_console_rows(build_tree: project.Build
     assert "    [0.00" in result.stderr and "switch: -> pid 1\n" in result.stderr
     assert "console: pid 1: spinner 1 running" in result.stderr
     assert not re.search(r"(switch|console):\s*\n", result.stderr)
+
+
+def test_the_wall_clock_guard_stops_a_run_with_its_own_status_and_a_diagnosis(build_tree: project.BuildTree) -> None:
+    """A budget of a virtual day that the guest cannot reach in a fraction of a host second: the guard fires
+    first, with exit status 11, says so, and shows where the guest was."""
+    result = harness("boot", "spinner", "--headless", "--max-time", "86400", "--max-wall", "0.2",
+                     *built(build_tree))
+    assert result.returncode == 11, result.stderr
+    assert "the wall-clock guard fired" in result.stderr and "limit 0.2 s, --max-wall" in result.stderr
+    assert "where: " in result.stderr and "spinner" in result.stderr

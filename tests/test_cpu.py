@@ -12,8 +12,9 @@ import pytest
 from unicorn import x86_const as X
 
 from harness.machine import Machine, MachineConfig, StopKind
-from harness.pc.cpu import RSP
-from harness.pc.events import Event
+from harness.pc.cpu import BP, RSP
+from harness.pc.events import Event, Kind
+from harness.pc.wallguard import CHECK_EVERY_NS, WallGuard
 
 from .x86asm import assemble
 
@@ -228,3 +229,208 @@ def test_executing_unassigned_physical_memory_stops_the_machine(machine: Machine
     machine.run_slice()
     assert machine.stop is not None and machine.stop.kind is StopKind.MACHINE_FAULT
     assert "instruction fetch from physical address 0xe0000000" in machine.stop.message
+
+
+def run_int(vector: int, fast_paths: bool, gates_dpl: dict[int, int]) -> tuple[Machine, dict[str, int]]:
+    """A fresh machine whose ring-3 code runs `int $vector` (cd nn) at `int_insn`; run until a handler halts."""
+    machine = Machine(MachineConfig(ram_size=8 << 20, fast_paths=fast_paths))
+    symbols = build_world(machine, "nop\nint_insn: int $0x30\nafter: nop\n", gates_dpl=gates_dpl)
+    machine.memory[0x300000 + symbols["int_insn"] - USER_CODE + 1] = vector  # the immediate of `int`
+    machine.uc.ctl_flush_tb()
+    machine.run_slice()
+    return machine, symbols
+
+
+def handler_reached(machine: Machine) -> int:
+    assert machine.stop is None, machine.stop.message
+    return (machine.cpu.rip() - 1 - HANDLERS) // 16
+
+
+@pytest.mark.parametrize("fast_paths", [True, False], ids=["native-paths", "python-paths"])
+def test_int_n_from_user_through_a_kernel_only_gate_is_gp_with_the_idt_selector_for_every_vector(
+        fast_paths: bool) -> None:
+    """As in WeensyOS, only vector 3 has a DPL-3 gate: every other `int $n` from ring 3 (0, 6, 8, 10-14
+    included) is #GP(n*8+2) on the instruction itself, never a double fault or a #UD through a kernel gate."""
+    for vector in range(256):
+        machine, symbols = run_int(vector, fast_paths, {BP: 3})
+        if vector == BP:
+            assert handler_reached(machine) == BP, "int $3 through its DPL-3 gate"
+            assert frame(machine, 5)[:2] == [symbols["after"], 0x1B]
+            continue
+        assert handler_reached(machine) == 13, f"int ${vector}"
+        error, rip, cs = frame(machine, 3)
+        assert (error, rip, cs) == (vector * 8 + 2, symbols["int_insn"], 0x1B), f"int ${vector}"
+        assert [e.number for e in machine.events if e.kind is Kind.EXCEPTION] == [13], f"int ${vector}"
+
+
+@pytest.mark.parametrize("fast_paths", [True, False], ids=["native-paths", "python-paths"])
+def test_int_n_through_user_gates_enters_handler_n_with_no_error_code_for_every_vector(fast_paths: bool) -> None:
+    """With DPL-3 gates `int $n` enters handler n as a trap: the frame has no error code (not even for 8, 10-14,
+    17) and its RIP is the next instruction."""
+    for vector in range(256):
+        machine, symbols = run_int(vector, fast_paths, dict.fromkeys(range(256), 3))
+        assert handler_reached(machine) == vector, f"int ${vector}"
+        rip, cs, _, rsp, ss = frame(machine, 5)
+        assert (rip, cs, rsp, ss) == (symbols["after"], 0x1B, USER_STACK, 0x23), f"int ${vector}"
+
+
+def test_int3_through_a_kernel_only_gate_is_gp_on_the_int3(machine: Machine) -> None:
+    symbols = build_world(machine, "nop\nbreak: int3\nnop\n")
+    run_until(machine, HANDLERS + 16 * 13)
+    error, rip, _ = frame(machine, 3)
+    assert (error, rip) == (3 * 8 + 2, symbols["break"])
+
+
+def test_int_n_whose_handler_stack_is_unmapped_faults_on_the_int_not_as_a_double_fault(machine: Machine) -> None:
+    """A software interrupt is benign for the double-fault rules: a #PF while pushing its frame is a #PF (then
+    #DF only because the #PF cannot be pushed either)."""
+    build_world(machine, "nop\nint $3\n", gates_dpl={BP: 3})
+    struct.pack_into("<Q", machine.memory, TSS + 4, 0x7FF000000)
+    machine.run_slice()
+    assert machine.stop is not None and machine.stop.kind is StopKind.TRIPLE_FAULT
+    assert machine.stop.message.startswith("triple fault: int 0x3 could not be delivered (pushing the interrupt")
+    assert "then #PF page fault could not be delivered" in machine.stop.message
+    assert machine.stop.rip == USER_CODE + 1  # the int3 itself
+
+
+def run_kernel_code(machine: Machine, source: str) -> None:
+    """Run `source` in ring 0 at 0x70000 (identity-mapped) until it halts."""
+    code = assemble(source, 0x70000)[0]
+    machine.memory[0x70000:0x70000 + len(code)] = code
+    machine.cpu.save()
+    machine.cpu.segs[1].load(0x08, 0, 0xFFFFFFFF, descriptor(0, True) >> 32)
+    machine.cpu.hflags.value &= ~3
+    machine.cpu.eip.value = 0x70000
+    machine.cpu.restore()
+    machine.uc.ctl_flush_tb()
+    machine.run(max_time_ns=1_000_000_000)
+
+
+def test_touching_thousands_of_pages_beyond_ram_costs_no_new_memory_region(machine: Machine) -> None:
+    """The empty bus is made once: reading 8,192 distinct pages beyond RAM adds no Unicorn memory region (one
+    each made a scan of 8,000 pages take minutes), reads all ones, and the report stays short."""
+    build_world(machine, "nop\n")
+    for index in range(16):  # VA 16 MiB + 32 MiB -> PA 0xE0000000 + 32 MiB, 2 MiB pages, kernel-only
+        struct.pack_into("<Q", machine.memory, PML4 + 0x2000 + 8 * (8 + index), (0xE0000000 + (index << 21)) | 0x83)
+    regions = len(list(machine.uc.mem_regions()))
+    run_kernel_code(machine, "mov $0x1000000, %rbx\nmov $8192, %ecx\nloop: mov (%rbx), %rax\nmov %rax, 8(%rbx)\n"
+                             "add $0x1000, %rbx\ndec %ecx\njnz loop\nhlt\n")
+    assert machine.stop is not None and machine.stop.kind is StopKind.HANG  # its hlt, with IF clear
+    assert machine.cpu.read_register(X.UC_X86_REG_RAX) == 0xFFFFFFFFFFFFFFFF
+    assert len(list(machine.uc.mem_regions())) == regions
+    notes = [e.text for e in machine.events if "unassigned" in e.text]
+    assert 1 <= len(notes) <= 16 and "0xe0000000" in notes[0] and "no more" in notes[-1]
+
+
+OUTSIDE_RAM = 0x7FF000000
+
+
+def point_at_missing_memory(machine: Machine, what: str) -> None:
+    """Make one structure that delivering a user #PF needs lie outside RAM (VA 0x405000 -> PA OUTSIDE_RAM)."""
+    struct.pack_into("<Q", machine.memory, PML4 + 0x3000 + 8 * 5, OUTSIDE_RAM | 3)
+    uc = machine.uc
+    if what == "IDT":
+        uc.reg_write(X.UC_X86_REG_IDTR, (0, 0x405000, 0xFFF, 0))
+    elif what == "GDT":
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, 0x405000, 0x37, 0))
+    elif what == "TSS":
+        uc.reg_write(X.UC_X86_REG_TR, (0x28, 0x405000, 0x67, 0x8900))
+    elif what == "handler stack":
+        struct.pack_into("<Q", machine.memory, TSS + 4, 0x406000)
+    elif what == "page table":  # the IDT's own walk goes through a page-table pointer outside RAM
+        struct.pack_into("<Q", machine.memory, PML4 + 0x2000 + 8 * 3, OUTSIDE_RAM | 3)
+        uc.reg_write(X.UC_X86_REG_IDTR, (0, 0x600000, 0xFFF, 0))
+
+
+@pytest.mark.parametrize("what", ["IDT", "GDT", "TSS", "handler stack", "page table"])
+def test_a_structure_outside_ram_ends_delivery_in_a_machine_fault_with_the_cause(machine: Machine,
+                                                                                   what: str) -> None:
+    build_world(machine, "nop\nbad: mov 0x1000, %rax\n")
+    point_at_missing_memory(machine, what)
+    machine.run_slice()
+    assert machine.stop is not None and machine.stop.kind is StopKind.MACHINE_FAULT, machine.stop
+    message = machine.stop.message
+    assert message.startswith("machine fault: #PF page fault could not be delivered: the ")
+    assert what.split()[0] in message and "outside RAM" in message
+    assert machine.stop.rip == USER_CODE + 1
+
+
+def test_a_cr3_outside_ram_ends_in_a_machine_fault_not_an_emulator_refusal(machine: Machine) -> None:
+    build_world(machine, "nop\n")
+    run_kernel_code(machine, f"mov ${OUTSIDE_RAM:#x}, %rax\nmov %rax, %cr3\nnop\nhlt\n")
+    assert machine.stop is not None and machine.stop.kind is StopKind.MACHINE_FAULT, machine.stop
+    assert "outside RAM" in machine.stop.message and "refused" not in machine.stop.message
+
+
+def test_the_wall_clock_guard_ends_an_io_loop_with_no_timer_and_a_far_budget(machine: Machine,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel polling PCI configuration space with interrupts off and no timer: every access is a Python
+    call and no deadline but the budget would ever end the slice. The guard looks at the host clock at least
+    every virtual millisecond, so it stops the run (its limit is 0: the first look fires)."""
+    build_world(machine, "nop\n")
+    code = assemble("loop: mov $0xcf8, %dx\nmov $0x80000000, %eax\nout %eax, %dx\nmov $0xcfc, %dx\n"
+                    "in %dx, %eax\njmp loop\n", 0x70000)[0]
+    machine.memory[0x70000:0x70000 + len(code)] = code
+    machine.cpu.save()
+    machine.cpu.segs[1].load(0x08, 0, 0xFFFFFFFF, descriptor(0, True) >> 32)
+    machine.cpu.hflags.value &= ~3
+    machine.cpu.eip.value = 0x70000
+    machine.cpu.restore()
+    machine.uc.ctl_flush_tb()
+    stop = machine.run(max_time_ns=86_400 * 10**9, max_wall_s=0.0)
+    assert stop.kind is StopKind.WALL
+    assert stop.message.startswith("the wall-clock guard fired") and "budget 86400 s" in stop.message
+
+    looks = []
+    monkeypatch.setattr(WallGuard, "expired", lambda guard: looks.append(machine.clock.now_ns()) or False)
+    machine.stop = None
+    stop = machine.run(max_time_ns=86_400 * 10**9, max_wall_s=3600, for_ns=10_000_000)
+    assert stop.kind is StopKind.PAUSED
+    assert len(looks) >= 10 and all(b - a <= CHECK_EVERY_NS + 1_000 for a, b in zip(looks, looks[1:]))  # + a block or two
+
+
+ENTROPY_CODE = """
+rdtsc
+shl $32, %rdx
+or %rax, %rdx
+mov %rdx, %r8
+mov $100, %ecx
+spin: dec %ecx
+jnz spin
+rdtscp
+shl $32, %rdx
+or %rax, %rdx
+mov %rdx, %r9
+mov %rcx, %r12
+rdrand %r10
+setc %r13b
+rdseed %r11d
+mov $0x1111111111111111, %rbx
+rdrand %bx
+hlt
+"""
+
+
+def entropy_run(seed: int, fast_paths: bool = True) -> dict[str, int]:
+    """Run ENTROPY_CODE in ring 3 on a fresh machine with `seed`: the registers it filled."""
+    machine = Machine(MachineConfig(ram_size=8 << 20, seed=seed, fast_paths=fast_paths))
+    build_world(machine, ENTROPY_CODE)
+    run_until(machine, HANDLERS + 16 * 13)  # the user's hlt is #GP
+    names = ("r8", "r9", "r10", "r11", "r12", "r13", "rbx")
+    return {name: machine.cpu.read_register(getattr(X, f"UC_X86_REG_{name.upper()}")) for name in names}
+
+
+@pytest.mark.parametrize("fast_paths", [True, False], ids=["native-paths", "python-paths"])
+def test_rdtsc_rdtscp_rdrand_rdseed_come_from_virtual_time_and_the_seed(fast_paths: bool) -> None:
+    first = entropy_run(7, fast_paths)
+    assert first == entropy_run(7, fast_paths)  # host time and host randomness would differ
+    other = entropy_run(8, fast_paths)
+    assert other["r8"] != first["r8"] and other["r10"] != first["r10"]
+    assert 0 < first["r9"] - first["r8"] < 10_000  # the TSC moves with the (virtual) time of the loop
+    assert first["r12"] == 0  # rdtscp's IA32_TSC_AUX
+    assert first["r13"] == 1  # rdrand reports success (CF)
+    assert first["r11"] >> 32 == 0  # a 32-bit destination clears the upper half
+    assert first["rbx"] >> 16 == 0x111111111111  # a 16-bit one keeps it
+    assert len({first["r10"], first["r11"], first["rbx"] & 0xFFFF}) == 3
+    seed0 = entropy_run(0, fast_paths)
+    assert seed0["r8"] < 1_000_000  # seed 0: the TSC starts at power-on (virtual time in 2 GHz ticks)

@@ -187,3 +187,34 @@ def test_an_invalid_opcode_in_weensyos_is_its_own_panic(build_tree: project.Buil
     assert stop.kind is StopKind.PANIC
     assert "6" in stop.message and "PANIC" in stop.message
     assert any(e.kind is Kind.EXCEPTION and e.number == 6 for e in machine.events)
+
+
+TIMER_ILLEGAL_VECTOR = r"""
+    mov $0x80000, %rsp
+    mov $0xc0000083, %eax        # map 3-4 GiB (the local APIC) with a 1 GiB page in the boot page table
+    mov %rax, 0x2018
+    mov %cr3, %rax
+    mov %rax, %cr3
+    mov $0xfee00000, %ebx
+    movl $0x1ff, 0xf0(%rbx)      # APIC on
+    movl $0x0b, 0x3e0(%rbx)      # divide by 1
+    movl $0x20005, 0x320(%rbx)   # periodic, vector 5: illegal (below 16), so every expiry is an APIC error
+    movl $1, 0x380(%rbx)         # a period of 1 ns
+    sti
+wait:
+    jmp wait
+"""
+
+
+def test_a_timer_with_an_illegal_vector_does_not_stop_the_cpu_at_every_expiry(tmp_path: Path) -> None:
+    """Its expiries can do nothing once the error is pending (the error interrupt is masked), so the machine
+    does not end a slice for each of them (it did, every other block: 600x slower than the guest's time);
+    the budget runs out after a few dozen slices, and every expiry is still counted."""
+    kernel = assemble_kernel(TIMER_ILLEGAL_VECTOR, tmp_path / "kernel")
+    machine = boot_machine(kernel, "", {})
+    stop = machine.run(max_time_ns=50_000_000)
+    assert stop.kind is StopKind.BUDGET
+    assert machine.clock.deadline_stops < 200  # the budget and the wall-clock guard's looks (every virtual ms)
+    assert machine.lapic.esr_pending & (1 << 6)  # "received illegal vector"
+    assert machine.lapic.timer_expirations > 40_000_000  # a 1 ns period over 50 ms
+    assert machine.timer_ticks == 0  # and none of them is an interrupt the guest took

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import tempfile
 from pathlib import Path
 
 
+@functools.lru_cache(maxsize=64)
 def assemble(source: str, base: int) -> tuple[bytes, dict[str, int]]:
-    """Assemble AT&T `source` linked at `base`; returns (flat code, symbol addresses)."""
+    """Assemble AT&T `source` linked at `base`; returns (flat code, symbol addresses). Cached: the same snippet
+    is often assembled for many machines (callers must not change the symbol dictionary)."""
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         (d / "s.s").write_text(".text\n.globl _start\n_start:\n" + source + "\n")

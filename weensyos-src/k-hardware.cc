@@ -170,7 +170,10 @@ void init_hardware(uintptr_t phys_map_end) {
     init_kernel_pagetable(phys_map_end);
     init_segments();
 
-    lcr0(rdcr0() | CR0_PE | CR0_PG | CR0_WP | CR0_AM | CR0_MP | CR0_NE);
+    // The FPU and SSE are the processes' (k-cpustate.cc): no lazy switching
+    // (EM, TS clear), FXSAVE keeps the SSE registers, SSE errors are #XM.
+    lcr0((rdcr0() | CR0_PE | CR0_PG | CR0_WP | CR0_AM | CR0_MP | CR0_NE) & ~(CR0_EM | CR0_TS));
+    lcr4(rdcr4() | CR4_OSFXSR | CR4_OSXMMEXCPT);
 
     // System calls: LSTAR is the entry; FMASK clears IF (the kernel runs
     // with interrupts off), DF and friends. STAR holds the kernel selector

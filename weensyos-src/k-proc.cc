@@ -232,6 +232,7 @@ pid_t process_start(const program* prog, const char** why) {
     claim_pagetable(pt, pid);
 
     memset(&p->regs, 0, sizeof(p->regs));
+    cpustate_init(&p->cpu);
     p->regs.reg_rip = reinterpret_cast<const elf_header*>(prog->data)->e_entry;
     p->regs.reg_rsp = MEMSIZE_VIRTUAL;
     p->regs.reg_cs = SEGSEL_APP_CODE | 3;
@@ -289,6 +290,8 @@ pid_t process_fork(proc* parent) {
     assert(child->pid == pid);
     child->regs = parent->regs;
     child->regs.reg_rax = 0;                // fork returns 0 in the child
+    cpustate_sync(parent);                  // the child gets a copy of the
+    child->cpu = parent->cpu;               // parent's FPU and FS/GS too
     child->pagetable = pt;
     strlcpy(child->name, parent->name, sizeof(child->name));
     child->wait = W_NONE;
@@ -323,6 +326,7 @@ void process_free(proc* p) {
     // kernel_pagetable whenever it gets here).
     assert((rdcr3() & PTE_PAMASK) != kptr2pa(p->pagetable));
     free_everything(p->pagetable);
+    cpustate_release(p);
     p->pagetable = nullptr;
     p->state = P_FREE;              // pid and name stay for post-mortems
 }

@@ -307,6 +307,7 @@ extern "C" [[noreturn]] void kernel_start(uint32_t magic, uintptr_t mbinfo) {
 static void run(proc* p) {
     assert(p->state == P_RUNNABLE && p->pagetable);
     current = p;
+    cpustate_switch(p);
     exception_return(p);
 }
 

@@ -64,6 +64,19 @@ enum waitkind_t {
 
 // Layout note: pagetable, pid, state and regs sit at fixed offsets
 // (0, 8, 12, 16) that k-entry.S hard-codes and the harness reads.
+// User-visible CPU state that the trap frame does not hold: the x87, MMX
+// and SSE registers (an FXSAVE image) and the FS/GS selectors and bases.
+// The kernel never uses them itself, so they stay in the CPU while their
+// process runs and move only when another process gets the CPU
+// (k-cpustate.cc): no process sees or changes another's.
+struct cpustate {
+    alignas(16) uint8_t fxsave[512];
+    uint64_t fs_base;
+    uint64_t gs_base;
+    uint16_t fs;
+    uint16_t gs;
+};
+
 struct proc {
     x86_64_pagetable* pagetable;    // top-level page table (kalloc'd)
     pid_t pid;                      // == index in ptable
@@ -74,6 +87,7 @@ struct proc {
     uintptr_t wait_buf;             // user buffer of the waiting call
     size_t wait_len;                //   and its length (already checked)
     uint64_t wait_since;            // blocking order: oldest waiter first
+    cpustate cpu;                   // FPU/SSE, FS/GS while not in the CPU
 };
 static_assert(offsetof(proc, pagetable) == 0, "proc layout");
 static_assert(offsetof(proc, pid) == 8, "proc layout");
@@ -112,6 +126,18 @@ pid_t process_fork(proc* parent);
 int process_page_alloc(proc* p, uintptr_t addr);
 // Free every user page and page-table page of `p` and mark its slot free.
 void process_free(proc* p);
+
+
+// Per-process CPU state beyond the trap frame (k-cpustate.cc)
+
+// A clean state: FPU as after FNINIT, default MXCSR, null FS/GS, bases 0.
+void cpustate_init(cpustate* s);
+// Give the CPU to `p`: save the previous owner's state, load p's.
+void cpustate_switch(proc* p);
+// If p's state is in the CPU, copy it into p->cpu (fork copies it).
+void cpustate_sync(proc* p);
+// `p` is gone: its state in the CPU is no longer anyone's.
+void cpustate_release(proc* p);
 
 // Copy every mapping of [0, MEMSIZE_VIRTUAL) from `src` into the empty
 // page table `dst`: same physical pages, same permissions (the pages are

@@ -58,11 +58,16 @@ inline constexpr bool va_is_canonical(uintptr_t va) {
 // Control registers
 #define CR0_PE          0x00000001UL
 #define CR0_MP          0x00000002UL
+#define CR0_EM          0x00000004UL
+#define CR0_TS          0x00000008UL
 #define CR0_ET          0x00000010UL
 #define CR0_NE          0x00000020UL
 #define CR0_WP          0x00010000UL
 #define CR0_AM          0x00040000UL
 #define CR0_PG          0x80000000UL
+
+#define CR4_OSFXSR      0x00000200UL    // FXSAVE/FXRSTOR keep the SSE registers; SSE allowed
+#define CR4_OSXMMEXCPT  0x00000400UL    // SIMD floating-point errors raise #XM
 
 // EFLAGS
 #define EFLAGS_CF       0x00000001UL
@@ -80,6 +85,8 @@ inline constexpr bool va_is_canonical(uintptr_t va) {
 #define MSR_IA32_STAR   0xC0000081U
 #define MSR_IA32_LSTAR  0xC0000082U
 #define MSR_IA32_FMASK  0xC0000084U
+#define MSR_IA32_FS_BASE 0xC0000100U
+#define MSR_IA32_GS_BASE 0xC0000101U
 
 // Interrupt vectors
 #define INT_DE          0       // divide error
@@ -226,6 +233,14 @@ inline uintptr_t rdcr0() {
 }
 inline void lcr0(uintptr_t x) {
     asm volatile("movq %0, %%cr0" : : "r"(x) : "memory");
+}
+inline uintptr_t rdcr4() {
+    uintptr_t x;
+    asm volatile("movq %%cr4, %0" : "=r"(x));
+    return x;
+}
+inline void lcr4(uintptr_t x) {
+    asm volatile("movq %0, %%cr4" : : "r"(x) : "memory");
 }
 inline uintptr_t rdcr2() {
     uintptr_t x;

@@ -56,6 +56,7 @@ EXIT_FOR_STOP = {
     StopKind.RESET: ExitCode.RESET,
     StopKind.ISOLATION: ExitCode.ISOLATION,
     StopKind.STORM: ExitCode.STORM,
+    StopKind.WALL: ExitCode.WALL,
     StopKind.BREAKPOINT: ExitCode.OK,
 }
 
@@ -121,6 +122,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-time", type=_positive_float, metavar="SECONDS",
                         help="safety budget of virtual time; running out is a failure (default: 30, and none "
                              "on the live console)")
+    parser.add_argument("--max-wall", type=_positive_float, metavar="SECONDS",
+                        help="wall-clock guard: stop (exit status 11) after this much host time (default: 60 + 50 "
+                             "per second of --max-time)")
     parser.add_argument("--kernel", type=Path, metavar="ELF", help="boot this kernel instead of build/kernel "
                         "(with --disk: only its symbols are used); it gets a command line only if PROGRAMs or "
                         "--command name one")
@@ -143,8 +147,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                              "page-table pages, shared writable pages, ownership, freed pages); stop at the first "
                              "isolation violation (exit status 9)")
     parser.add_argument("--seed", type=int, default=0, metavar="N",
-                        help="start the timer at a phase derived from N (default 0: no offset); the same seed "
-                             "gives the same run, another seed shows timing-dependent behaviour")
+                        help="start the timer at a phase derived from N (default 0: no offset), and derive the "
+                             "TSC offset and rdrand/rdseed numbers from it; the same seed gives the same run, "
+                             "another seed shows timing-dependent behaviour")
     parser.add_argument("--keys", action="append", default=[], type=cliargs.key_script, metavar="[TIME:]KEYS",
                         help="type KEYS at virtual TIME (seconds, or 250ms; default 0), e.g. --keys 0.5:q or "
                              "--keys '1s:<ctrl-c>'; named keys: <enter> <esc> <up> <down> <left> <right> <tab> "
@@ -344,7 +349,7 @@ class Session:
                 stop = console.run(ticks=args.ticks, max_time_ns=budget if args.max_time_given else None,
                                    until=args.until)
             else:
-                stop = machine.run(ticks=args.ticks, max_time_ns=budget, until=args.until)
+                stop = machine.run(ticks=args.ticks, max_time_ns=budget, until=args.until, max_wall_s=args.max_wall)
             if args.save_snapshot is not None:
                 machine.save_snapshot(args.save_snapshot)
             if args.screen is not None:

@@ -5,7 +5,9 @@ Rules (each violation names the process, the mapping and the rule):
 2. no page-table page is user-accessible;
 3. no physical page is writable by two processes;
 4. every user page a process maps is owned by that process (in the kernel's own `physpages`);
-5. no freed page is still mapped for user access.
+5. no freed page is still mapped for user access;
+6. a process resumes with the x87/MMX/SSE registers and FS/GS it entered the kernel with, and starts with a
+   clean set or its creator's (regaudit.py).
 
 It reads the process table (`ptable`: pid and page table of each process) and page ownership (`physpages`)
 through the kernel's ELF symbols and DWARF, like the tracer, so it needs no help from the kernel; the kernel's
@@ -19,8 +21,11 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from unicorn import UC_HOOK_CODE, Uc
+
 from ..pc.paging import ADDRESS_MASK, PTE_P, PTE_PS, PTE_U, PTE_W
 from .kernelview import KernelView, PageAccounting
+from .regaudit import RegisterAuditor
 
 if TYPE_CHECKING:
     from ..pc.board import Board
@@ -30,6 +35,7 @@ OWNER_FREE = 0
 OWNER_KERNEL = -2
 OWNER_RESERVED = -1
 _ENTRIES = struct.Struct("<512Q")
+REGISTERS_RULE = "registers not private"
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,8 @@ class Violation:
     detail: str
 
     def __str__(self) -> str:
+        if self.rule == REGISTERS_RULE:
+            return f"isolation violation ({self.rule}): pid {self.pid}: {self.detail}"
         return (f"isolation violation ({self.rule}): pid {self.pid} maps VA {self.va:#x} -> PA {self.pa:#x}: "
                 f"{self.detail}")
 
@@ -97,6 +105,25 @@ class IsolationAuditor:
         self.audits = 0
         if not self.kernel.available or self.kernel.nproc == 0:
             raise RuntimeError("the auditor needs the kernel's `current` and `ptable` symbols (and DWARF)")
+        self.registers = RegisterAuditor(machine.cpu)
+        self._syscall_entry: int | None = None
+
+    def entered_from_user(self, cr3: int) -> None:
+        """A process enters the kernel through an exception or interrupt (its registers as it left them)."""
+        self.registers.entered(cr3)
+
+    def _watch_syscall_entry(self) -> None:
+        """System calls enter at LSTAR, which the kernel has set by its first return to user mode: a code hook
+        there records each caller's registers (the native paths take system calls without Python)."""
+        lstar = self.machine.cpu.lstar.value  # the blob was saved by the register check just before
+        if lstar and lstar != self._syscall_entry:
+            self._syscall_entry = lstar
+            self.machine.uc.hook_add(UC_HOOK_CODE, self._hook_syscall_entry, None, lstar, lstar)
+            self.machine.uc.ctl_flush_tb()
+
+    def _hook_syscall_entry(self, uc: Uc, address: int, size: int, user_data: object) -> None:
+        if address == self._syscall_entry:
+            self.registers.entered()
 
     def check(self, cr3: int) -> Violation | None:
         """Audit every live process now; the first violation, or None."""
@@ -106,9 +133,8 @@ class IsolationAuditor:
         writable_by: dict[int, int] = {}
         mappings: list[tuple[int, list[Leaf]]] = []
         table_pages: set[int] = set()
-        for proc in self.kernel.processes(cr3):
-            if not proc.pagetable:
-                continue
+        live = [proc for proc in self.kernel.processes(cr3) if proc.pagetable]
+        for proc in live:
             leaves, tables = user_mappings(memory, proc.pagetable)
             mappings.append((proc.pid, leaves))
             table_pages |= tables
@@ -121,6 +147,11 @@ class IsolationAuditor:
                     violation = self._check_page(pid, va, pa, leaf.writable, owners, table_pages, writable_by)
                     if violation is not None:
                         return violation
+        problem = self.registers.check(cr3, [proc.pagetable for proc in live])
+        self._watch_syscall_entry()
+        if problem is not None:
+            pid = next((p.pid for p in live if p.pagetable & ~0xFFF == cr3 & ~0xFFF), -1)
+            return Violation(REGISTERS_RULE, pid, 0, 0, problem)
         return None
 
     def _check_page(self, pid: int, va: int, pa: int, writable: bool, owners: list[int] | None,

@@ -21,19 +21,20 @@ from unicorn import (
     UC_HOOK_CODE,
     UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
+    UC_HOOK_MEM_FETCH_PROT,
     UC_HOOK_MEM_FETCH_UNMAPPED,
     UC_HOOK_MEM_READ_UNMAPPED,
     UC_HOOK_MEM_WRITE_UNMAPPED,
+    UC_MEM_FETCH_PROT,
     UC_MEM_FETCH_UNMAPPED,
     UC_MEM_WRITE_UNMAPPED,
     UC_MODE_64,
     UC_PROT_ALL,
     Uc,
-    UcError,
 )
 from unicorn import x86_const as X
 
-from . import guestram, loader
+from . import entropy, guestram, loader
 from .bios import Bios
 from .bus import Bus
 from .clock import ClockCosts, VirtualClock
@@ -84,6 +85,7 @@ class Board(RunLoop, HotPaths, DebugControls):
     def __init__(self, config: MachineConfig | None, recorder: Callable[[Board], Recorder]) -> None:
         self.config = config = config or MachineConfig()
         self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        uc.ctl_set_cpu_model(entropy.CPU_MODEL)  # before anything else (see entropy.py)
         # A bounded buffer for translated code: Unicorn reuses it only when full, and forked programs keep
         # bringing code in on new physical pages, so the default (1 GiB) would make a long run's memory grow.
         uc.ctl_set_tcg_buffer_size(TRANSLATION_BUFFER_BYTES)
@@ -100,6 +102,8 @@ class Board(RunLoop, HotPaths, DebugControls):
         self.cpu = Cpu(uc, self.memory)
         self.cpu.on_delivery = self._record_delivery
         self.cpu.on_syscall = self._record_syscall
+        self.entropy = entropy.GuestEntropy(uc, self.clock, config.seed)
+        self.cpu.emulate_invalid = self.entropy.emulate_invalid
         self.log = GuestLog()
         self.log.on_line = self._log_line
 
@@ -122,15 +126,17 @@ class Board(RunLoop, HotPaths, DebugControls):
             self.bus.add_device_ports(device)
         for device in (self.lapic, self.ioapic):
             self.bus.add_mmio(uc, device, device.MMIO_BASE, device.MMIO_SIZE)
+        self.bus.map_empty_space(uc, config.ram_size)
 
         uc.hook_add(UC_HOOK_INTR, self.cpu.hook_interrupt)
         uc.hook_add(UC_HOOK_INSN_INVALID, self.cpu.hook_invalid_instruction)
         self._install_hot_paths()  # hotpaths.py: the native paths, or the Python hooks for the same work
-        # Only beyond RAM can an access find nothing, so the hook covers only that. (Unicorn 2.1.4 keeps every
-        # store to a page that a memory hook covers on its slow path; it does so for executable pages anyway,
-        # and without NX in the guest's page tables every page is executable.)
-        uc.hook_add(UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED,
-                    self._hook_unmapped, None, config.ram_size, (1 << 64) - 1)
+        # Only beyond RAM can a fetch find no code (the empty bus and the devices are MMIO, which Unicorn
+        # refuses to execute), so the hook covers only that. (Unicorn 2.1.4 keeps every store to a page that a
+        # memory hook covers on its slow path; it does so for executable pages anyway, and without NX in the
+        # guest's page tables every page is executable.)
+        uc.hook_add(UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED
+                    | UC_HOOK_MEM_FETCH_PROT, self._hook_unmapped, None, config.ram_size, (1 << 64) - 1)
 
         self.symbols = SymbolTable([])
         self.kernel_image: loader.ElfImage | None = None
@@ -155,6 +161,7 @@ class Board(RunLoop, HotPaths, DebugControls):
         self._breakpoints: dict[int, int] = {}  # address -> Unicorn hook handle
         self._resume_address: int | None = None  # a breakpoint to run over once (continuing from it)
         self._next_stop_ns: int | None = None
+        self._wall_check: int | None = None  # while a wall-clock guard runs: end slices this often (virtual ns)
 
     # -- boot ----------------------------------------------------------------------------------------------
     def boot(self, kernel: loader.ElfImage, command_line: str | None = "", modules: list[loader.Module] | None = None,
@@ -264,16 +271,10 @@ class Board(RunLoop, HotPaths, DebugControls):
         self.uc.emu_stop()
 
     def _hook_unmapped(self, uc: Uc, access: int, address: int, size: int, value: int, user_data: object) -> bool:
-        """Physical memory with nothing behind it. Data accesses are harmless (an empty bus); executing it is
-        a machine fault the run stops on."""
-        if access != UC_MEM_FETCH_UNMAPPED:
-            try:
-                self.bus.add_unassigned_page(uc, address)
-                return True
-            except UcError:
-                pass  # beyond the physical address space: fall through to a machine fault
-        kind = {UC_MEM_FETCH_UNMAPPED: "instruction fetch from", UC_MEM_WRITE_UNMAPPED: "write to"}.get(
-            access, "read from")
+        """A fetch from physical memory that holds no code (the empty bus, a device), or an access beyond the
+        physical address space: a machine fault the run stops on."""
+        kind = {UC_MEM_FETCH_UNMAPPED: "instruction fetch from", UC_MEM_FETCH_PROT: "instruction fetch from",
+                UC_MEM_WRITE_UNMAPPED: "write to"}.get(access, "read from")
         self._unmapped_access = f"{kind} physical address {address:#x}, where there is no RAM or device"
         return False
 
@@ -343,7 +344,8 @@ class Board(RunLoop, HotPaths, DebugControls):
                 "panic_deadline": self._panic_deadline,
                 "panic": None if panic is None else [panic.message, panic.time_ns, panic.rip, panic.backtrace],
                 "reported": sorted([d, p] for d, p in self.bus._reported),
-                "input": [[when, codes.hex()] for when, codes in self._input]}
+                "input": [[when, codes.hex()] for when, codes in self._input],
+                "entropy": self.entropy.state()}
 
     def restore_run_state(self, state: dict[str, Any]) -> None:
         self.halted = state["halted"]
@@ -354,6 +356,8 @@ class Board(RunLoop, HotPaths, DebugControls):
         self._panic = None if panic is None else Stop(StopKind.PANIC, panic[0], panic[1], panic[2], list(panic[3]))
         self.bus._reported = {(d, p) for d, p in state["reported"]}
         self._input = [(when, bytes.fromhex(codes)) for when, codes in state.get("input", [])]
+        if "entropy" in state:
+            self.entropy.restore(state["entropy"])
         self.stop = None
         self._pending_gp = None
 

@@ -1,8 +1,10 @@
 """The I/O bus: port and MMIO dispatch from the CPU to device models.
 
 Each port number maps straight to its device (a dict lookup per access). An access nobody claims is harmless,
-as on a PC with nothing at that address: reads float high, writes vanish; each such port or address is
-reported once through `on_unclaimed` so a guest poking at missing hardware is visible without flooding.
+as on a PC with nothing at that address: reads float high, writes vanish; each such port is
+reported once through `on_unclaimed` so a guest poking at missing hardware is visible without flooding. Physical
+memory that neither RAM nor a device claims is one empty bus (a few MMIO regions made at start-up): touching it
+costs the same whatever the number of pages, and the first pages touched are reported.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from collections.abc import Callable
 from unicorn import Uc
 
 from .devices.base import Device
+
+PHYSICAL_LIMIT = 1 << 52  # the widest physical address a 64-bit page-table entry can hold
+EMPTY_PAGES_REPORTED = 16  # pages of empty space reported one by one; beyond that a guest scan is quiet
 
 
 class Bus:
@@ -44,21 +49,45 @@ class Bus:
         uc.mmio_map(base, size, read, None, write, None)
         self.mmio.append((base, size, device))
 
-    def add_unassigned_page(self, uc: Uc, address: int, report: bool = True) -> None:
-        """Back one 4 KiB page of nothing: reads float high, writes vanish (like an empty PC bus)."""
+    def map_empty_space(self, uc: Uc, start: int, end: int = PHYSICAL_LIMIT) -> None:
+        """Back every physical address in [start, end) that no device claims with an empty bus: reads float
+        high, writes vanish. A handful of MMIO regions (the gaps between devices) made once, so the cost of
+        the guest touching it does not grow with how many pages it touches. Call after every `add_mmio`."""
+        claimed = sorted((base, base + size) for base, size, _ in self.mmio if base + size > start and base < end)
+        gaps, at = [], start
+        for base, top in claimed:
+            if base > at:
+                gaps.append((at, base))
+            at = max(at, top)
+        if at < end:
+            gaps.append((at, end))
+        for first, last in gaps:
+
+            def read(uc: Uc, offset: int, size: int, user_data: object, first: int = first) -> int:
+                self._touch_empty(first + offset)
+                return (1 << (8 * size)) - 1
+
+            def write(uc: Uc, offset: int, size: int, value: int, user_data: object, first: int = first) -> None:
+                self._touch_empty(first + offset)
+
+            uc.mmio_map(first, last - first, read, None, write, None)
+
+    def add_unassigned_page(self, uc: Uc | None, address: int, report: bool = True) -> None:
+        """Record that the page of `address` (empty space) was touched, reporting it unless `report` is false
+        (a snapshot restores the record). The empty bus itself is always there (map_empty_space)."""
         page = address & ~0xFFF
-
-        def read(uc: Uc, offset: int, size: int, user_data: object) -> int:
-            return (1 << (8 * size)) - 1
-
-        def write(uc: Uc, offset: int, size: int, value: int, user_data: object) -> None:
-            return None
-
-        uc.mmio_map(page, 0x1000, read, None, write, None)
+        if page in self.unassigned_pages or len(self.unassigned_pages) >= EMPTY_PAGES_REPORTED:
+            return
         self.unassigned_pages.add(page)
         if report:
-                self.on_unclaimed(f"access to unassigned physical address {address:#x}; reads as all ones, "
-                              f"writes ignored, reported once per page")
+            more = "" if len(self.unassigned_pages) < EMPTY_PAGES_REPORTED else \
+                f"; the first {EMPTY_PAGES_REPORTED} pages touched are reported, no more"
+            self.on_unclaimed(f"access to unassigned physical address {address:#x}; reads as all ones, "
+                              f"writes ignored, reported once per page{more}")
+
+    def _touch_empty(self, address: int) -> None:
+        if len(self.unassigned_pages) < EMPTY_PAGES_REPORTED:
+            self.add_unassigned_page(None, address)
 
     # -- dispatch ------------------------------------------------------------------------------------------
     def io_read(self, port: int, size: int) -> int:

@@ -184,6 +184,21 @@ class TripleFault(Exception):
         self.rip = rip
 
 
+class MissingMemory(TripleFault):
+    """Delivery needed guest memory that does not exist: an IDT, GDT, TSS, handler stack or page table that
+    lies (or whose page-table walk leads) outside RAM. A real PC would read all ones there and end in a cascade
+    of faults; the harness stops at the first cause instead, as a machine fault (see Machine._triple_fault)."""
+
+
+class _Unbacked(Exception):
+    """A read or write during delivery reached a physical address outside RAM."""
+
+    def __init__(self, what: str, linear: int, physical: int, walking: bool) -> None:
+        super().__init__(what)
+        where = "a page-table entry for it is at" if walking else "it is at"
+        self.text = f"the {what} at linear {linear:#x}: {where} physical {physical:#x}, outside RAM"
+
+
 class _NestedFault(Exception):
     """A fault raised while delivering another one (a bad gate, an unmapped stack, ...)."""
 
@@ -244,6 +259,7 @@ class Cpu:
         self.fmask = ctypes.c_uint64.from_address(base + layout.fmask)
         self.error_code = ctypes.c_int32.from_address(base + OFF_ERROR_CODE)
         self.exception_is_int = ctypes.c_int32.from_address(base + OFF_EXCEPTION_IS_INT)
+        self.exception_next_eip = ctypes.c_uint64.from_address(base + OFF_EXCEPTION_NEXT_EIP)
         self.old_exception = ctypes.c_int32.from_address(base + OFF_OLD_EXCEPTION)
         # The same field in the live CPU state, when the native fast paths have found it (Machine sets it).
         self.live_old_exception: ctypes.c_int32 | None = None
@@ -259,6 +275,8 @@ class Cpu:
         self.triple_fault: TripleFault | None = None  # raised where an exception could not carry it
         # Real mode: the BIOS services (set by the machine for a disk boot); returns True if it answered.
         self.bios_call: Callable[[int], bool] | None = None
+        # Instructions the engine refuses (#UD) but the machine runs itself: (rip, code) -> length or None.
+        self.emulate_invalid: Callable[[int, bytes], int | None] | None = None
 
     # -- raw state access ----------------------------------------------------------------------------------
     def save(self) -> None:
@@ -297,8 +315,9 @@ class Cpu:
         return bool(self.hflags.value & HF_INHIBIT_IRQ)
 
     # -- memory seen by the CPU ----------------------------------------------------------------------------
-    def _read_linear(self, address: int, length: int) -> bytes:
-        """Supervisor read of linear memory during delivery; a failure is a nested #PF."""
+    def _read_linear(self, address: int, length: int, what: str = "memory") -> bytes:
+        """Supervisor read of linear memory during delivery; a failure is a nested #PF, and memory outside RAM
+        (`_Unbacked`) ends delivery."""
         cr3 = self.cr3.value
         out = bytearray()
         while length:
@@ -306,9 +325,11 @@ class Cpu:
                 pa = translate(self.memory, cr3, address)
             except PageFault as fault:
                 raise _NestedFault(PF, fault.error_code, fault.address, f"reading {address:#x}") from None
+            except PhysicalFault as missing:
+                raise _Unbacked(what, address, missing.address, walking=True) from None
             chunk = min(length, 4096 - (address & 0xFFF))
             if pa + chunk > len(self.memory):
-                raise PhysicalFault(pa)
+                raise _Unbacked(what, address, pa, walking=False)
             out += self.memory[pa:pa + chunk]
             address += chunk
             length -= chunk
@@ -325,9 +346,11 @@ class Cpu:
                 pa = translate(self.memory, cr3, address + offset, write=True, write_protect=write_protect)
             except PageFault as fault:
                 raise _NestedFault(PF, fault.error_code, fault.address, "pushing the interrupt frame") from None
+            except PhysicalFault as missing:
+                raise _Unbacked("handler stack", address + offset, missing.address, walking=True) from None
             chunk = min(length - offset, 4096 - ((address + offset) & 0xFFF))
             if pa + chunk > len(self.memory):
-                raise PhysicalFault(pa)
+                raise _Unbacked("handler stack", address + offset, pa, walking=False)
             pieces.append((pa, offset, chunk))
             offset += chunk
         return pieces
@@ -354,7 +377,6 @@ class Cpu:
                               f"deliver (only real mode and long mode)", self.eip.value)
         rflags = self.rflags()
         rip = self.eip.value
-        first = vector
         from_user = self.hflags.value & HF_CPL_MASK == 3
         cr3 = self.cr3.value
         chain: list[str] = []  # why each delivery failed, for the diagnosis
@@ -362,20 +384,29 @@ class Cpu:
             try:
                 self._enter_gate(vector, error_code, software, instruction_length, external, rip, rflags)
                 break
+            except _Unbacked as missing:
+                what = f"int {vector:#x}" if software else vector_name(vector)
+                chain.append(f"{what} could not be delivered: {missing.text}")
+                raise MissingMemory("; then ".join(chain), rip - (instruction_length if software else 0)) \
+                    from None
             except _NestedFault as nested:
                 if nested.vector == PF and nested.address is not None:
                     self.cr2.value = nested.address
                 where = f" at {nested.address:#x}" if nested.address is not None else ""
-                chain.append(f"{vector_name(vector)} could not be delivered ({nested.why}{where})")
-                if vector == DF:
+                what = f"int {vector:#x}" if software else vector_name(vector)
+                chain.append(f"{what} could not be delivered ({nested.why}{where})")
+                # The double-fault rules classify CPU exceptions only. A software `int n` (whatever n) and a
+                # device interrupt are benign: a fault while entering their handler is delivered as itself.
+                benign = software or external
+                if vector == DF and not benign:
                     raise TripleFault("; then ".join(chain), rip) from None
-                if (vector == PF and (nested.vector == PF or nested.vector in CONTRIBUTORY)) or \
-                        (vector in CONTRIBUTORY and nested.vector in CONTRIBUTORY):
+                if not benign and ((vector == PF and (nested.vector == PF or nested.vector in CONTRIBUTORY))
+                                   or (vector in CONTRIBUTORY and nested.vector in CONTRIBUTORY)):
                     vector, error_code = DF, 0
                 else:
                     vector, error_code = nested.vector, nested.error_code
-                if software and nested.vector == GP and nested.error_code == first * 8 + 2:
-                    rip -= instruction_length  # a refused `int n` faults on the instruction itself
+                if software:
+                    rip -= instruction_length  # an `int n` that could not enter faults on the instruction
                 software = external = False
         else:  # pragma: no cover - three nested faults always end in DF or a triple fault above
             raise TripleFault("fault loop during delivery", rip)
@@ -391,7 +422,8 @@ class Cpu:
         cpl = self.hflags.value & HF_CPL_MASK
         if vector * 16 + 15 > self.idt.limit.value:
             raise _NestedFault(GP, vector * 8 + 2 + ext, why=f"vector {vector} is beyond the IDT limit")
-        low, high = struct.unpack("<QQ", self._read_linear(self.idt.base.value + vector * 16, 16))
+        low, high = struct.unpack("<QQ", self._read_linear(self.idt.base.value + vector * 16, 16,
+                                                           f"IDT entry {vector}"))
         gate_type = (low >> 40) & 0xF
         if gate_type not in (0xE, 0xF):
             raise _NestedFault(GP, vector * 8 + 2 + ext, why=f"IDT entry {vector} is not an interrupt/trap gate")
@@ -404,7 +436,8 @@ class Cpu:
         ist = (low >> 32) & 7
         if selector & ~3 == 0 or selector & 4 or (selector & ~7) + 7 > self.gdt.limit.value:
             raise _NestedFault(GP, (selector & ~3) + ext, why=f"bad gate selector {selector:#x}")
-        flags = struct.unpack("<I", self._read_linear(self.gdt.base.value + (selector & ~7) + 4, 4))[0]
+        flags = struct.unpack("<I", self._read_linear(self.gdt.base.value + (selector & ~7) + 4, 4,
+                                                      f"GDT entry {selector >> 3}"))[0]
         if not flags & DESC_S or not flags & DESC_TYPE_CODE or not flags & DESC_L:
             raise _NestedFault(GP, (selector & ~3) + ext, why=f"selector {selector:#x} is not 64-bit code")
         if not flags & DESC_P:
@@ -418,7 +451,7 @@ class Cpu:
             slot = 0x24 + 8 * (ist - 1) if ist else 4 + 8 * dpl
             if slot + 7 > self.tr.limit.value:
                 raise _NestedFault(TS, (self.tr.selector.value & ~3) + ext, why="TSS too small for the stack")
-            new_rsp = struct.unpack("<Q", self._read_linear(self.tr.base.value + slot, 8))[0]
+            new_rsp = struct.unpack("<Q", self._read_linear(self.tr.base.value + slot, 8, "TSS"))[0]
         else:
             new_rsp = old_rsp
         new_rsp &= ~0xF
@@ -472,7 +505,7 @@ class Cpu:
             if intno in (BP, OF, DB):  # int3 (CC), into (CE), int1 (F1) are one byte long
                 try:
                     previous = self._read_linear(self.eip.value - 1, 1)[0]
-                except (_NestedFault, PhysicalFault):
+                except (_NestedFault, _Unbacked):
                     previous = 0
                 if previous in (0xCC, 0xCE, 0xF1):
                     length = 1
@@ -568,15 +601,40 @@ class Cpu:
             self.replaying = False
 
     def hook_invalid_instruction(self, uc: Uc, user_data: object) -> bool:
-        """UC_HOOK_INSN_INVALID: deliver #UD to the guest and tell Unicorn it was handled."""
+        """UC_HOOK_INSN_INVALID: deliver #UD to the guest and tell Unicorn it was handled.
+
+        Unicorn also calls this hook for a software `int $6` (it reports every vector-6 raise as an invalid
+        instruction): that one is an `int n` like any other, with its gate's DPL check."""
+        self.save()
+        if not self.exception_is_int.value and self.emulate_invalid is not None and self.hflags.value & HF_LMA:
+            rip = self.eip.value
+            if self.emulate_invalid(rip, self._code_bytes(rip)) is not None:
+                return True  # an instruction Unicorn refuses but the machine provides (rdrand, rdseed)
         try:
-            self.deliver(UD)
+            if self.exception_is_int.value:  # `int $6` (eip still on the instruction): RIP goes past it
+                self.eip.value = self.exception_next_eip.value
+                self.deliver(UD, software=True, instruction_length=2, saved=True)
+            else:
+                self.deliver(UD, saved=True)
         except TripleFault as fault:
             # Unicorn would report an unhandled invalid instruction before our exception: keep it for the
             # machine, which checks `triple_fault` when the slice ends.
             self.triple_fault = fault
             uc.emu_stop()
         return True
+
+    def _code_bytes(self, rip: int, length: int = 8) -> bytes:
+        """Up to `length` bytes of code at `rip` (fewer where the next page is not mapped)."""
+        out = b""
+        for address in (rip, (rip | 0xFFF) + 1):
+            want = min(length - len(out), 0x1000 - (address & 0xFFF))
+            try:
+                out += self._read_linear(address, want)
+            except (_NestedFault, _Unbacked):
+                break
+            if len(out) == length:
+                break
+        return out
 
     def hook_syscall(self, uc: Uc, user_data: object) -> None:
         """UC_HOOK_INSN(SYSCALL): enter the kernel at LSTAR in ring 0, as the CPU does."""
@@ -620,7 +678,7 @@ class Cpu:
                 return False
             first, last = port // 8, (port + size - 1) // 8
             bits = int.from_bytes(self._read_linear(base + bitmap + first, last - first + 1), "little")
-        except (_NestedFault, PhysicalFault):
+        except (_NestedFault, _Unbacked):
             return False
         mask = ((1 << size) - 1) << (port % 8)
         return not bits & mask

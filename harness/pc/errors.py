@@ -27,11 +27,12 @@ class ExitCode(enum.IntEnum):
     PANIC = 3  # the guest kernel panicked
     TRIPLE_FAULT = 4  # the CPU could not deliver a double fault
     BUDGET = 5  # the safety budget of virtual time ran out
-    MACHINE_FAULT = 6  # the guest touched memory that does not exist, or the emulator refused an instruction
+    MACHINE_FAULT = 6  # nonexistent memory executed or needed by a delivery, or the emulator refused an instruction
     HANG = 7  # the CPU halted with nothing left that could wake it
     RESET = 8  # the guest asked the chipset for a reset (the harness does not reboot, like QEMU -no-reboot)
     ISOLATION = 9  # --audit found a page mapping that breaks process isolation
     STORM = 10  # device interrupts came as a storm (e.g. a LAPIC timer programmed with a period of nanoseconds)
+    WALL = 11  # the wall-clock guard fired: the run took too much host time for its virtual time
 
 
 # The one list of what each status means: the CLI's --help and the README's table are generated from it
@@ -46,12 +47,15 @@ EXIT_MEANINGS: dict[ExitCode, str] = {
                     "`FILE:LINE: kernel assertion 'EXPR' failed`)",
     ExitCode.TRIPLE_FAULT: "triple fault: the CPU could not deliver a double fault",
     ExitCode.BUDGET: "the budget of virtual time ran out",
-    ExitCode.MACHINE_FAULT: "the guest executed memory that does not exist (or the emulator refused an "
+    ExitCode.MACHINE_FAULT: "the guest executed memory that does not exist, or an interrupt's delivery needed an "
+                            "IDT, GDT, TSS, stack or page table outside RAM (or the emulator refused an "
                             "instruction)",
     ExitCode.HANG: "the CPU halted with nothing left that could wake it",
     ExitCode.RESET: "the guest asked for a reset (the harness does not reboot, like QEMU's `-no-reboot`)",
     ExitCode.ISOLATION: "`--audit` found a page mapping that breaks process isolation",
     ExitCode.STORM: "an interrupt storm (e.g. a LAPIC timer programmed with a period of nanoseconds)",
+    ExitCode.WALL: "the wall-clock guard (`--max-wall`) fired: the guest made its virtual time too costly in "
+                   "host time",
 }
 
 

@@ -14,12 +14,13 @@ from collections.abc import Callable
 from unicorn import UcError
 from unicorn import x86_const as X
 
-from .cpu import FLAG_IF, GP, NOT_AN_ADDRESS, TripleFault
+from .cpu import FLAG_IF, GP, NOT_AN_ADDRESS, MissingMemory, TripleFault
 from .events import Event
 from .stop import RESUMABLE, Stop, StopKind
+from .wallguard import CHECK_EVERY_NS, WallGuard, default_limit_s
 
 STORM_WINDOW_NS = 1_000_000  # more than STORM_LIMIT device interrupts in this much virtual time is a storm
-STORM_LIMIT = 2_000  # (2 MHz: far beyond any timer a kernel means to program)
+STORM_LIMIT = 200  # (200 kHz: far beyond any timer a kernel means to program, and cheap to reach)
 POLL_NS = 100_000  # while an interrupt waits for IF=1, look again this often (the hooks below usually see it first)
 
 
@@ -27,15 +28,19 @@ class RunLoop:
     """`run()` and `run_slice()`, keyboard input in virtual time, and the stops the loop itself decides.
 
     Drives the board's `uc`, `cpu`, `clock`, `lapic`, `keyboard` and `tracer`; its own state is `_until`,
-    `_budget_end`, `_pause_end`, `_input`, `_storm_window` and `_next_stop_ns` (made in `Board.__init__`)."""
+    `_budget_end`, `_pause_end`, `_input`, `_storm_window`, `_next_stop_ns` and `_wall_check` (made in
+    `Board.__init__`)."""
 
     def run(self, *, ticks: int | None = None, max_time_ns: int | None = None, until: str | None = None,
-            for_ns: int | None = None, until_event: Callable[[Event], bool] | None = None) -> Stop:
+            for_ns: int | None = None, until_event: Callable[[Event], bool] | None = None,
+            max_wall_s: float | None = None) -> Stop:
         """Run until the guest powers off or a stop condition holds; returns why it stopped.
 
         `ticks`: stop (successfully) once the guest has taken that many more timer interrupts (periods that pass
         while it keeps interrupts masked are not ticks it took).
         `max_time_ns`: the safety budget of virtual time; running out of it is a failure.
+        `max_wall_s`: the wall-clock guard, in host seconds (StopKind.WALL); by default scaled to
+        `max_time_ns` (wallguard.py), and none without a virtual budget.
         `until`: stop (successfully) once this text is on the screen or in a line of the log. The log is
         checked line by line as it is written; the screen at every system call and whenever the CPU stops.
         `for_ns`: pause (successfully) after this much virtual time. `until_event`: stop (successfully) right
@@ -48,7 +53,8 @@ class RunLoop:
 
             self.events.observers.append(watch)
             try:
-                return self.run(ticks=ticks, max_time_ns=max_time_ns, until=until, for_ns=for_ns)
+                return self.run(ticks=ticks, max_time_ns=max_time_ns, until=until, for_ns=for_ns,
+                                max_wall_s=max_wall_s)
             finally:
                 self.events.observers.remove(watch)
         clock, cpu, lapic = self.clock, self.cpu, self.lapic
@@ -62,8 +68,15 @@ class RunLoop:
         tick_target = lapic.timer_interrupts_taken + ticks if ticks is not None else None
         self._budget_end = clock.now_ns() + max_time_ns if max_time_ns is not None else None
         self._pause_end = clock.now_ns() + for_ns if for_ns is not None else None
+        wall_limit = max_wall_s if max_wall_s is not None else default_limit_s(max_time_ns)
+        guard = WallGuard(wall_limit) if wall_limit is not None else None
+        self._wall_check = CHECK_EVERY_NS if guard is not None else None
         while self.stop is None:
             now = clock.now_ns()
+            if guard is not None and guard.expired():
+                self.stop = Stop(StopKind.WALL, guard.message(now, max_time_ns), now, cpu.rip())
+                self._machine_event(self.stop.message)
+                break
             lapic.advance(now)
             self._deliver_input(now)
             if self._panic is not None and self._panic_deadline is not None and now >= self._panic_deadline:
@@ -128,6 +141,7 @@ class RunLoop:
                 self.stop = Stop(StopKind.UNTIL, f"{until!r} appeared", clock.now_ns(), cpu.rip())
         self._until = None
         self._pause_end = None
+        self._wall_check = None
         if self._panic is not None and self.stop.kind is not StopKind.PANIC:
             self.stop = self._panic  # a panic is what matters, even if a key then powered the machine off
         if self.stop.kind not in RESUMABLE:
@@ -196,8 +210,10 @@ class RunLoop:
             self.clock.stop_at_ns(when)
 
     def _next_deadline(self, poll: int | None = None) -> int | None:
-        candidates = [self.lapic.next_deadline_ns(), self._budget_end, self._panic_deadline, poll, self._pause_end,
-                      self._input[0][0] if self._input else None]
+        # (a timer whose expiries can change nothing does not end slices: --ticks counts interrupts taken)
+        candidates = [self.lapic.next_effective_deadline_ns(), self._budget_end, self._panic_deadline, poll,
+                      self._pause_end, self._input[0][0] if self._input else None,
+                      self.clock.now_ns() + self._wall_check if self._wall_check is not None else None]
         present = [c for c in candidates if c is not None]
         return min(present) if present else None
 
@@ -232,7 +248,10 @@ class RunLoop:
         return True
 
     def _triple_fault(self, fault: TripleFault) -> None:
-        self.stop = Stop(StopKind.TRIPLE_FAULT, f"triple fault: {fault.reason}", self.clock.now_ns(), fault.rip)
+        if isinstance(fault, MissingMemory):  # a table or stack outside RAM: a machine fault, not a CPU reset
+            self.stop = Stop(StopKind.MACHINE_FAULT, f"machine fault: {fault.reason}", self.clock.now_ns(), fault.rip)
+        else:
+            self.stop = Stop(StopKind.TRIPLE_FAULT, f"triple fault: {fault.reason}", self.clock.now_ns(), fault.rip)
         self._machine_event(self.stop.message)
 
     def _emulator_error(self, error: UcError) -> None:

@@ -17,13 +17,15 @@ class StopKind(enum.Enum):
     PANIC = "kernel panic"
     TRIPLE_FAULT = "triple fault"
     BUDGET = "budget exhausted"
+    WALL = "wall-clock guard"
     MACHINE_FAULT = "machine fault"
     HANG = "hang"
     RESET = "reset"
 
 
 # Stops after which `run()` may be called again to go on (the others end the machine's life).
-RESUMABLE = frozenset({StopKind.TICKS, StopKind.UNTIL, StopKind.PAUSED, StopKind.BREAKPOINT, StopKind.BUDGET})
+RESUMABLE = frozenset({StopKind.TICKS, StopKind.UNTIL, StopKind.PAUSED, StopKind.BREAKPOINT, StopKind.BUDGET,
+                       StopKind.WALL})
 
 
 @dataclass
