@@ -15,6 +15,7 @@ import pytest
 
 from harness.api import boot_machine
 from harness.front.cli import main
+from harness.pc.clock import ClockCosts
 from harness.machine import Machine, MachineConfig, StopKind
 from harness.observe.syscalls import SyscallTable
 from harness.pc import engine
@@ -74,11 +75,11 @@ def test_all_patches_off_is_still_the_same_run(boot: BootFn) -> None:
            (stop_off.time_ns, off.clock.instructions, bytes(off.log.data))
 
 
-def test_virtual_time_is_instructions_times_their_cost_plus_halted_time(boot: BootFn) -> None:
-    machine, stop = boot("hello")
+def test_virtual_time_is_instructions_times_their_cost_plus_time_not_in_instructions(boot: BootFn) -> None:
+    machine, stop = boot("hello", config=MachineConfig(costs=ClockCosts.instructions_only(10_000)))
     clock = machine.clock
-    assert stop.time_ns == clock.now_ns() == clock.instructions * clock.ns_per_instruction + clock.skipped_ns
-    slow, slow_stop = boot("hello", config=MachineConfig(costs=type(clock.costs)(ns_per_instruction=20)))
+    assert stop.time_ns == clock.now_ns() == clock.instructions * 10 + clock.skipped_ns
+    slow, slow_stop = boot("hello", config=MachineConfig(costs=ClockCosts.instructions_only(20_000)))
     assert slow.clock.instructions == clock.instructions  # the cost changes time, not what runs
     assert slow_stop.time_ns > stop.time_ns
 

@@ -69,7 +69,7 @@ MSR_IA32_APIC_BASE = 0x1B
 @dataclass(frozen=True)
 class MachineConfig:
     ram_size: int = loader.DEFAULT_RAM_SIZE
-    costs: ClockCosts = ClockCosts()  # virtual time per instruction (clock.py)
+    costs: ClockCosts = ClockCosts()  # the calibrated speed model (clock.py)
     event_capacity: int = 4096
     seed: int = 0  # timer phase: 0 = the timer starts on the instruction that programs it
     # The native hot paths (fastpath.py); False runs Python's reference versions of the same work.
@@ -100,6 +100,8 @@ class Board(RunLoop, HotPaths, DebugControls):
         self.clock = VirtualClock(uc, config.costs, engine_off)
         self.clock.on_deadlines_changed = self._rearm
         self.cpu = Cpu(uc, self.memory)
+        self.cpu.charge = self.clock.charge
+        self.cpu.ns_per_syscall, self.cpu.ns_per_delivery = config.costs.ns_per_syscall, config.costs.ns_per_delivery
         self.cpu.on_delivery = self._record_delivery
         self.cpu.on_syscall = self._record_syscall
         self.entropy = entropy.GuestEntropy(uc, self.clock, config.seed)

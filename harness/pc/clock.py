@@ -1,6 +1,8 @@
-"""The deterministic virtual clock: guest time measured in executed instructions.
+"""The deterministic virtual clock: guest time measured in executed instructions and counted events.
 
-Virtual time = instructions executed x `ClockCosts.ns_per_instruction` + time skipped while the CPU was halted.
+Virtual time = instructions executed x `ClockCosts.ps_per_instruction` + a fixed cost per event the real machine
+pays for (system-call entry, interrupt/exception delivery; `charge`) + the firmware's boot delay + time skipped
+while the CPU was halted.
 The instruction count is kept by our engine inside the translated code (engine/README.md, instruction-clock
 patch), in the spirit of QEMU's icount: each translation block knows its instruction count when it is
 translated, adds it to the counter when it starts, and gives back what did not run when it is left early (a
@@ -8,8 +10,12 @@ fault, a stop); the same inline code compares the counter with a deadline and ha
 only when it is reached. The count never depends on the host, so the same kernel, programs and inputs give the
 same run on any machine; and no hook runs per block or per instruction.
 
-The costs are one knob each in `ClockCosts` (today only the instruction; the calibration of per-event costs
-builds on it).
+The costs are one knob each in `ClockCosts`, fitted once to QEMU 7.2 TCG runs of our own workloads by
+scripts/fit_speed_model.py (docs/speed-model.md: the fit and its residuals) and then fixed here as data: nothing is
+measured at run time, so runs stay deterministic. Event charges and the boot delay are added to the same
+accumulator as halted time (`skipped_ns`, "time not counted in instructions"), which the snapshot saves: a
+resumed run charges exactly as the original did, and the native paths charge with the same arithmetic
+(`vclock_charge` in native/vclock.h).
 
 This module also builds the harness's own small native library (native/fastpath.c, used by fastpath.py).
 """
@@ -35,20 +41,38 @@ NATIVE_DIR = Path(__file__).with_name("native")
 NATIVE_SOURCES = ("fastpath.c",)  # the hot paths (fastpath.py)
 NEVER = (1 << 64) - 1
 
+# The calibrated speed model (fitted by scripts/fit_speed_model.py; docs/speed-model.md has the fit).
+PS_PER_INSTRUCTION = 10_000
+NS_PER_SYSCALL = 0
+NS_PER_DELIVERY = 0
+BOOT_DELAY_NS = 0
+
 
 @dataclass(frozen=True)
 class ClockCosts:
     """What each thing the guest does costs in virtual time: one knob per cost.
 
-    10 ns per instruction makes a 100 MHz CPU that runs one instruction per cycle; the course's 100 Hz LAPIC
-    timer then ticks every million instructions (about as often as the block clock of 20 ns per block did).
+    The defaults are the calibrated speed model (scripts/fit_speed_model.py, docs/speed-model.md): what makes
+    the per-tick rates of our workloads (yields, pipe messages, allocated pages, forks, memory viewer redraws,
+    boot to the first log line) come out as under QEMU 7.2 TCG on the reference machine class. The instruction
+    cost is in picoseconds so that the fit is not rounded to whole nanoseconds.
     """
 
-    ns_per_instruction: int = 10
+    ps_per_instruction: int = PS_PER_INSTRUCTION
+    ns_per_syscall: int = NS_PER_SYSCALL  # `syscall` entry and its `sysretq`/`iretq` back to user mode
+    ns_per_delivery: int = NS_PER_DELIVERY  # an interrupt or exception entered through the IDT
+    boot_delay_ns: int = BOOT_DELAY_NS  # the firmware's time (BIOS, option ROMs) before the loader hands off
 
     def __post_init__(self) -> None:
-        if self.ns_per_instruction < 1:
-            raise ValueError("ns_per_instruction must be at least 1")
+        if self.ps_per_instruction < 1:
+            raise ValueError("ps_per_instruction must be at least 1")
+        if min(self.ns_per_syscall, self.ns_per_delivery, self.boot_delay_ns) < 0:
+            raise ValueError("event costs and the boot delay cannot be negative")
+
+    @classmethod
+    def instructions_only(cls, ps_per_instruction: int = 10_000) -> ClockCosts:
+        """A clock that counts instructions only (no event costs, no boot delay): 10 ns each by default."""
+        return cls(ps_per_instruction, 0, 0, 0)
 
 
 class ClockState(ctypes.Structure):
@@ -56,8 +80,9 @@ class ClockState(ctypes.Structure):
 
     _fields_ = [
         ("engine", ctypes.POINTER(engine.EngineCounter)),
-        ("ns_per_instruction", ctypes.c_uint64),
+        ("ps_per_instruction", ctypes.c_uint64),
         ("skipped_ns", ctypes.c_uint64),
+        ("ns_per_syscall", ctypes.c_uint64),
     ]
 
 
@@ -119,12 +144,13 @@ class VirtualClock:
                  switched_off: frozenset[str] = frozenset()) -> None:
         self.costs = costs = costs or ClockCosts()
         self.counter = engine.configure(uc._uch, switched_off)  # the engine's counter, deadline and stops
-        self.state_for_native = ClockState(ctypes.pointer(self.counter), costs.ns_per_instruction, 0)
+        self.state_for_native = ClockState(ctypes.pointer(self.counter), costs.ps_per_instruction,
+                                           costs.boot_delay_ns, costs.ns_per_syscall)
         self.on_deadlines_changed: Callable[[], None] = lambda: None
 
     @property
-    def ns_per_instruction(self) -> int:
-        return self.costs.ns_per_instruction
+    def ps_per_instruction(self) -> int:
+        return self.costs.ps_per_instruction
 
     @property
     def instructions(self) -> int:
@@ -133,7 +159,7 @@ class VirtualClock:
 
     @property
     def skipped_ns(self) -> int:
-        """Virtual time jumped over while the CPU was halted."""
+        """Virtual time not counted in instructions: the boot delay, event charges, time jumped over while halted."""
         return self.state_for_native.skipped_ns
 
     @skipped_ns.setter
@@ -142,7 +168,7 @@ class VirtualClock:
 
     # -- the Clock protocol that devices use --------------------------------------------------------------
     def now_ns(self) -> int:
-        return self.counter.instructions * self.costs.ns_per_instruction + self.state_for_native.skipped_ns
+        return self.counter.instructions * self.costs.ps_per_instruction // 1000 + self.state_for_native.skipped_ns
 
     def deadlines_changed(self) -> None:
         self.on_deadlines_changed()
@@ -157,7 +183,7 @@ class VirtualClock:
         if when_ns is None:
             self.counter.deadline = NEVER
             return
-        due = -(-(when_ns - self.skipped_ns) // self.costs.ns_per_instruction)
+        due = -(-(when_ns - self.skipped_ns) * 1000 // self.costs.ps_per_instruction)
         # The engine stops at the start of a block; a slice must run at least one block, or a deadline due now
         # would stop every slice with no progress.
         self.counter.deadline = max(self.counter.instructions + 1, due)
@@ -169,6 +195,16 @@ class VirtualClock:
     def count_emulated_instruction(self) -> None:
         """The harness did an instruction's work in a hook and moved the PC past it: it counts as one."""
         self.counter.instructions += 1
+
+    def charge(self, ns: int) -> None:
+        """An event the real machine pays for happened: advance the clock by `ns`, and bring an armed deadline
+        (counted in instructions) that much closer. Same arithmetic as `vclock_charge` (native/vclock.h)."""
+        if ns <= 0:
+            return
+        self.skipped_ns += ns
+        deadline = self.counter.deadline
+        if deadline != NEVER:
+            self.counter.deadline = max(0, deadline - ns * 1000 // self.costs.ps_per_instruction)
 
     def skip_to_ns(self, when_ns: int) -> None:
         """Jump over idle time (the CPU is halted): advance the clock without executing anything."""

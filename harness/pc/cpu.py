@@ -270,6 +270,10 @@ class Cpu:
         self.on_syscall: Callable[[int, int, int, tuple[int, ...]], None] | None = None
         self.deliveries = 0
         self.syscalls = 0
+        # The speed model's event charges (ClockCosts; the board wires `charge` to VirtualClock.charge).
+        self.charge: Callable[[int], None] = lambda ns: None
+        self.ns_per_syscall = 0
+        self.ns_per_delivery = 0
         self.replay_requested = False
         self.replaying = False
         self.triple_fault: TripleFault | None = None  # raised where an exception could not carry it
@@ -413,6 +417,7 @@ class Cpu:
         self.eip.value += eip_bias
         self.restore()
         self.deliveries += 1
+        self.charge(self.ns_per_delivery)
         if self.on_delivery is not None:
             self.on_delivery(vector, error_code, rip, self.cr2.value, external, from_user, cr3)
 
@@ -537,6 +542,7 @@ class Cpu:
         self.eflags.value &= ~(FLAG_IF | FLAG_TF)
         self.restore()
         self.deliveries += 1
+        self.charge(self.ns_per_delivery)
         if self.on_delivery is not None:
             self.on_delivery(vector, None, ip, 0, False, False, 0)
 
@@ -660,6 +666,7 @@ class Cpu:
         if fmask & ARITH_FLAGS:
             self.write_register(X.UC_X86_REG_RFLAGS, self.rflags() & ~fmask)
         self.syscalls += 1
+        self.charge(self.ns_per_syscall)  # as the native fast_syscall_hook charges it
         if self.on_syscall is not None:
             self.on_syscall(rip, regs[RAX], self.cr3.value, (regs[RDI], regs[RSI], regs[RDX], regs[R10]))
 

@@ -195,7 +195,7 @@ static inline int cpl(const struct fastpath *f) { return ENV32(f, OFF_HFLAGS) & 
 
 static inline uint64_t now_ns(const struct fastpath *f)
 {
-    return f->clock->engine->instructions * f->clock->ns_per_instruction + f->clock->skipped_ns;
+    return f->clock->engine->instructions * f->clock->ps_per_instruction / 1000 + f->clock->skipped_ns;
 }
 
 /* The physical address of `va` through the 4-level page table at `cr3`, or -1 (not mapped, or outside RAM).
@@ -286,6 +286,7 @@ void fast_syscall_hook(void *uc, void *opaque)
     f->reg_write(uc, f->rflags_regid, &masked);
     ENV64(f, OFF_EIP) = ENV64(f, f->off_lstar) - 2;
     f->syscalls++;
+    vclock_charge(f->clock, f->clock->ns_per_syscall); /* as Cpu.hook_syscall charges it */
 
     if (f->want_syscalls == WANT_BATCH && CONSOLE_PA + CONSOLE_BYTES <= f->ram_size
         && (!f->screen_valid || memcmp(f->ram + CONSOLE_PA, f->screen, CONSOLE_BYTES) != 0)) {

@@ -14,8 +14,23 @@ struct engine_icount {           /* the engine's struct weensy_icount */
 
 struct vclock {
     struct engine_icount *engine;
-    uint64_t ns_per_instruction; /* virtual time = instructions x ns_per_instruction + skipped_ns */
-    uint64_t skipped_ns;         /* time jumped over while the CPU was halted */
+    uint64_t ps_per_instruction; /* virtual time = instructions x ps_per_instruction / 1000 + skipped_ns */
+    uint64_t skipped_ns;         /* time not counted in instructions: boot delay, event charges, halted time */
+    uint64_t ns_per_syscall;     /* the charge for a system-call entry (ClockCosts.ns_per_syscall) */
 };
+
+#define VCLOCK_NEVER UINT64_MAX
+
+/* An event the real machine pays for: advance the clock by `ns` and bring an armed deadline that much closer.
+ * Exactly VirtualClock.charge (clock.py), so both paths give the same times. */
+static inline void vclock_charge(struct vclock *c, uint64_t ns)
+{
+    if (!ns)
+        return;
+    c->skipped_ns += ns;
+    uint64_t deadline = c->engine->deadline, closer = ns * 1000 / c->ps_per_instruction;
+    if (deadline != VCLOCK_NEVER)
+        c->engine->deadline = deadline > closer ? deadline - closer : 0;
+}
 
 #endif
