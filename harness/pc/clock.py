@@ -1,7 +1,7 @@
 """The deterministic virtual clock: guest time measured in executed instructions and counted events.
 
 Virtual time = instructions executed x `ClockCosts.ps_per_instruction` + a fixed cost per event the real machine
-pays for (system-call entry, interrupt/exception delivery; `charge`) + the firmware's boot delay + time skipped
+pays for (system-call entry, interrupt/exception delivery, port I/O; `charge`) + the firmware's boot delay + time skipped
 while the CPU was halted.
 The instruction count is kept by our engine inside the translated code (engine/README.md, instruction-clock
 patch), in the spirit of QEMU's icount: each translation block knows its instruction count when it is
@@ -42,10 +42,11 @@ NATIVE_SOURCES = ("fastpath.c",)  # the hot paths (fastpath.py)
 NEVER = (1 << 64) - 1
 
 # The calibrated speed model (fitted by scripts/fit_speed_model.py; docs/speed-model.md has the fit).
-PS_PER_INSTRUCTION = 10_000
-NS_PER_SYSCALL = 0
-NS_PER_DELIVERY = 0
-BOOT_DELAY_NS = 0
+PS_PER_INSTRUCTION = 1_539
+NS_PER_SYSCALL = 3_830
+NS_PER_DELIVERY = 0  # only the timer's deliveries in the workloads (one a tick): not identifiable, fitted to 0
+NS_PER_PORT_IO = 1_162
+BOOT_DELAY_NS = 53_804_523
 
 
 @dataclass(frozen=True)
@@ -61,18 +62,19 @@ class ClockCosts:
     ps_per_instruction: int = PS_PER_INSTRUCTION
     ns_per_syscall: int = NS_PER_SYSCALL  # `syscall` entry and its `sysretq`/`iretq` back to user mode
     ns_per_delivery: int = NS_PER_DELIVERY  # an interrupt or exception entered through the IDT
+    ns_per_port_io: int = NS_PER_PORT_IO  # an `in` or `out`: QEMU leaves translated code for the device model
     boot_delay_ns: int = BOOT_DELAY_NS  # the firmware's time (BIOS, option ROMs) before the loader hands off
 
     def __post_init__(self) -> None:
         if self.ps_per_instruction < 1:
             raise ValueError("ps_per_instruction must be at least 1")
-        if min(self.ns_per_syscall, self.ns_per_delivery, self.boot_delay_ns) < 0:
+        if min(self.ns_per_syscall, self.ns_per_delivery, self.ns_per_port_io, self.boot_delay_ns) < 0:
             raise ValueError("event costs and the boot delay cannot be negative")
 
     @classmethod
     def instructions_only(cls, ps_per_instruction: int = 10_000) -> ClockCosts:
         """A clock that counts instructions only (no event costs, no boot delay): 10 ns each by default."""
-        return cls(ps_per_instruction, 0, 0, 0)
+        return cls(ps_per_instruction, 0, 0, 0, 0)
 
 
 class ClockState(ctypes.Structure):
@@ -83,6 +85,7 @@ class ClockState(ctypes.Structure):
         ("ps_per_instruction", ctypes.c_uint64),
         ("skipped_ns", ctypes.c_uint64),
         ("ns_per_syscall", ctypes.c_uint64),
+        ("ns_per_port_io", ctypes.c_uint64),
     ]
 
 
@@ -145,7 +148,7 @@ class VirtualClock:
         self.costs = costs = costs or ClockCosts()
         self.counter = engine.configure(uc._uch, switched_off)  # the engine's counter, deadline and stops
         self.state_for_native = ClockState(ctypes.pointer(self.counter), costs.ps_per_instruction,
-                                           costs.boot_delay_ns, costs.ns_per_syscall)
+                                           costs.boot_delay_ns, costs.ns_per_syscall, costs.ns_per_port_io)
         self.on_deadlines_changed: Callable[[], None] = lambda: None
 
     @property

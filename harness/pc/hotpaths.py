@@ -148,12 +148,16 @@ class HotPaths:
 
     # -- port I/O: Python hooks | the native path's calls for ports it does not answer ----------------------------
     def _hook_in(self, uc: Uc, port: int, size: int, user_data: object) -> int:
+        if self.fast is None:  # the native hook charged it already (vclock_charge)
+            self.clock.charge(self.clock.costs.ns_per_port_io)
         if not self.cpu.io_permitted(port, size):
             self._refuse_io()
             return self.cpu.read_register(X.UC_X86_REG_RAX) & ((1 << (8 * size)) - 1)
         return self.bus.io_read(port, size)
 
     def _hook_out(self, uc: Uc, port: int, size: int, value: int, user_data: object) -> None:
+        if self.fast is None:  # the native hook charged it already (vclock_charge)
+            self.clock.charge(self.clock.costs.ns_per_port_io)
         if not self.cpu.io_permitted(port, size):
             self._refuse_io()
             return

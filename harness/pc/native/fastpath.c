@@ -332,6 +332,7 @@ static void log_byte(void *uc, struct fastpath *f, uint8_t byte)
 uint32_t fast_in_hook(void *uc, uint32_t port, int size, void *opaque)
 {
     struct fastpath *f = opaque;
+    vclock_charge(f->clock, f->clock->ns_per_port_io); /* every `in`, answered here or not (HotPaths._hook_in) */
     if (f->fast_ports && size == 1 && cpl(f) == 0) {
         switch (port) {
         case 0x64: return f->kbd_status;
@@ -358,6 +359,7 @@ uint32_t fast_in_hook(void *uc, uint32_t port, int size, void *opaque)
 void fast_out_hook(void *uc, uint32_t port, int size, uint32_t value, void *opaque)
 {
     struct fastpath *f = opaque;
+    vclock_charge(f->clock, f->clock->ns_per_port_io); /* every `out` (HotPaths._hook_out) */
     if (f->fast_ports && size == 1 && cpl(f) == 0) {
         struct lpt_state *lpt = f->lpt;
         value &= 0xFF;

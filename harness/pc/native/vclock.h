@@ -17,6 +17,7 @@ struct vclock {
     uint64_t ps_per_instruction; /* virtual time = instructions x ps_per_instruction / 1000 + skipped_ns */
     uint64_t skipped_ns;         /* time not counted in instructions: boot delay, event charges, halted time */
     uint64_t ns_per_syscall;     /* the charge for a system-call entry (ClockCosts.ns_per_syscall) */
+    uint64_t ns_per_port_io;     /* the charge for an `in` or `out` (ClockCosts.ns_per_port_io) */
 };
 
 #define VCLOCK_NEVER UINT64_MAX
