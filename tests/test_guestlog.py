@@ -54,7 +54,10 @@ def test_a_guest_printing_without_newline_does_not_grow_the_harness(tmp_path: Pa
     script = (
         "import sys\n"
         "from harness.api import boot_machine\n"
-        "machine = boot_machine(sys.argv[1], 'x', {})\n"
+        "from harness.machine import MachineConfig\n"
+        "from harness.pc.clock import ClockCosts\n"
+        "config = MachineConfig(costs=ClockCosts.instructions_only())\n"  # the log's limits, not the speed model
+        "machine = boot_machine(sys.argv[1], 'x', {}, config)\n"
         "with open(sys.argv[2], 'wb') as sink:\n"
         "    machine.log.sink = sink\n"
         "    machine.run(max_time_ns=600_000_000)\n"  # 10 M bytes: 6 instructions of 10 ns a byte

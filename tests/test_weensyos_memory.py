@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 
-from harness.machine import Machine, StopKind
+from harness.pc.clock import ClockCosts
+from harness.machine import Machine, MachineConfig, StopKind
 from harness.pc.events import Kind
 
 from .conftest import BootFn
@@ -149,7 +150,7 @@ def test_allocator_fills_memory_and_the_kernel_survives(boot: BootFn) -> None:
 
 
 def test_competing_allocators_stay_isolated_while_memory_fills(boot: BootFn) -> None:
-    machine, stop = boot("allocators", ticks=15)
+    machine, stop = boot("allocators", ticks=5)  # memory is full at about 11 ticks
     assert stop.kind is StopKind.TICKS
     # The tick can fall inside a system call (page_alloc maps a page, then gives it its owner): look between
     # calls, when a process next enters the kernel.
@@ -180,7 +181,7 @@ def test_process_memory_comes_from_the_allocator_not_fixed_slots(boot: BootFn) -
 # -- spawn --------------------------------------------------------------------------------------------------------
 
 def test_spawn_starts_two_isolated_alices(boot: BootFn) -> None:
-    machine, stop = boot("spawn", ticks=2)
+    machine, stop = boot("spawn", ticks=1)
     assert stop.kind is StopKind.TICKS
     live = processes(machine)
     assert sorted(live) == [2, 3]  # spawn itself has exited; its two alices run
@@ -298,7 +299,9 @@ def test_memory_viewer_shows_owners_and_one_process_map_in_reverse_video(boot: B
 
 
 def test_memory_viewer_follows_each_process_and_never_shows_another_processes_page(boot: BootFn) -> None:
-    machine, _ = boot("memviewer allocators", ticks=1)
+    # Under the speed model the four allocators fill memory and end within a tick of each other; the plain
+    # instruction clock (10 ns an instruction) lets the first end ticks before the others, so the viewer moves on.
+    machine, _ = boot("memviewer allocators", ticks=1, config=MachineConfig(costs=ClockCosts.instructions_only()))
     shown: set[int] = set()
     while machine.stop is None or machine.stop.kind is StopKind.TICKS:
         text = machine.console.text_lines()
