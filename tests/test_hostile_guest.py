@@ -9,12 +9,10 @@ from __future__ import annotations
 import re
 import struct
 
-from unicorn import x86_const as X
-
 from harness import project
 from harness.api import boot_machine
-from harness.pc.events import Event, Kind
 from harness.machine import StopKind
+from harness.pc.events import Event, Kind
 
 from .conftest import BootFn
 from .weensyos_state import NPROC
