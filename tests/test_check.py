@@ -44,7 +44,7 @@ VARIANTS = [
     Variant("leaky-exit", "k-proc.cc",
             "        if (it.user()) {\n            kfree(it.kptr());",
             "        if (it.user() && false) {\n            kfree(it.kptr());",
-            "exit-frees", ("fork+exit cycles", "pages are not free", "owned by exited processes", "first leaked at "
+            "exit-frees", ("fork+exit cycles", "pages are not free", "owned by exited processes", "exited still owning", "first leaked at "
                            "cycle", "exit must free every page")),
     # every process maps the kernel image user-accessible (and writable)
     Variant("user-kernel-page", "k-proc.cc",

@@ -51,6 +51,7 @@ class Observations:
     fork_findings: list[ForkFinding] = field(default_factory=list)
     free_samples: list[FreeSample] = field(default_factory=list)
     children: int = 0  # processes created after the first
+    first_leak: FreeSample | None = None  # the first process seen gone while still owning pages (free: how many)
     returns: int = 0
 
 
@@ -122,11 +123,29 @@ class Watcher(IsolationAuditor):
             seen.children += len(new)                                    # after its parent has seen its fork
             for child in new:
                 self._compare_fork(live, child, mappings, owners)
+            self._note_leaks(self._live - {proc.pid for proc in live}, owners)
         self._live = {proc.pid for proc in live}
         if len(live) == 1 and live[0].pid == self._first and self.pages.available:
             free = sum(1 for owner in owners or [] if owner == 0)
             seen.free_samples.append(FreeSample(seen.children, free, live[0].pid))
         return None
+
+    def _note_leaks(self, gone: set[int], owners: list[int] | None) -> None:
+        """A process that left the table since the last return (between two returns the kernel was entered
+        once, so its pid cannot have been given to a new process yet) must own no page any more."""
+        if not gone or owners is None or self.seen.first_leak is not None or not self.owner_field:
+            return
+        for pid in sorted(gone):
+            kept = sum(1 for owner in owners if owner == pid)
+            if kept:
+                self.seen.first_leak = FreeSample(self.seen.children, kept, pid)
+                return
+
+    @property
+    def owner_field(self) -> bool:
+        """Does `physpages` say who owns a page (ours), rather than only how many map it (the course's)?"""
+        layout = self.pages.layout
+        return layout is not None and self.pages.field == layout.members.get("owner")
 
     def _kernel_page(self, pa: int, owners: list[int] | None) -> bool:
         owner = owners[pa >> 12] if owners is not None and (pa >> 12) < len(owners) else None
