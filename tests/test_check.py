@@ -29,29 +29,37 @@ SOURCE = project.default_source_dir()
 
 @dataclass(frozen=True)
 class Variant:
-    """A test-only patch of our kernel: in `file`, `original` becomes `broken`; it breaks the check `breaks`."""
+    """A test-only patch of our kernel: in `file`, each edit's original text becomes its broken text; it breaks
+    the check `breaks`."""
 
     name: str
     file: str
-    original: str
-    broken: str
+    edits: tuple[tuple[str, str], ...]
     breaks: str
     explanation: tuple[str, ...]  # what the failing check's explanation must say
+    not_applicable: tuple[tuple[str, str], ...] = ()  # checks the breakage makes meaningless, with their reason
 
 
 VARIANTS = [
     # exit frees nothing the process mapped: its pages stay owned by the dead process
     Variant("leaky-exit", "k-proc.cc",
-            "        if (it.user()) {\n            kfree(it.kptr());",
-            "        if (it.user() && false) {\n            kfree(it.kptr());",
+            (("        if (it.user()) {\n            kfree(it.kptr());",
+              "        if (it.user() && false) {\n            kfree(it.kptr());"),),
             "exit-frees", ("fork+exit cycles", "pages are not free", "owned by exited processes", "exited still owning", "first leaked at "
                            "cycle", "exit must free every page")),
     # every process maps the kernel image user-accessible (and writable)
     Variant("user-kernel-page", "k-proc.cc",
-            "if (vmiter(pt, va).try_map(va, PTE_PW) < 0) {",
-            "if (vmiter(pt, va).try_map(va, PTE_PWU) < 0) {",
+            (("if (vmiter(pt, va).try_map(va, PTE_PW) < 0) {", "if (vmiter(pt, va).try_map(va, PTE_PWU) < 0) {"),),
             "kernel-isolation", ("maps VA 0x40000 -> PA 0x40000", "a kernel page (the kernel image) is "
-                                 "user-accessible", "kernel isolation is broken")),
+                                 "user-accessible", "kernel isolation is broken"),
+            # a kernel pointer the process may use itself is no confused deputy
+            (("confused-deputy", "is user-accessible to the process (kernel isolation is broken)"),)),
+    # system calls check that a range is present (and writable), not that it is the process's
+    Variant("trusting-deputy", "k-usermem.cc",
+            (("uint64_t need = PTE_PU | (write ? PTE_W : 0);", "uint64_t need = PTE_P | (write ? PTE_W : 0);"),
+             ("        assert(it.user());\n        size_t chunk", "        assert(it.present());\n        size_t chunk")),
+            "confused-deputy", ("getsysname(0x40000) returned 0 and changed", "bytes of the kernel's text at "
+                                "0x40000", "(and 1 more call: pipewrite)", "the confused deputy")),
 ]
 
 
@@ -62,8 +70,10 @@ def build_variant(variant: Variant, build: project.BuildTree, root: Path) -> Pat
     shutil.copytree(build.directory, directory)  # copy2 keeps the times: only the patched file is rebuilt
     path = source / variant.file
     text = path.read_text()
-    assert text.count(variant.original) == 1, f"the {variant.name} patch no longer applies to {variant.file}"
-    path.write_text(text.replace(variant.original, variant.broken))
+    for original, broken in variant.edits:
+        assert text.count(original) == 1, f"the {variant.name} patch no longer applies to {variant.file}"
+        text = text.replace(original, broken)
+    path.write_text(text)
     result = subprocess.run(["make", "-C", str(source), f"BUILD={directory}", str(directory / "kernel")],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -95,15 +105,20 @@ def test_our_kernel_passes_every_check(verdicts: dict[str, dict[str, Verdict]]) 
     assert "ran to power-off" in ours["no-crash"].explanation
     assert "forks: each child had every user page" in ours["fork"].explanation
     assert "free page count is back to its baseline" in ours["exit-frees"].explanation
+    assert "page_alloc, getsysname, pipewrite given a kernel address each returned an error" in \
+        ours["confused-deputy"].explanation
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
 def test_a_broken_variant_fails_exactly_its_check_with_the_reason(
         variant: Variant, verdicts: dict[str, dict[str, Verdict]]) -> None:
     found = verdicts[variant.name]
-    failed = {name: v.explanation for name, v in found.items() if v.status is not Status.PASS}
+    failed = {name: v.explanation for name, v in found.items() if v.status is Status.FAIL}
     assert list(failed) == [variant.breaks], failed
-    assert found[variant.breaks].status is Status.FAIL
+    not_applicable = {name: v.explanation for name, v in found.items() if v.status is Status.NA}
+    assert list(not_applicable) == [name for name, _ in variant.not_applicable], not_applicable
+    for name, reason in variant.not_applicable:
+        assert reason in not_applicable[name]
     for phrase in variant.explanation:
         assert phrase in found[variant.breaks].explanation
 
@@ -143,9 +158,10 @@ def test_a_kernel_without_the_program_a_check_runs_is_not_applicable_never_passe
         build_tree: project.BuildTree, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     shutil.copy2(build_tree.kernel, tmp_path / "kernel")  # a directory with the kernel alone: no p-forkexit
     runs = Runs(resolve(tmp_path / "kernel", project.BuildTree(tmp_path / "none")))
-    for name in ("kernel-isolation", "process-isolation", "fork", "exit-frees"):
+    for name in ("kernel-isolation", "process-isolation", "fork", "exit-frees", "confused-deputy"):
         verdict = next(check for check in CHECKS if check.name == name).run(runs)
-        assert verdict.status is Status.NA and "forkexit" in verdict.explanation, verdict
+        program = "hello" if name == "confused-deputy" else "forkexit"
+        assert verdict.status is Status.NA and f"program(s) {program}" in verdict.explanation, verdict
 
 
 def test_bad_arguments_are_one_line_and_a_usage_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,6 +16,7 @@ from ...api import boot_machine
 from ...machine import Machine, MachineConfig, Stop, StopKind
 from ...observe.audit import REGISTERS_RULE
 from ...pc.diskimage import open_image
+from .deputy import DeputyRun, probe_kernel
 from .target import Target
 from .watch import Watcher
 
@@ -61,6 +62,12 @@ class Runs:
         self.target = target
         self._crash: tuple[Machine, Stop] | None = None
         self._memory: MemoryRun | None = None
+        self._deputy: DeputyRun | None = None
+
+    def deputy(self) -> DeputyRun:
+        if self._deputy is None:
+            self._deputy = probe_kernel(self.target)
+        return self._deputy
 
     def _boot(self, command: str | None) -> Machine:
         target = self.target
@@ -250,3 +257,26 @@ CHECKS: list[Check] = [
 ]
 CHECK_NAMES = [check.name for check in CHECKS]
 assert REGISTERS_RULE not in KERNEL_RULES + PROCESS_RULES
+
+
+def check_confused_deputy(runs: Runs) -> Verdict:
+    name = "confused-deputy"
+    run = runs.deputy()
+    if run.missing is not None:
+        return Verdict(name, Status.NA, f"not applicable: {run.missing}")
+    if run.findings:
+        first = run.findings[0]
+        others = len(run.findings) - 1
+        more = f" (and {others} more call{'s' if others > 1 else ''}: {', '.join(f.call for f in run.findings[1:])})" \
+            if others else ""
+        return Verdict(name, Status.FAIL, f"{first.text}{more}: the confused deputy: every pointer a process "
+                                          f"passes must be checked against the process's own page table "
+                                          f"(user-accessible, and writable when the kernel writes)")
+    return Verdict(name, Status.PASS, f"{', '.join(run.probed)} given a kernel address each returned an error, "
+                                      f"read and wrote nothing of the kernel's text and mapped nothing there")
+
+
+CHECKS.append(Check("confused-deputy", "system calls given a kernel pointer (page_alloc, getsysname, pipewrite "
+                                       "at the kernel's text) are refused: an error, nothing of the kernel read, "
+                                       "written or mapped", check_confused_deputy))
+CHECK_NAMES.append("confused-deputy")
