@@ -80,8 +80,9 @@ def build_variant(variant: Variant, build: project.BuildTree, root: Path) -> Pat
     return directory
 
 
-def check_all(directory: Path) -> dict[str, Verdict]:
-    runs = Runs(resolve(directory, project.BuildTree(directory)))
+def check_all(path: Path) -> dict[str, Verdict]:
+    """Every check's verdict on a build directory or a kernel ELF (its programs: those next to it)."""
+    runs = Runs(resolve(path, project.BuildTree(path)))
     return {check.name: check.run(runs) for check in CHECKS}
 
 
@@ -107,6 +108,11 @@ def test_our_kernel_passes_every_check(verdicts: dict[str, dict[str, Verdict]]) 
     assert "free page count is back to its baseline" in ours["exit-frees"].explanation
     assert "page_alloc, getsysname, pipewrite given a kernel address each returned an error" in \
         ours["confused-deputy"].explanation
+
+
+def test_our_course_mode_kernel_booted_by_its_elf_passes_every_check(build_tree: project.BuildTree) -> None:
+    found = check_all(build_tree.directory / "kernel-course")
+    assert {name: v.status for name, v in found.items()} == {name: Status.PASS for name in CHECK_NAMES}, found
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
