@@ -16,6 +16,7 @@ from ...api import boot_machine
 from ...machine import Machine, MachineConfig, Stop, StopKind
 from ...observe.audit import REGISTERS_RULE
 from ...pc.diskimage import open_image
+from . import oom
 from .deputy import DeputyRun, probe_kernel
 from .target import Target
 from .watch import Watcher
@@ -63,6 +64,12 @@ class Runs:
         self._crash: tuple[Machine, Stop] | None = None
         self._memory: MemoryRun | None = None
         self._deputy: DeputyRun | None = None
+        self._memory_full: oom.MemoryFullRun | None = None
+
+    def memory_full(self) -> oom.MemoryFullRun:
+        if self._memory_full is None:
+            self._memory_full = oom.fill_memory(self.target)
+        return self._memory_full
 
     def deputy(self) -> DeputyRun:
         if self._deputy is None:
@@ -280,3 +287,27 @@ CHECKS.append(Check("confused-deputy", "system calls given a kernel pointer (pag
                                        "at the kernel's text) are refused: an error, nothing of the kernel read, "
                                        "written or mapped", check_confused_deputy))
 CHECK_NAMES.append("confused-deputy")
+
+
+def check_out_of_memory(runs: Runs) -> Verdict:
+    name = "out-of-memory"
+    run = runs.memory_full()
+    if run.missing is not None:
+        return Verdict(name, Status.NA, f"not applicable: {run.missing}")
+    assert run.stop is not None
+    if not run.stop.ok:
+        return Verdict(name, Status.FAIL, f"while `{oom.WORKLOAD}` filled memory the run ended with "
+                                          f"{run.stop.kind.value}: {run.stop.message}: running out of memory "
+                                          f"must make page_alloc fail (E_NOMEM), never crash or hang the system")
+    if run.lowest_free:
+        return Verdict(name, Status.FAIL, f"`{oom.WORKLOAD}` ran to power-off but memory never filled: at least "
+                                          f"{run.lowest_free} pages stayed free (of {run.first_free} at the start) "
+                                          f"while the allocators asked for more: page_alloc must succeed until "
+                                          f"no free page is left")
+    return Verdict(name, Status.PASS, f"`{oom.WORKLOAD}` filled memory to the last of {run.first_free} free "
+                                      f"pages and the system ran on to power-off")
+
+
+CHECKS.append(Check("out-of-memory", f"`{oom.WORKLOAD}` fills memory until no page is free, and the system runs on "
+                                     f"to power-off: no crash, no hang", check_out_of_memory))
+CHECK_NAMES.append("out-of-memory")
