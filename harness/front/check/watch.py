@@ -172,10 +172,13 @@ class Watcher(IsolationAuditor):
                 self._finding(parent.pid, child.pid, page.va,
                               f"the child shares the parent's physical page {page.pa:#x}, writable: a write by "
                               f"one would show in the other; fork must give the child its own copy")
-            elif bytes(memory[page.pa:page.pa + 0x1000]) != bytes(memory[theirs.pa:theirs.pa + 0x1000]):
-                self._finding(parent.pid, child.pid, page.va,
-                              f"the child's copy (PA {theirs.pa:#x}) differs from the parent's (PA {page.pa:#x}): "
-                              f"fork must copy the contents")
+            else:
+                mine, copy = bytes(memory[page.pa:page.pa + 0x1000]), bytes(memory[theirs.pa:theirs.pa + 0x1000])
+                if mine != copy:
+                    offset = next(i for i in range(0x1000) if mine[i] != copy[i])
+                    self._finding(parent.pid, child.pid, page.va,
+                                  f"the child's copy (PA {theirs.pa:#x}) differs from the parent's (PA {page.pa:#x}), "
+                                  f"first at VA {page.va + offset:#x}: fork must copy the whole contents")
 
     def _finding(self, parent: int, child: int, va: int, detail: str) -> None:
         self.seen.fork_findings.append(ForkFinding(parent, child, va, detail))
