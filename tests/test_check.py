@@ -189,3 +189,13 @@ def test_bad_arguments_are_one_line_and_a_usage_status(tmp_path: Path, capsys: p
         main(["check", str(tmp_path), "--only", "nosuch"])
     assert raised.value.code == ExitCode.USAGE
     assert "unknown check 'nosuch'" in capsys.readouterr().err
+
+
+def test_help_lists_every_check_with_its_documentation(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["check", "--help"])
+    listing = capsys.readouterr().out.split("checks:\n", 1)[1]
+    for check in CHECKS:
+        assert f"  {check.name:<18}{check.doc.replace('`', '')}" in listing
+    assert CHECK_NAMES == ["no-crash", "kernel-isolation", "process-isolation", "fork", "exit-frees",
+                           "confused-deputy", "out-of-memory"]

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ... import project
-from ...pc.errors import ExitCode, HarnessError
+from ...pc.errors import ExitCode
 from .checks import CHECK_NAMES, CHECKS, Runs, Status, Verdict
 from .report import text_lines, write_junit, write_results
 from .target import resolve
@@ -57,5 +57,3 @@ def command_check(args: argparse.Namespace) -> int:
         return ExitCode.CHECK_NOT_APPLICABLE
     return ExitCode.OK
 
-
-__all__ = ["add_parser", "command_check", "HarnessError"]
