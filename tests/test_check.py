@@ -143,9 +143,9 @@ def test_a_broken_variant_fails_exactly_its_check_with_the_reason(
 def test_the_command_line_prints_per_check_lines_and_writes_junit_and_gradescope_results(
         variant_builds: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     leaky = variant_builds["leaky-exit"]
-    junit, results = tmp_path / "junit.xml", tmp_path / "results.json"
+    junit, results, screens = tmp_path / "junit.xml", tmp_path / "results.json", tmp_path / "screens"
     status = main(["check", str(leaky), "--only", "exit-frees", "--only", "no-crash", "--junit", str(junit),
-                   "--results", str(results)])
+                   "--results", str(results), "--screens", str(screens)])
     out = capsys.readouterr().out.splitlines()
     assert status == ExitCode.CHECK_FAILED
     assert out[0].startswith("PASS no-crash ")
@@ -159,6 +159,9 @@ def test_the_command_line_prints_per_check_lines_and_writes_junit_and_gradescope
     assert suite is not None and suite.get("failures") == "1" and suite.get("tests") == "2"
     failure = suite.find("testcase[@name='exit-frees']/failure")
     assert failure is not None and "pages are not free" in (failure.text or "")
+    pngs = sorted(screens.iterdir())  # the failed check's screen only
+    assert [path.name for path in pngs] == [f"{str(leaky).strip('/').replace('/', '_')}-exit-frees.png"]
+    assert pngs[0].read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
 def test_a_disk_image_gets_the_checks_that_need_no_chosen_program_and_na_for_the_rest(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ...api import boot_machine
 from ...machine import Machine, MachineConfig, Stop, StopKind
@@ -43,6 +43,7 @@ class Verdict:
     name: str
     status: Status
     explanation: str
+    machine: Machine | None = field(default=None, compare=False, repr=False)  # the run it came from (--screens)
 
 
 @dataclass
@@ -154,7 +155,7 @@ def check_no_crash(runs: Runs) -> Verdict:
     }.get(stop.kind, f"the run ended with {stop.kind.value}")
     where = machine.symbols.describe(stop.rip) if stop.rip else "unknown"
     return Verdict(name, Status.FAIL, f"{workload}: {advice}: {stop.message} (at {where}, "
-                                      f"{stop.time_ns / SECOND_NS:.6f} s virtual time)")
+                                      f"{stop.time_ns / SECOND_NS:.6f} s virtual time)", machine)
 
 
 def _rule_check(name: str, rules: tuple[str, ...], runs: Runs, what: str, advice: str) -> Verdict:
@@ -166,7 +167,7 @@ def _rule_check(name: str, rules: tuple[str, ...], runs: Runs, what: str, advice
     if found:
         v = found[0]
         return Verdict(name, Status.FAIL, f"process {v.pid} maps VA {v.va:#x} -> PA {v.pa:#x}: {v.detail}: "
-                                          f"{what} is broken ({advice})")
+                                          f"{what} is broken ({advice})", run.machine)
     early = _ran_out(run, what)
     if early is not None:  # what was seen held, but a crashed run is no evidence that the property holds
         return Verdict(name, Status.NA, f"not applicable: {early}")
@@ -195,7 +196,8 @@ def check_fork(runs: Runs) -> Verdict:
         f = seen.fork_findings[0]
         more = len(seen.fork_findings) - 1
         return Verdict(name, Status.FAIL, f"after fork, child {f.child} of process {f.parent} at VA {f.va:#x}: "
-                                          f"{f.detail}" + (f" (and {more} more such pages)" if more else ""))
+                                          f"{f.detail}" + (f" (and {more} more such pages)" if more else ""),
+                       run.machine)
     if seen.forks_checked == 0:
         reason = _ran_out(run, "fork") or f"no fork was seen while `{MEMORY_WORKLOAD}` ran"
         return Verdict(name, Status.NA, f"not applicable: {reason}")
@@ -239,7 +241,7 @@ def check_exit_frees(runs: Runs) -> Verdict:
     state = (f"{short} pages are not free ({last.free} free, baseline {baseline.free})" if short > 0 else
              f"the free page count is back to {last.free}, but pages were owned by exited processes")
     return Verdict(name, Status.FAIL, f"after {last.cycle} fork+exit cycles {state}{owned}; {when}: exit must "
-                                      f"free every page of the process, its page-table pages included")
+                                      f"free every page of the process, its page-table pages included", run.machine)
 
 
 
@@ -256,7 +258,7 @@ def check_confused_deputy(runs: Runs) -> Verdict:
             if others else ""
         return Verdict(name, Status.FAIL, f"{first.text}{more}: the confused deputy: every pointer a process "
                                           f"passes must be checked against the process's own page table "
-                                          f"(user-accessible, and writable when the kernel writes)")
+                                          f"(user-accessible, and writable when the kernel writes)", run.machine)
     return Verdict(name, Status.PASS, f"{', '.join(run.probed)} given a kernel address each returned an error, "
                                       f"read and wrote nothing of the kernel's text and mapped nothing there")
 
@@ -271,12 +273,13 @@ def check_out_of_memory(runs: Runs) -> Verdict:
     if not run.stop.ok:
         return Verdict(name, Status.FAIL, f"while `{oom.WORKLOAD}` filled memory the run ended with "
                                           f"{run.stop.kind.value}: {run.stop.message}: running out of memory "
-                                          f"must make page_alloc fail (E_NOMEM), never crash or hang the system")
+                                          f"must make page_alloc fail (E_NOMEM), never crash or hang the system",
+                       run.machine)
     if run.lowest_free:
         return Verdict(name, Status.FAIL, f"`{oom.WORKLOAD}` ran to power-off but memory never filled: at least "
                                           f"{run.lowest_free} pages stayed free (of {run.first_free} at the start) "
                                           f"while the allocators asked for more: page_alloc must succeed until "
-                                          f"no free page is left")
+                                          f"no free page is left", run.machine)
     return Verdict(name, Status.PASS, f"`{oom.WORKLOAD}` filled memory to the last of {run.first_free} free "
                                       f"pages and the system ran on to power-off")
 

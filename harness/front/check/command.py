@@ -8,7 +8,7 @@ from pathlib import Path
 from ... import project
 from ...pc.errors import ExitCode
 from .checks import CHECK_NAMES, CHECKS, Runs, Status, Verdict
-from .report import text_lines, write_junit, write_results
+from .report import save_failed_screens, text_lines, write_junit, write_results
 from .target import resolve
 
 
@@ -31,6 +31,8 @@ def add_parser(commands: argparse._SubParsersAction, epilog: str) -> None:  # ty
     check.add_argument("--only", type=_check_name, action="append", metavar="NAME",
                        help="run only this check (repeatable)")
     check.add_argument("--junit", type=Path, metavar="FILE", help="also write the verdicts as JUnit XML")
+    check.add_argument("--screens", type=Path, metavar="DIR",
+                       help="save the screen of each failed check's run as DIR/TARGET-CHECK.png")
     check.add_argument("--results", type=Path, metavar="FILE",
                        help="also write Gradescope's results.json (a PASS scores 1 of 1, a FAIL 0 of 1, an N/A "
                             "0 of 0)")
@@ -46,6 +48,8 @@ def command_check(args: argparse.Namespace) -> int:
         verdicts = [check.run(runs) for check in selected]
         results.append((target.label, verdicts))
         print("\n".join(text_lines(target.label, verdicts)), flush=True)
+    if args.screens is not None:
+        save_failed_screens(args.screens, results)
     if args.junit is not None:
         write_junit(args.junit, results)
     if args.results is not None:

@@ -52,6 +52,7 @@ class DeputyRun:
     probed: list[str]
     findings: list[DeputyFinding]
     missing: str | None = None
+    machine: Machine | None = None
 
 
 def _signed(value: int) -> int:
@@ -90,7 +91,7 @@ def probe_kernel(target: Target) -> DeputyRun:
         found = _one(machine, probe, numbers[probe.call], kernel_page, return_address)
         if found is not None:
             findings.append(found)
-    return DeputyRun([probe.call for probe in probes], findings)
+    return DeputyRun([probe.call for probe in probes], findings, machine=machine)
 
 
 def _one(machine: Machine, probe: Probe, number: int, kernel_page: int, return_address: int) -> DeputyFinding | None:

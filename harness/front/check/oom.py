@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...api import boot_machine
-from ...machine import Stop
+from ...machine import Machine, Stop
 from ...observe.kernelview import PageAccounting
 from ...pc.events import Event, Kind
 from .target import Target
@@ -28,6 +28,7 @@ class MemoryFullRun:
     lowest_free: int | None = None
     first_free: int | None = None
     missing: str | None = None
+    machine: Machine | None = None
 
 
 def fill_memory(target: Target) -> MemoryFullRun:
@@ -42,7 +43,7 @@ def fill_memory(target: Target) -> MemoryFullRun:
     if not pages.available:
         return MemoryFullRun(missing="the kernel has no `physpages` array with an `owner` or `refcount` member in "
                                      "its DWARF, so free pages cannot be counted")
-    run = MemoryFullRun()
+    run = MemoryFullRun(machine=machine)
 
     def sample(event: Event) -> bool:
         free = pages.free_pages()

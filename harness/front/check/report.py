@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -25,6 +26,25 @@ def _write(path: Path, text: str) -> None:
         path.write_text(text)
     except OSError as e:
         raise HarnessError(f"{path}: cannot write it ({e.strerror})") from None
+
+
+def save_failed_screens(directory: Path, results: list[tuple[str, list[Verdict]]]) -> list[Path]:
+    """The screen of each failed check's run, as the run ended, as DIRECTORY/TARGET-CHECK.png."""
+    from ..screenshot import save_screen  # the PNG encoder, loaded only when asked for
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HarnessError(f"{directory}: cannot make the directory ({e.strerror})") from None
+    saved = []
+    for label, verdicts in results:
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_.") or "kernel"
+        for v in verdicts:
+            if v.status is Status.FAIL and v.machine is not None:
+                path = directory / f"{stem}-{v.name}.png"
+                save_screen(path, v.machine.console.cells(), v.machine.console.cursor())
+                saved.append(path)
+    return saved
 
 
 def write_junit(path: Path, results: list[tuple[str, list[Verdict]]]) -> None:
