@@ -166,7 +166,7 @@ RUN_STATE_FIELDS: dict[str, Check] = {
     "panic_deadline": nullable(integer()),
     "panic": nullable(_panic),
     "reported": list_of(pair(SIGNED, SIGNED)), "input": list_of(pair(integer(), encoded("hex"))),
-    "entropy": record({"last_tsc": SIGNED, "drawn": integer()}),
+    "entropy": record({"last_tsc": integer(-1), "drawn": integer()}),  # -1: the guest never read the TSC
 }
 RUN_STATE_OPTIONAL = frozenset({"input"})
 
