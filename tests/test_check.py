@@ -45,8 +45,8 @@ VARIANTS = [
     Variant("leaky-exit", "k-proc.cc",
             (("        if (it.user()) {\n            kfree(it.kptr());",
               "        if (it.user() && false) {\n            kfree(it.kptr());"),),
-            "exit-frees", ("fork+exit cycles", "pages are not free", "owned by exited processes", "exited still owning", "first leaked at "
-                           "cycle", "exit must free every page")),
+            "exit-frees", ("fork+exit cycles", "pages are not free", "owned by exited processes",
+                           "exited still owning", "first leaked at cycle", "exit must free every page")),
     # every process maps the kernel image user-accessible (and writable)
     Variant("user-kernel-page", "k-proc.cc",
             (("if (vmiter(pt, va).try_map(va, PTE_PW) < 0) {", "if (vmiter(pt, va).try_map(va, PTE_PWU) < 0) {"),),
@@ -63,7 +63,8 @@ VARIANTS = [
     # system calls check that a range is present (and writable), not that it is the process's
     Variant("trusting-deputy", "k-usermem.cc",
             (("uint64_t need = PTE_PU | (write ? PTE_W : 0);", "uint64_t need = PTE_P | (write ? PTE_W : 0);"),
-             ("        assert(it.user());\n        size_t chunk", "        assert(it.present());\n        size_t chunk")),
+             ("        assert(it.user());\n        size_t chunk",
+              "        assert(it.present());\n        size_t chunk")),
             "confused-deputy", ("getsysname(0x40000) returned 0 and changed", "bytes of the kernel's text at "
                                 "0x40000", "(and 1 more call: pipewrite)", "the confused deputy")),
 ]

@@ -113,7 +113,7 @@ def _one(machine: Machine, probe: Probe, number: int, kernel_page: int, return_a
     result = _signed(uc.reg_read(UC_X86_REG_RAX))
     after = bytes(machine.memory[kernel_page:kernel_page + PAGE])
     if before != after:
-        changed = sum(1 for a, b in zip(before, after) if a != b)
+        changed = sum(1 for a, b in zip(before, after, strict=False) if a != b)
         return DeputyFinding(probe.call, f"{shown} returned {result} and changed {changed} bytes of the kernel's "
                                          f"text at {kernel_page:#x}: {probe.explain}")
     machine.cpu.save()

@@ -17,8 +17,15 @@ from typing import TYPE_CHECKING
 from unicorn import UC_HOOK_CODE, Uc
 from unicorn.x86_const import UC_X86_REG_CR3
 
-from ...observe.audit import CONSOLE_PAGE, OWNER_KERNEL, OWNER_RESERVED, IsolationAuditor, Leaf, Violation, \
-    user_mappings
+from ...observe.audit import (
+    CONSOLE_PAGE,
+    OWNER_KERNEL,
+    OWNER_RESERVED,
+    IsolationAuditor,
+    Leaf,
+    Violation,
+    user_mappings,
+)
 from ...observe.kernelview import ProcInfo
 
 if TYPE_CHECKING:
