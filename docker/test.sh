@@ -282,6 +282,15 @@ build_args=()
 gateway=""
 if [ "$host_pip" = 1 ] && [ "$build_network" = default ]; then
     gateway="$(docker network inspect bridge --format '{{range .IPAM.Config}}{{.Gateway}}{{end}}' 2>/dev/null || true)"
+    if [ -z "$gateway" ]; then
+        # A daemon that finds its bridge interface already made (by an earlier daemon) lists only the subnet:
+        # the gateway is then the interface's own IPv4 address.
+        bridge_if="$(docker network inspect bridge \
+            --format '{{index .Options "com.docker.network.bridge.name"}}' 2>/dev/null || true)"
+        if [ -n "$bridge_if" ] && command -v ip >/dev/null 2>&1; then
+            gateway="$(ip -4 -o addr show dev "$bridge_if" 2>/dev/null | awk '{split($4, a, "/"); print a[1]; exit}')"
+        fi
+    fi
     [ -n "$gateway" ] || say "pip: the daemon's bridge network has no gateway address; the host's pip settings are not used"
 fi
 if [ -n "$gateway" ]; then

@@ -19,7 +19,7 @@ def _engine() -> None:
     try:
         weensy_engine.build(progress=lambda line: print(line, file=sys.stderr))
     except weensy_engine.EngineBuildError as error:
-        print(f"error: {error}", file=sys.stderr)
+        weensy_engine.report(error, sys.stderr)
         raise SystemExit(f"error: {error}") from None
 
 

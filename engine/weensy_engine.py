@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TextIO
 
 # fcntl, subprocess, tarfile and tempfile are imported by the functions that build: the harness imports this
 # file at every start only to find the library.
@@ -41,9 +42,29 @@ CMAKE_OPTIONS = ("-DCMAKE_BUILD_TYPE=Release", "-DUNICORN_ARCH=x86", "-DUNICORN_
                  "-DUNICORN_INSTALL=OFF", "-DUNICORN_LEGACY_STATIC_ARCHIVE=OFF", "-DBUILD_SHARED_LIBS=ON")
 RECIPE = f"unicorn=={UNICORN_VERSION} sdist from PyPI; patch -p1 in SERIES order; cmake {' '.join(CMAKE_OPTIONS)}"
 
+LOG_TAIL_LINES = 40  # how much of a failed step's log a failure shows: enough for the compiler's first error
+
 
 class EngineBuildError(Exception):
-    """The engine cannot be built; the message is one line that says what is missing."""
+    """The engine cannot be built; the message is one line that says what is missing.
+
+    When a build step failed, `log_tail` holds the last lines of its log: the log itself may be out of reach
+    (inside a failed `docker build`, on a CI machine), so report() shows them before the one error line.
+    """
+
+    def __init__(self, message: str, log_tail: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.log_tail = log_tail
+
+
+def report(error: EngineBuildError, stream: TextIO) -> None:
+    """Write a build failure to `stream`: the tail of the failed step's log, if any, then the error line last."""
+    if error.log_tail:
+        print(f"--- the last {len(error.log_tail)} lines of the engine's build log ---", file=stream)
+        for line in error.log_tail:
+            print(line, file=stream)
+        print("---", file=stream)
+    print(f"error: {error}", file=stream)
 
 
 def engine_key() -> str:
@@ -90,7 +111,7 @@ def _tool(name: str, module: str | None = None) -> str:
             if candidate.is_file():
                 return str(candidate)
     hint = {"cmake": "pip install cmake", "ninja": "pip install ninja", "patch": "apt-get install patch",
-            "cc": "apt-get install build-essential"}.get(name, "")
+            "cc": "apt-get install build-essential", "pkg-config": "apt-get install pkg-config"}.get(name, "")
     raise EngineBuildError(f"cannot build the patched Unicorn engine: `{name}` not found"
                            + (f" (install it: {hint})" if hint else ""))
 
@@ -103,7 +124,36 @@ def _run(command: list[str], cwd: Path, what: str, log_file: Path) -> None:
         log.flush()
         result = subprocess.run(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
     if result.returncode != 0:
-        raise EngineBuildError(f"cannot build the patched Unicorn engine: {what} failed (log: {log_file})")
+        raise EngineBuildError(f"cannot build the patched Unicorn engine: {what} failed (log: {log_file})",
+                               log_tail=_tail(log_file, LOG_TAIL_LINES))
+
+
+def _check_configure(log_file: Path, start: int) -> None:
+    """Fail on an error of Unicorn's own configure script, which its CMakeLists.txt runs without checking.
+
+    The script reports with lines that start with "ERROR:"; cmake goes on regardless, and the compile that follows
+    fails far from the cause (e.g. PROT_READ undeclared when configure stopped before it wrote CONFIG_POSIX).
+    """
+    with log_file.open("rb") as log:
+        log.seek(start)
+        output = log.read().decode(errors="replace").splitlines()
+    for line in output:
+        if line.startswith("ERROR: "):
+            raise EngineBuildError(f"cannot build the patched Unicorn engine: Unicorn's configure failed: "
+                                   f"{line[len('ERROR: '):].strip()} (log: {log_file})",
+                                   log_tail=_tail(log_file, LOG_TAIL_LINES))
+
+
+def _tail(log_file: Path, count: int) -> tuple[str, ...]:
+    """The last `count` lines of a log (decoded leniently: compilers may print any bytes)."""
+    try:
+        with log_file.open("rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - 256 * 1024))  # the end of a long log is all that is shown
+            text = log.read().decode(errors="replace")
+    except OSError:
+        return ()
+    return tuple(text.rstrip("\n").splitlines()[-count:])
 
 
 def _fetch_sdist(work: Path, log_file: Path) -> Path:
@@ -154,6 +204,9 @@ def build(progress: Callable[[str], None] = lambda line: None, force: bool = Fal
             raise EngineBuildError("cannot build the patched Unicorn engine: no C compiler (cc or gcc) found "
                                    "(install it: apt-get install build-essential)")
         cmake, ninja, patch = _tool("cmake", "cmake"), _tool("ninja", "ninja"), _tool("patch")
+        # Unicorn's configure (which its cmake runs) stops at once without pkg-config, and cmake carries on: the
+        # build would fail much later, compiling with a half-written config-host.h. Say so now instead.
+        _tool("pkg-config")
         started = time.monotonic()
         cache_root().mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="engine-build-", dir=cache_root()) as scratch:
@@ -177,9 +230,11 @@ def build(progress: Callable[[str], None] = lambda line: None, force: bool = Fal
             build_dir = work / "build"
             progress("engine: configuring (cmake, x86 only)")
             flags = f"-DWEENSY_ENGINE_KEY=k{key}"
+            configure_start = log_file.stat().st_size
             _run([cmake, "-S", str(source), "-B", str(build_dir), "-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}",
                   f"-DCMAKE_C_COMPILER={compiler}", f"-DCMAKE_C_FLAGS={flags}", *CMAKE_OPTIONS], source,
                  "cmake", log_file)
+            _check_configure(log_file, configure_start)
             jobs = str(os.cpu_count() or 2)
             progress(f"engine: compiling with {jobs} jobs (ninja)")
             _run([ninja, "-C", str(build_dir), "-j", jobs], source, "compiling (ninja)", log_file)
@@ -213,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         print(build(progress=print, force="--force" in args))
         return 0
     except EngineBuildError as error:
-        print(f"error: {error}", file=sys.stderr)
+        report(error, sys.stderr)
         return 1
 
 

@@ -78,7 +78,7 @@ def run_workload(name: str, image: Path, ticks_at: int, costs: ClockCosts) -> Co
     units = work_done(workload, machine.screen_text())
     instructions, syscalls, deliveries, skipped, ticks_run = (
         now - then for now, then in zip((clock.instructions, machine.syscall_count, machine.cpu.deliveries,
-                                         clock.skipped_ns, ticks), start))
+                                         clock.skipped_ns, ticks), start, strict=True))
     return Counts(name, units, ticks, instructions / units, syscalls / units,
                   max(0, deliveries - ticks_run) / units, 0.0, skipped / units, units / ticks)
 

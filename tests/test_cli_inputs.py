@@ -6,6 +6,7 @@ close early, requests the run could not honour); none may print a Python traceba
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -18,9 +19,9 @@ from harness.front.cliargs import MAX_MEMORY_MIB
 
 
 def harness(tree: project.BuildTree, *args: str, stdout: int | None = subprocess.PIPE,
-            shell_pipe: str | None = None) -> subprocess.CompletedProcess[str]:
+            shell_pipe: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "harness", *args, "--no-build", "--build-dir", str(tree.directory)]
-    return subprocess.run(command, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=120)
+    return subprocess.run(command, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=120, env=env)
 
 
 def one_error_line(result: subprocess.CompletedProcess[str], status: int, *words: str) -> None:
@@ -69,9 +70,14 @@ def test_output_paths_that_cannot_be_written(build_tree: project.BuildTree, targ
     one_error_line(harness(build_tree, "boot", "hello", "--headless", "--log", target), 1, "cannot write the log")
 
 
-def test_standard_output_that_cannot_be_written(build_tree: project.BuildTree) -> None:
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "unbuffered"])
+def test_standard_output_that_cannot_be_written(build_tree: project.BuildTree, buffered: bool) -> None:
+    """Buffered (Python's default) is the hard case: what is still buffered must not fail again at exit."""
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
     with open("/dev/full", "w") as full:
-        result = harness(build_tree, "trace", "hello", stdout=full.fileno())
+        result = harness(build_tree, "trace", "hello", stdout=full.fileno(), env=env)
     one_error_line(result, 1, "cannot write the trace to standard output")
 
 

@@ -40,7 +40,7 @@ def test_dockerfile_builds_from_debian_and_runs_the_readme_steps(repo_root: Path
     steps = instructions(repo_root / "docker" / "Dockerfile")
     assert steps[0] == "FROM debian:bookworm"
     runs = " ".join(step for step in steps if step.startswith("RUN "))
-    for package in ("build-essential", "python3", "python3-venv", "gdb", "tmux"):
+    for package in ("build-essential", "pkg-config", "python3", "python3-venv", "gdb", "tmux"):
         assert f" {package} " in runs, package
     assert "python3 -m venv .venv" in runs
     assert "-e '.[test]'" in runs

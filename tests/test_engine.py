@@ -8,6 +8,7 @@ with all of them on: the same instruction count, log, screen, and the same event
 from __future__ import annotations
 
 import struct
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,10 @@ import pytest
 
 from harness.api import boot_machine
 from harness.front.cli import main
-from harness.pc.clock import ClockCosts
 from harness.machine import Machine, MachineConfig, StopKind
 from harness.observe.syscalls import SyscallTable
 from harness.pc import engine
+from harness.pc.clock import ClockCosts
 from harness.pc.events import Kind
 
 from .conftest import BootFn
@@ -214,6 +215,83 @@ def test_building_without_a_c_compiler_fails_with_one_line_naming_it(tmp_path: P
         recipe.build()
     assert str(failure.value) == ("cannot build the patched Unicorn engine: no C compiler (cc or gcc) found "
                                   "(install it: apt-get install build-essential)")
+
+
+def _fake_sdist(recipe: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cmake_lists: str,
+                c_source: str) -> Path:
+    """A source tree laid out like Unicorn's sdist, given to the build with no patches to apply; returns where the
+    build log will be."""
+    top = f"unicorn-{recipe.UNICORN_VERSION}"
+    source = tmp_path / "tree" / top / "src"
+    source.mkdir(parents=True)
+    (source / "CMakeLists.txt").write_text(cmake_lists)
+    (source / "engine.c").write_text(c_source)
+    sdist = tmp_path / f"{top}.tar.gz"
+    with tarfile.open(sdist, "w:gz") as archive:
+        archive.add(tmp_path / "tree" / top, arcname=top)
+    monkeypatch.setenv("WEENSY_UNICORN_SDIST", str(sdist))
+    monkeypatch.setenv("WEENSY_ENGINE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(recipe, "SERIES", ())
+    return tmp_path / "cache" / f"engine-{recipe.engine_key()}-build.log"
+
+
+def test_a_failed_compile_shows_the_end_of_its_log_then_one_error_line(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """The build log may be out of reach (inside a failed `docker build`): the compiler's error must reach
+    standard error, with the one error line still the last. The real cmake and ninja run on a C file that does
+    not compile."""
+    recipe = engine.recipe()
+    assert recipe is not None
+    log_file = _fake_sdist(recipe, tmp_path, monkeypatch,
+                           "cmake_minimum_required(VERSION 3.16)\nproject(broken C)\n"
+                           "add_library(unicorn SHARED engine.c)\n",
+                           "int broken(void) { return undeclared_name_from_the_test; }\n")
+
+    assert recipe.main([]) == 1
+
+    lines = capsys.readouterr().err.rstrip("\n").splitlines()
+    assert lines[-1] == f"error: cannot build the patched Unicorn engine: compiling (ninja) failed (log: {log_file})"
+    assert lines[0].startswith("--- the last ") and lines[-2] == "---", lines
+    shown = lines[1:-2]
+    assert 0 < len(shown) <= recipe.LOG_TAIL_LINES
+    assert shown == log_file.read_text().rstrip("\n").splitlines()[-len(shown):]
+    assert any("undeclared_name_from_the_test" in line and "error" in line for line in shown), shown
+
+
+def test_an_error_of_unicorns_configure_stops_the_build_before_compiling(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Unicorn's CMakeLists.txt runs its configure script without checking it: a configure that stopped (as it
+    does without pkg-config) must be named as the cause, not surface later as an unrelated compile error."""
+    recipe = engine.recipe()
+    assert recipe is not None
+    log_file = _fake_sdist(recipe, tmp_path, monkeypatch,
+                           "cmake_minimum_required(VERSION 3.16)\nproject(configured C)\n"
+                           "execute_process(COMMAND sh -c\n"
+                           "  \"echo; echo 'ERROR: the test tool not found' >&2; exit 1\")\n"
+                           "add_library(unicorn SHARED engine.c)\n",
+                           "int broken(void) { return never_compiled_because_configure_failed; }\n")
+
+    assert recipe.main([]) == 1
+
+    lines = capsys.readouterr().err.rstrip("\n").splitlines()
+    assert lines[-1] == ("error: cannot build the patched Unicorn engine: Unicorn's configure failed: "
+                         f"the test tool not found (log: {log_file})")
+    assert "never_compiled_because_configure_failed" not in log_file.read_text()
+
+
+def test_building_without_pkg_config_fails_with_one_line_naming_it(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe = engine.recipe()
+    assert recipe is not None
+    monkeypatch.setenv("WEENSY_ENGINE_CACHE", str(tmp_path))
+    which = recipe.shutil.which
+    monkeypatch.setattr(recipe.shutil, "which", lambda name: None if name == "pkg-config" else which(name))
+    with pytest.raises(recipe.EngineBuildError) as failure:
+        recipe.build()
+    assert str(failure.value) == ("cannot build the patched Unicorn engine: `pkg-config` not found "
+                                  "(install it: apt-get install pkg-config)")
 
 
 def test_the_count_is_exact_one_per_instruction_run(build_tree: Any) -> None:

@@ -9,10 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.pc.clock import ClockCosts
 from harness.api import boot_machine
 from harness.machine import MachineConfig, StopKind
 from harness.observe.diagnosis import collapse_repeats
+from harness.pc.clock import ClockCosts
 from harness.pc.errors import ExitCode
 from harness.pc.panics import is_panic_line
 from harness.pc.symbols import SymbolTable

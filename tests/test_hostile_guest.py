@@ -9,13 +9,11 @@ from __future__ import annotations
 import re
 import struct
 
-from unicorn import x86_const as X
-
 from harness import project
-from harness.pc.clock import ClockCosts
 from harness.api import boot_machine
-from harness.pc.events import Event, Kind
 from harness.machine import MachineConfig, StopKind
+from harness.pc.clock import ClockCosts
+from harness.pc.events import Event, Kind
 
 from .conftest import BootFn
 from .weensyos_state import NPROC

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
@@ -9,6 +10,8 @@ import sys
 import time
 import uuid
 import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
@@ -97,69 +100,83 @@ def test_gdb_breaks_on_a_kernel_function_and_reads_a_user_variable(build_tree: p
         harness.kill()
 
 
-def tmux(*args: str) -> str:
-    return subprocess.run(["tmux", *args], capture_output=True, text=True, check=True).stdout
+@dataclass
+class TmuxPane:
+    """A real 100x30 terminal: one tmux session in a tmux server of its own (`-L`), so that tests in parallel
+    workers never share a server, nor race one that exits as another test kills its last session."""
+
+    server: str
+
+    def tmux(self, *args: str) -> str:
+        result = subprocess.run(["tmux", "-L", self.server, *args], capture_output=True, text=True)
+        assert result.returncode == 0, f"tmux {' '.join(args)}: status {result.returncode}: {result.stderr.strip()}"
+        return result.stdout
+
+    def send(self, *keys: str) -> None:
+        self.tmux("send-keys", "-t", self.server, *keys)
+
+    def screen(self) -> str:
+        return self.tmux("capture-pane", "-t", self.server, "-p")
+
+
+@contextlib.contextmanager
+def tmux_pane() -> Iterator[TmuxPane]:
+    assert shutil.which("tmux"), "tmux is needed (apt-get install tmux; .ci/run installs it)"
+    pane = TmuxPane(f"harness-{uuid.uuid4().hex[:8]}")
+    pane.tmux("new-session", "-d", "-s", pane.server, "-x", "100", "-y", "30", "bash", "--norc", "--noprofile")
+    socket = Path(pane.tmux("display-message", "-p", "#{socket_path}").strip())
+    try:
+        yield pane
+    finally:
+        subprocess.run(["tmux", "-L", pane.server, "kill-server"], capture_output=True)
+        socket.unlink(missing_ok=True)  # a killed server leaves its socket behind
 
 
 def test_live_console_in_a_terminal_shows_the_screen_and_quits_cleanly(build_tree: project.BuildTree) -> None:
-    assert shutil.which("tmux"), "tmux is needed (apt-get install tmux; .ci/run installs it)"
-    session = f"harness-{uuid.uuid4().hex[:8]}"
     command = " ".join(cli(build_tree, "boot", "spinner"))
-    tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "30", "bash", "--norc", "--noprofile")
-    try:
-        tmux("send-keys", "-t", session, f"{command}; echo EXIT=$?; stty -a | tr ' ' '\\n' | grep -x icanon",
-             "Enter")
+    with tmux_pane() as pane:
+        pane.send(f"{command}; echo EXIT=$?; stty -a | tr ' ' '\\n' | grep -x icanon", "Enter")
         deadline = time.monotonic() + 60
         screen = ""
         while time.monotonic() < deadline and "spinner 1 running" not in screen:
             time.sleep(0.2)
-            screen = tmux("capture-pane", "-t", session, "-p")
+            screen = pane.screen()
         assert "spinner 1 running" in screen
         assert re.search(r"WeensyOS \| pid 1 \| +\d+\.\d+ s virtual \| running \| Ctrl-\] quits", screen)
-        tmux("send-keys", "-t", session, "C-]")
+        pane.send("C-]")
         while time.monotonic() < deadline and "EXIT=" not in screen:
             time.sleep(0.2)
-            screen = tmux("capture-pane", "-t", session, "-p")
+            screen = pane.screen()
         assert "EXIT=0" in screen and "harness: quit at" in screen
         assert "\nicanon" in screen  # the terminal is back in canonical (cooked) mode
-    finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
 
 
 def test_the_kernel_s_own_quit_key_works_on_the_live_console(build_tree: project.BuildTree) -> None:
-    session = f"harness-{uuid.uuid4().hex[:8]}"
     command = " ".join(cli(build_tree, "boot", "spinner"))
-    tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "30", "bash", "--norc", "--noprofile")
-    try:
-        tmux("send-keys", "-t", session, f"{command}; echo EXIT=$?", "Enter")
+    with tmux_pane() as pane:
+        pane.send(f"{command}; echo EXIT=$?", "Enter")
         deadline = time.monotonic() + 60
         screen = ""
         while time.monotonic() < deadline and "spinner 1 running" not in screen:
             time.sleep(0.2)
-            screen = tmux("capture-pane", "-t", session, "-p")
-        tmux("send-keys", "-t", session, "q")
+            screen = pane.screen()
+        pane.send("q")
         while time.monotonic() < deadline and "EXIT=" not in screen:
             time.sleep(0.2)
-            screen = tmux("capture-pane", "-t", session, "-p")
+            screen = pane.screen()
         assert "EXIT=0" in screen and "power-off" in screen
-    finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
 
 
 def _run_in_tmux(command: str) -> str:
-    """Run `command` in a fresh 100x30 tmux pane (a real terminal) and return the pane once it has ended."""
-    session = f"harness-{uuid.uuid4().hex[:8]}"
-    tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "30", "bash", "--norc", "--noprofile")
-    try:
-        tmux("send-keys", "-t", session, f"clear; {command}; echo EXIT=$?", "Enter")
+    """Run `command` in a fresh tmux pane (a real terminal) and return the pane once it has ended."""
+    with tmux_pane() as pane:
+        pane.send(f"clear; {command}; echo EXIT=$?", "Enter")
         deadline = time.monotonic() + 60
         screen = ""
         while time.monotonic() < deadline and not re.search(r"^EXIT=\d+", screen, re.M):  # not the echoed command
             time.sleep(0.2)
-            screen = tmux("capture-pane", "-t", session, "-p")
+            screen = pane.screen()
         return screen
-    finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
 
 
 def test_the_live_console_leaves_the_guest_s_final_screen_then_the_summary(build_tree: project.BuildTree) -> None:

@@ -118,6 +118,8 @@ def test_each_cpu_field_is_type_and_range_checked(build_tree: project.BuildTree,
     (("clock", "instructions"), -5, "state.clock.instructions"),
     (("machine", "storm"), [1], "state.machine.storm"),
     (("machine", "panic"), ["boom", 1, 2, ["main+3"]], r"state.machine.panic\[3\]\[0\]"),
+    (("machine", "entropy", "drawn"), -1, "state.machine.entropy.drawn"),
+    (("machine", "entropy", "last_tsc"), 1 << 64, "state.machine.entropy.last_tsc"),
     (("unassigned_pages",), [0x1000], r"unassigned_pages: 0x1000 is not a free page beyond RAM"),
     (("unassigned_pages",), [0xFEE00000], r"unassigned_pages: 0xfee00000"),  # the local APIC's registers
     (("unassigned_pages",), [0x4000_0000_0010], r"unassigned_pages: 0x400000000010"),

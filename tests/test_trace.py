@@ -41,7 +41,8 @@ def test_system_calls_carry_pid_decoded_arguments_and_results(fault_hello: tuple
     assert dict(getsysname.detail["args"])["buf"] == '"WeensyOS-Unicorn 0.1"'
     assert calls[-1].ret is None  # exit never returns
     line = strace_lines(machine.tracer, getpid)[0]
-    assert line.endswith("[pid 2] getpid() = 2 <0.006 ms>")  # the speed model: 3.83 us to enter, a few hundred instructions
+    # the speed model: 3.83 us to enter, a few hundred instructions
+    assert line.endswith("[pid 2] getpid() = 2 <0.006 ms>")
 
 
 def test_a_user_page_fault_is_explained_level_by_level(fault_hello: tuple[Machine, list[Event]]) -> None:
@@ -123,7 +124,8 @@ def test_trace_command_writes_strace_text_with_filters(build_tree: project.Build
     result = trace_cli(build_tree, "--filter", "syscall", "--pid", "2")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].endswith("[pid 2] getpid() = 2 <0.006 ms>")  # the speed model: 3.83 us to enter, a few hundred instructions
+    # the speed model: 3.83 us to enter, a few hundred instructions
+    assert lines[0].endswith("[pid 2] getpid() = 2 <0.006 ms>")
     assert all("[pid 2]" in line for line in lines)
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 
-from harness.pc.clock import ClockCosts
 from harness.machine import Machine, MachineConfig, StopKind
+from harness.pc.clock import ClockCosts
 from harness.pc.events import Kind
 
 from .conftest import BootFn

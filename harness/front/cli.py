@@ -1,4 +1,4 @@
-"""The command line: `boot`, `trace`, `trace-diff` and `build`.
+"""The command line: `boot`, `trace`, `trace-diff`, `bench`, `check` and `build`.
 
 Size: one argument parser and one short handler per command; the run's work lives in the layers below.
 """
@@ -36,6 +36,7 @@ from ..pc.events import Event
 from ..pc.keys import ScheduledKeys
 from ..pc.loader import read_elf
 from . import cliargs
+from .check import command as check_command
 from .cliio import guarded_sink, open_output, stdout_may_close, writing_trace
 from .imagekernel import symbols_for_image
 from .termtext import escape_for_terminal
@@ -234,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "far less sensitive to a shared machine's load")
     bench.add_argument("--from-json", type=Path, metavar="FILE",
                        help="measure nothing: show the results saved in FILE (by --json)")
+
+    check_command.add_parser(commands, EPILOG)
 
     build = commands.add_parser("build", help="build WeensyOS (kernel and programs) into the build directory")
     build.add_argument("--build-dir", type=Path, metavar="DIR", help="where to build")
@@ -515,7 +518,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return ExitCode.USAGE
     handlers = {"build": command_build, "boot": command_boot, "trace": command_trace,
-                "trace-diff": command_trace_diff, "bench": command_bench}
+                "trace-diff": command_trace_diff, "bench": command_bench,
+                "check": check_command.command_check}
     try:
         return handlers[args.command](args)
     except HarnessError as error:

@@ -2,6 +2,10 @@
 
 A reader that goes away (`trace ... | head`) is not an error: the run goes on to its end and the exit status is
 still the guest's. Any other failure to write is one line naming the output (a HarnessError).
+
+Either way standard output is then pointed at /dev/null: what sys.stdout still buffers would otherwise be flushed
+again when the interpreter exits, fail again, and turn the documented exit status into Python's 120 with an
+"Exception ignored" message (unless PYTHONUNBUFFERED happens to be set).
 """
 
 from __future__ import annotations
@@ -17,6 +21,19 @@ from ..pc.errors import HarnessError
 from ..pc.events import Event
 
 
+def discard_stdout() -> None:
+    """Send standard output to /dev/null from now on, what is still buffered included, without another error."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _write_failed(where: Path | str, error: OSError, to_stdout: bool) -> HarnessError:
+    if to_stdout:
+        discard_stdout()
+    return HarnessError(f"cannot write the trace to {where}: {error.strerror}")
+
+
 @contextlib.contextmanager
 def stdout_may_close() -> Iterator[None]:
     """Stop writing to standard output once its reader is gone, without an error, and carry on."""
@@ -24,9 +41,7 @@ def stdout_may_close() -> Iterator[None]:
         yield
         sys.stdout.flush()
     except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # what is still buffered goes nowhere, without another error
-        os.close(devnull)
+        discard_stdout()
 
 
 def open_output(path: Path | None) -> TextIO:
@@ -52,7 +67,7 @@ def guarded_sink(sink: Callable[[Event], None], output: Path | None) -> Callable
             with stdout_may_close():
                 raise
         except OSError as e:
-            raise HarnessError(f"cannot write the trace to {output or 'standard output'}: {e.strerror}") from None
+            raise _write_failed(output or "standard output", e, output is None) from None
 
     return guarded
 
@@ -65,7 +80,7 @@ def writing_trace(out: TextIO, output: Path | None) -> Iterator[None]:
         with stdout_may_close():
             yield
     except OSError as e:
-        raise HarnessError(f"cannot write the trace to {where}: {e.strerror}") from None
+        raise _write_failed(where, e, out is sys.stdout) from None
     finally:
         try:
             if out is not sys.stdout:
@@ -74,4 +89,4 @@ def writing_trace(out: TextIO, output: Path | None) -> Iterator[None]:
                 with stdout_may_close():
                     out.flush()
         except OSError as e:
-            raise HarnessError(f"cannot write the trace to {where}: {e.strerror}") from None
+            raise _write_failed(where, e, out is sys.stdout) from None

@@ -39,7 +39,7 @@ def _blob(uc: Uc) -> bytes:
 
 
 def _changed(before: bytes, after: bytes) -> set[int]:
-    return {i for i, (a, b) in enumerate(zip(before, after)) if a != b}
+    return {i for i, (a, b) in enumerate(zip(before, after, strict=False)) if a != b}
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """The deterministic virtual clock: guest time measured in executed instructions and counted events.
 
 Virtual time = instructions executed x `ClockCosts.ps_per_instruction` + a fixed cost per event the real machine
-pays for (system-call entry, interrupt/exception delivery, port I/O; `charge`) + the firmware's boot delay + time skipped
-while the CPU was halted.
+pays for (system-call entry, interrupt/exception delivery, port I/O; `charge`) + the firmware's boot delay + time
+skipped while the CPU was halted.
 The instruction count is kept by our engine inside the translated code (engine/README.md, instruction-clock
 patch), in the spirit of QEMU's icount: each translation block knows its instruction count when it is
 translated, adds it to the counter when it starts, and gives back what did not run when it is left early (a

@@ -21,7 +21,7 @@ class LoaderError(HarnessError):
 class ExitCode(enum.IntEnum):
     """Process exit statuses of `python -m harness boot` (documented in the README)."""
 
-    OK = 0  # the guest powered off, or a requested stop (--ticks) was reached
+    OK = 0  # the guest powered off, or a requested stop (--ticks) was reached; `check`: every check passed
     HARNESS_ERROR = 1  # bad input or an internal harness failure
     USAGE = 2  # bad command-line syntax (argparse)
     PANIC = 3  # the guest kernel panicked
@@ -33,13 +33,15 @@ class ExitCode(enum.IntEnum):
     ISOLATION = 9  # --audit found a page mapping that breaks process isolation
     STORM = 10  # device interrupts came as a storm (e.g. a LAPIC timer programmed with a period of nanoseconds)
     WALL = 11  # the wall-clock guard fired: the run took too much host time for its virtual time
+    CHECK_FAILED = 12  # `check`: at least one check failed
+    CHECK_NOT_APPLICABLE = 13  # `check`: none failed, but at least one could not be applied to the kernel
 
 
 # The one list of what each status means: the CLI's --help and the README's table are generated from it
 # (tests/test_readme_examples.py checks that the README shows exactly this table).
 EXIT_MEANINGS: dict[ExitCode, str] = {
     ExitCode.OK: "the guest powered off, or the requested `--ticks`/`--until` was reached (or you quit the live "
-                 "console)",
+                 "console); `check`: every check passed",
     ExitCode.HARNESS_ERROR: "harness error: a missing, malformed or unwritable file (kernel, program, snapshot, "
                             "output), an unknown program, a failed build, a busy port",
     ExitCode.USAGE: "bad command-line usage: an unknown option, a value out of range, options that contradict",
@@ -56,6 +58,9 @@ EXIT_MEANINGS: dict[ExitCode, str] = {
     ExitCode.STORM: "an interrupt storm (e.g. a LAPIC timer programmed with a period of nanoseconds)",
     ExitCode.WALL: "the wall-clock guard (`--max-wall`) fired: the guest made its virtual time too costly in "
                    "host time",
+    ExitCode.CHECK_FAILED: "`check`: at least one check failed (its line says why)",
+    ExitCode.CHECK_NOT_APPLICABLE: "`check`: no check failed, but at least one was not applicable (N/A: the kernel "
+                                   "lacks what it needs, e.g. DWARF or a program), so not everything passed",
 }
 
 

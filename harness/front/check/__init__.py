@@ -1,0 +1,6 @@
+"""`python -m harness check`: named checks of a kernel's properties, graded from outside the kernel.
+
+target.py finds what to boot (a kernel ELF, a build directory or a disk image); watch.py is the observer the
+memory checks share (the auditor's page-table walk, kept going after a violation); checks.py holds the checks
+and their registry; report.py prints them and writes JUnit XML and Gradescope's results.json.
+"""
