@@ -127,6 +127,31 @@ def test_our_course_mode_kernel_booted_by_its_elf_passes_every_check(build_tree:
     assert {name: v.status for name, v in found.items()} == {name: Status.PASS for name in CHECK_NAMES}, found
 
 
+def test_exit_frees_does_not_take_a_later_process_given_the_first_ones_pid_for_it(
+        build_tree: project.BuildTree) -> None:
+    """Pids are reused. Under the speed model forkexit's parent (pid 1) is alone only before its first fork and
+    exits while children live; its last descendant is given pid 1 and is then alone too, holding one page more
+    than the parent (the page it allocates). Counting that as the first process back at its baseline once
+    failed our kernel by one page; the measure is instead taken once every process has exited."""
+    runs = Runs(resolve(build_tree.directory, build_tree))
+    run = runs.memory()
+    assert run.machine is not None and run.watcher is not None
+    exits = [line for line in run.machine.log.lines() if line.startswith("process 1 (forkexit) exited")]
+    assert len(exits) == 2, "the scenario needs pid 1 given again after the first process exited"
+    seen = run.watcher.seen
+    assert seen.first_exited is not None and seen.first_exited < seen.children
+    assert [sample.cycle for sample in seen.free_samples] == [0, 0]  # none after the first process exited
+    baseline = seen.free_samples[0]
+    assert (baseline.pid, baseline.free, baseline.held) == (1, 384, 9)
+    assert seen.end is not None and seen.end.free == baseline.free + baseline.held
+    assert exits[-1].endswith(f"free pages {seen.end.free}")  # the kernel's own count agrees
+    verdict = next(check for check in CHECKS if check.name == "exit-frees").run(runs)
+    assert verdict.status is Status.PASS, verdict
+    assert verdict.explanation == (f"after {seen.children} fork+exit cycles the free page count is back to its "
+                                   f"baseline of 384 plus the 9 pages the first process held then, once every "
+                                   f"process had exited")
+
+
 @pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
 def test_a_broken_variant_fails_exactly_its_check_with_the_reason(
         variant: Variant, verdicts: dict[str, dict[str, Verdict]]) -> None:

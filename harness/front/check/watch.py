@@ -6,7 +6,12 @@ broken rule, a grader needs each rule's first violation, so that a kernel that b
 check and no other. Besides the auditor's rules it records what the fork and exit checks need: each fork's
 parent and child as the child first appears (neither has run a user instruction since the fork, so their
 memories must be equal), and the free page count whenever one process alone is left (the baseline a fork+exit
-cycle must come back to).
+cycle must come back to), and once every process has exited, the free page count to compare with the baseline
+plus what the first process held.
+
+The first process is known by its pid only while it lives: pids are reused, so once its pid leaves the table
+a later process given the same pid (a child, alone because the first process exited before it) is not "the
+first process alone", and its pages are no leak: no sample is taken for it.
 """
 
 from __future__ import annotations
@@ -44,11 +49,13 @@ class ForkFinding:
 
 @dataclass(frozen=True)
 class FreeSample:
-    """The free page count when one process alone was alive, after `cycle` children had been created."""
+    """The free page count when one process alone was alive, after `cycle` children had been created (or, with
+    pid 0, when no process was left)."""
 
     cycle: int
     free: int
     pid: int
+    held: int = 0  # the pages the process held then: its page-table pages and its own user pages
 
 
 @dataclass
@@ -59,6 +66,8 @@ class Observations:
     free_samples: list[FreeSample] = field(default_factory=list)
     children: int = 0  # processes created after the first
     first_leak: FreeSample | None = None  # the first process seen gone while still owning pages (free: how many)
+    first_exited: int | None = None  # the cycle at which the first process was seen gone
+    end: FreeSample | None = None  # the free page count once every process had exited (see note_end)
     returns: int = 0
 
 
@@ -130,12 +139,33 @@ class Watcher(IsolationAuditor):
             seen.children += len(new)                                    # after its parent has seen its fork
             for child in new:
                 self._compare_fork(live, child, mappings, owners)
-            self._note_leaks(self._live - {proc.pid for proc in live}, owners)
+            gone = self._live - {proc.pid for proc in live}
+            self._note_leaks(gone, owners)
+            if self._first in gone:  # from now on its pid names another process (see the module)
+                self._first = None
+                seen.first_exited = seen.children
         self._live = {proc.pid for proc in live}
         if len(live) == 1 and live[0].pid == self._first and self.pages.available:
             free = sum(1 for owner in owners or [] if owner == 0)
-            seen.free_samples.append(FreeSample(seen.children, free, live[0].pid))
+            held = self._held(mappings[live[0].pid], table_pages, owners)
+            seen.free_samples.append(FreeSample(seen.children, free, live[0].pid, held))
         return None
+
+    def _held(self, leaves: list[Leaf], tables: set[int], owners: list[int] | None) -> int:
+        """The pages a process alone holds: its page-table pages and the user pages that are not the kernel's
+        (read from its page table, so that a kernel whose `physpages` keeps only a refcount is measured too)."""
+        own = {page.pa for page in _pages(leaves) if not self._kernel_page(page.pa, owners)}
+        return len(own | tables)
+
+    def note_end(self) -> None:
+        """After the run: when no process is left (every one exited), the free page count now; it must be the
+        baseline plus the pages the first process held at the baseline."""
+        if not self.pages.available:
+            return
+        if any(proc.pagetable for proc in self.kernel.processes(self.machine.cpu.cr3.value)):
+            return
+        free = sum(1 for owner in self.pages.owners() if owner == 0)
+        self.seen.end = FreeSample(self.seen.children, free, 0)
 
     def _note_leaks(self, gone: set[int], owners: list[int] | None) -> None:
         """A process that left the table since the last return (between two returns the kernel was entered
