@@ -17,23 +17,12 @@ from harness.pc.errors import ExitCode
 from harness.pc.panics import is_panic_line
 from harness.pc.symbols import SymbolTable
 
-from .test_misbehaving_kernels import SET_GATE
+from .test_misbehaving_kernels import APIC_TIMER_PRELUDE, SET_GATE
 from .x86asm import assemble_kernel
 
 # A LAPIC timer at 100 Hz whose handler counts `ticks`; the kernel waits for its first tick, then either keeps
 # interrupts on (IDLE) or masks them for ever (MASK), as a kernel stuck with IF=0 does.
-TIMER_KERNEL = r"""
-    mov $0x80000, %rsp
-    mov $0xc0000083, %eax        # map 3-4 GiB (the local APIC) with a 1 GiB page in the boot page table
-    mov %rax, 0x2018
-    mov %cr3, %rax
-    mov %rax, %cr3
-    lidt idtr(%rip)
-    mov $32, %rdi
-    lea timer(%rip), %rsi
-    xor %rdx, %rdx
-    call set_gate
-    mov $0xfee00000, %ebx
+TIMER_KERNEL = APIC_TIMER_PRELUDE + r"""
     movl $0x1ff, 0xf0(%rbx)      # APIC on
     movl $0x0b, 0x3e0(%rbx)      # divide by 1
     movl $0x20020, 0x320(%rbx)   # periodic, vector 32

@@ -51,6 +51,26 @@ idtr: .word 4095
     .text
 """
 
+# The start of a kernel that uses the local APIC: a stack, the APIC's 3-4 GiB mapped with a 1 GiB page in the
+# boot page table (and the TLB flushed), then, for APIC_TIMER_PRELUDE, an IDT whose vector 32 is `timer` and %rbx
+# pointing at the APIC's registers.
+APIC_MAPPED = r"""
+    mov $0x80000, %rsp
+    mov $0xc0000083, %eax        # map 3-4 GiB (the local APIC) with a 1 GiB page in the boot page table
+    mov %rax, 0x2018
+    mov %cr3, %rax
+    mov %rax, %cr3
+"""
+APIC_TIMER_PRELUDE = APIC_MAPPED + r"""
+    lidt idtr(%rip)
+    mov $32, %rdi
+    lea timer(%rip), %rsi
+    xor %rdx, %rdx
+    call set_gate
+    mov $0xfee00000, %ebx
+"""
+
+
 TRIPLE_FAULT = r"""
     mov $0x80000, %rsp
     lidt empty_idtr(%rip)        # no interrupt descriptor table at all
@@ -96,18 +116,7 @@ page_fault:
     hlt
 """ + SET_GATE
 
-TIMER_STORM = r"""
-    mov $0x80000, %rsp
-    mov $0xc0000083, %eax        # map 3-4 GiB (the local APIC) with a 1 GiB page in the boot page table
-    mov %rax, 0x2018
-    mov %cr3, %rax
-    mov %rax, %cr3
-    lidt idtr(%rip)
-    mov $32, %rdi
-    lea timer(%rip), %rsi
-    xor %rdx, %rdx
-    call set_gate
-    mov $0xfee00000, %ebx
+TIMER_STORM = APIC_TIMER_PRELUDE + r"""
     movl $0x1ff, 0xf0(%rbx)      # APIC on, spurious vector 0xff
     movl $0x0b, 0x3e0(%rbx)      # divide by 1
     movl $0x20020, 0x320(%rbx)   # periodic, vector 32
@@ -189,12 +198,7 @@ def test_an_invalid_opcode_in_weensyos_is_its_own_panic(build_tree: project.Buil
     assert any(e.kind is Kind.EXCEPTION and e.number == 6 for e in machine.events)
 
 
-TIMER_ILLEGAL_VECTOR = r"""
-    mov $0x80000, %rsp
-    mov $0xc0000083, %eax        # map 3-4 GiB (the local APIC) with a 1 GiB page in the boot page table
-    mov %rax, 0x2018
-    mov %cr3, %rax
-    mov %rax, %cr3
+TIMER_ILLEGAL_VECTOR = APIC_MAPPED + r"""
     mov $0xfee00000, %ebx
     movl $0x1ff, 0xf0(%rbx)      # APIC on
     movl $0x0b, 0x3e0(%rbx)      # divide by 1

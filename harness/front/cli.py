@@ -87,16 +87,6 @@ def _positive_float(text: str) -> float:
 MAX_SECONDS = 1e9  # of virtual time: any budget in nanoseconds still fits the clock's 64 bits
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
-    return value
-
-
 def _filters(text: str) -> set[str]:
     wanted = {word.strip() for word in text.split(",") if word.strip()}
     unknown = wanted - set(FILTERS)
@@ -223,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     diff = commands.add_parser("trace-diff", help="show where two JSONL traces first differ")
     diff.add_argument("first", type=Path, metavar="A.jsonl")
     diff.add_argument("second", type=Path, metavar="B.jsonl")
-    diff.add_argument("--context", type=_count, default=3, metavar="N", help="events shown before the difference")
+    diff.add_argument("--context", type=cliargs.count, default=3, metavar="N",
+                      help="events shown before the difference")
 
     bench = commands.add_parser("bench", help="measure the harness's speed against QEMU on the same disk images")
     bench.add_argument("--repeat", type=_positive_int, default=3, metavar="N", help="runs per row (default: 3)")

@@ -65,14 +65,24 @@ def until_text(text: str) -> str:
     return text
 
 
-def pid_number(text: str) -> int:
+def _whole_number(text: str, what: str) -> int:
+    """`text` as a whole number >= 0 (decimal, or with a 0x/0o/0b prefix), or one usage error naming `what`."""
     try:
         value = int(text, 0)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a pid: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
     if value < 0:
-        raise argparse.ArgumentTypeError(f"not a pid: {value}")
+        raise argparse.ArgumentTypeError(f"not {what}: {value}")
     return value
+
+
+def pid_number(text: str) -> int:
+    return _whole_number(text, "a pid")
+
+
+def count(text: str) -> int:
+    """A count of things (events of context, ...): a whole number, zero included."""
+    return _whole_number(text, "a count")
 
 
 def join_dashed_values(argv: list[str], options: tuple[str, ...] = ("--keys", "--until")) -> list[str]:
