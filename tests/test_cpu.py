@@ -204,11 +204,9 @@ def test_user_writes_to_the_log_port_are_refused_too(machine: Machine) -> None:
     assert machine.parallel.data == 0
 
 
-def test_reading_unassigned_physical_memory_is_harmless_and_reported_once(machine: Machine) -> None:
-    build_world(machine, "nop\n")
-    # Map VA 0x401000 to a physical page far beyond RAM, then read it twice from the kernel side.
-    struct.pack_into("<Q", machine.memory, PML4 + 0x3000 + 8, 0xE0000000 | 7)
-    code = assemble("mov 0x401000, %rax\nmov 0x401008, %rbx\nhlt\n", 0x70000)[0]
+def enter_kernel_code(machine: Machine, source: str) -> None:
+    """Put `source` at 0x70000 (identity-mapped) and the CPU there in ring 0, ready to run."""
+    code = assemble(source, 0x70000)[0]
     machine.memory[0x70000:0x70000 + len(code)] = code
     machine.cpu.save()
     machine.cpu.segs[1].load(0x08, 0, 0xFFFFFFFF, descriptor(0, True) >> 32)
@@ -216,6 +214,13 @@ def test_reading_unassigned_physical_memory_is_harmless_and_reported_once(machin
     machine.cpu.eip.value = 0x70000
     machine.cpu.restore()
     machine.uc.ctl_flush_tb()
+
+
+def test_reading_unassigned_physical_memory_is_harmless_and_reported_once(machine: Machine) -> None:
+    build_world(machine, "nop\n")
+    # Map VA 0x401000 to a physical page far beyond RAM, then read it twice from the kernel side.
+    struct.pack_into("<Q", machine.memory, PML4 + 0x3000 + 8, 0xE0000000 | 7)
+    enter_kernel_code(machine, "mov 0x401000, %rax\nmov 0x401008, %rbx\nhlt\n")
     machine.run_slice()
     assert machine.stop is None and machine.halted
     assert machine.cpu.read_register(X.UC_X86_REG_RAX) == 0xFFFFFFFFFFFFFFFF
@@ -296,14 +301,7 @@ def test_int_n_whose_handler_stack_is_unmapped_faults_on_the_int_not_as_a_double
 
 def run_kernel_code(machine: Machine, source: str) -> None:
     """Run `source` in ring 0 at 0x70000 (identity-mapped) until it halts."""
-    code = assemble(source, 0x70000)[0]
-    machine.memory[0x70000:0x70000 + len(code)] = code
-    machine.cpu.save()
-    machine.cpu.segs[1].load(0x08, 0, 0xFFFFFFFF, descriptor(0, True) >> 32)
-    machine.cpu.hflags.value &= ~3
-    machine.cpu.eip.value = 0x70000
-    machine.cpu.restore()
-    machine.uc.ctl_flush_tb()
+    enter_kernel_code(machine, source)
     machine.run(max_time_ns=1_000_000_000)
 
 
