@@ -102,10 +102,13 @@ def join_dashed_values(argv: list[str], options: tuple[str, ...] = ("--keys", "-
 def check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Options that cannot go together: one usage error naming both (from the command's own parser)."""
     command = getattr(args, "command", None)
-    if command not in ("boot", "trace"):
+    if command not in ("boot", "trace", "check"):
         return
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     parser = commands.choices[command]
+    if command == "check":
+        _check_submissions_combinations(parser, args)
+        return
     if args.disk is not None and args.programs:
         parser.error(f"with --disk the command to run is written in the image: give no PROGRAM "
                      f"(got {' '.join(args.programs)})")
@@ -114,3 +117,25 @@ def check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace
     if command == "trace" and args.summary and args.format == "perfetto":
         parser.error("--summary prints a table (strace format) or one JSON object (--format jsonl), not a "
                      "Perfetto trace")
+
+
+def _check_submissions_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """`check`: KERNELs or --submissions DIR, and the options that go with each."""
+    if args.submissions is None:
+        if not args.kernels:
+            parser.error("give a KERNEL to check, or --submissions DIR")
+        many_only = [name for name, value in (("--out", args.out), ("--scheduler", args.scheduler),
+                                              ("--workers", args.workers)) if value is not None]
+        if many_only:
+            parser.error(f"{', '.join(many_only)} go(es) with --submissions DIR")
+        return
+    if args.kernels:
+        parser.error(f"with --submissions DIR the kernels are its folders: give no KERNEL (got "
+                     f"{' '.join(map(str, args.kernels))})")
+    if args.out is None:
+        parser.error("--submissions DIR needs --out OUT, the folder for the results and the summary")
+    for name, value in (("--results", args.results), ("--screens", args.screens)):
+        if value is not None:
+            parser.error(f"with --submissions, {name} is written for every submission in --out OUT")
+    if args.scheduler is not None and args.workers is not None:
+        parser.error("--workers sizes the embedded local cluster; an external --scheduler has its own workers")

@@ -66,6 +66,10 @@ def write_junit(path: Path, results: list[tuple[str, list[Verdict]]]) -> None:
 
 
 def write_results(path: Path, results: list[tuple[str, list[Verdict]]]) -> None:
+    _write(path, json.dumps(results_document(results), indent=2) + "\n")
+
+
+def results_document(results: list[tuple[str, list[Verdict]]]) -> dict[str, object]:
     """Gradescope's results.json: a PASS scores 1 of 1, a FAIL 0 of 1; an N/A scores 0 of 0 (it is not held
     against the student, nor counted for them), its output says why."""
     tests = []
@@ -76,6 +80,5 @@ def write_results(path: Path, results: list[tuple[str, list[Verdict]]]) -> None:
             tests.append({"name": prefix + v.name, "score": 1 if v.status is Status.PASS else 0,
                           "max_score": maximum, "status": "passed" if v.status is Status.PASS else "failed",
                           "output": f"{v.status.value}: {v.explanation}"})
-    document = {"score": sum(t["score"] for t in tests), "max_score": sum(t["max_score"] for t in tests),
-                "tests": tests}
-    _write(path, json.dumps(document, indent=2) + "\n")
+    return {"score": sum(t["score"] for t in tests), "max_score": sum(t["max_score"] for t in tests),
+            "tests": tests}
