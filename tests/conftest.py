@@ -11,6 +11,8 @@ from harness import project
 from harness.api import boot_machine
 from harness.machine import Machine, MachineConfig, Stop
 
+from .kernel_variants import VARIANTS, start_variant_build
+
 pytest_plugins = ["pytester"]
 
 
@@ -39,3 +41,14 @@ def boot(build_tree: project.BuildTree) -> BootFn:
 @pytest.fixture
 def repo_root() -> Path:
     return project.PACKAGE_ROOT
+
+
+@pytest.fixture(scope="session")
+def variant_builds(build_tree: project.BuildTree, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every broken variant of our kernel (tests/kernel_variants.py), built once: name -> build directory."""
+    started = {variant.name: start_variant_build(variant, build_tree, tmp_path_factory.mktemp(variant.name))
+               for variant in VARIANTS}  # the builds run side by side
+    for name, (_, make) in started.items():
+        output, _ = make.communicate()
+        assert make.returncode == 0, f"{name}: {output}"
+    return {name: directory for name, (directory, _) in started.items()}

@@ -22,7 +22,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
+import socket
 import sys
 import uuid
 from collections.abc import Iterator
@@ -116,10 +118,16 @@ def grade_task(target: Target, names: tuple[str, ...], screens: bool) -> list[Ou
     return outcomes
 
 
-def killed_outcomes(task: Task, error: BaseException) -> list[Outcome]:
+def workers_killed(error: BaseException) -> int:
+    """How many workers died running the task, from Dask's KilledWorker message (1 when it does not say)."""
+    found = re.search(r"on (\d+) different workers", str(error))
+    return int(found.group(1)) if found else 1
+
+
+def killed_outcomes(task: Task, deaths: int) -> list[Outcome]:
     text = (f"the kernel killed the grading worker: the worker process running this check died each time it "
-            f"was tried (Dask: {error}); the harness was crashed or exhausted (memory), so the check could not "
-            f"finish")
+            f"was tried ({deaths} workers died); the harness was crashed or its memory exhausted, so the check "
+            f"could not finish")
     return [Outcome(name, Status.FAIL, text) for name in task.checks]
 
 
@@ -149,6 +157,19 @@ class Progress:
         self.stream.flush()
 
 
+def _refuse_unreachable(scheduler: str) -> None:
+    """A tcp:// address where nothing listens is one error line at once, not after Dask's connect timeout."""
+    found = re.fullmatch(r"tcp://(\[[^\]]+\]|[^:/]+):(\d+)/?", scheduler)
+    if found is None:
+        return  # another protocol (tls://, ...): Dask's own connect says what is wrong
+    host, port = found.group(1).strip("[]"), int(found.group(2))
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise HarnessError(f"--scheduler {scheduler}: cannot connect to a Dask scheduler there "
+                           f"({e.strerror or e})") from None
+
+
 @contextlib.contextmanager
 def dask_client(scheduler: str | None, workers: int | None) -> Iterator[Client]:
     """A client of the cluster at `scheduler`, or of an embedded LocalCluster of `workers` processes."""
@@ -156,6 +177,7 @@ def dask_client(scheduler: str | None, workers: int | None) -> Iterator[Client]:
     from distributed import Client, LocalCluster
 
     if scheduler is not None:
+        _refuse_unreachable(scheduler)
         try:
             client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
         except (OSError, TimeoutError, ValueError) as e:
@@ -179,6 +201,7 @@ def grade_all(submissions: list[Submission], checks: list[Check], client: Client
     from distributed.scheduler import KilledWorker
 
     tasks = [task for sub in submissions if sub.target is not None for task in plan(sub, checks)]
+    tasks.sort(key=lambda task: -len(task.checks))  # the long runs (shared by many checks) first: less idle at the end
     bar = Progress(len(tasks), progress if progress is not None else sys.stderr)
     run_id = uuid.uuid4().hex[:8]
 
@@ -186,21 +209,23 @@ def grade_all(submissions: list[Submission], checks: list[Check], client: Client
         key = f"check-{run_id}-{task.submission}-{'+'.join(task.checks)}-{attempt}"
         return client.submit(grade_task, task.target, task.checks, screens, key=key, pure=False)
 
-    pending: dict[Future, tuple[Task, int]] = {submit(task, 0): (task, 0) for task in tasks}
+    pending: dict[Future, tuple[Task, int, int]] = {submit(task, 0): (task, 0, 0) for task in tasks}
     found: dict[str, list[Outcome]] = {sub.name: [] for sub in submissions}
     queue = as_completed(list(pending))
     for future in queue:
-        task, attempt = pending.pop(future)
+        task, attempt, deaths = pending.pop(future)
         if future.status == "finished":
             outcomes = future.result()
         else:
             error = future.exception()
-            if isinstance(error, KilledWorker) and attempt < SECOND_CHANCES:
-                retry = submit(task, attempt + 1)
-                pending[retry] = (task, attempt + 1)
-                queue.add(retry)
-                continue
-            outcomes = killed_outcomes(task, error) if isinstance(error, KilledWorker) else \
+            if isinstance(error, KilledWorker):
+                deaths += workers_killed(error)
+                if attempt < SECOND_CHANCES:
+                    retry = submit(task, attempt + 1)
+                    pending[retry] = (task, attempt + 1, deaths)
+                    queue.add(retry)
+                    continue
+            outcomes = killed_outcomes(task, deaths) if isinstance(error, KilledWorker) else \
                 error_outcomes(task, error)
         future.release()
         found[task.submission].extend(outcomes)
