@@ -10,6 +10,7 @@ reported as such while the others are graded. Only a few checks are run (--only)
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
@@ -24,7 +25,7 @@ import pytest
 
 from harness import project
 from harness.front.check.checks import CHECKS
-from harness.front.check.grading import KILL_HOOK, plan
+from harness.front.check.grading import KILL_HOOK, Progress, plan
 from harness.front.check.submissions import find_submissions
 from harness.front.cli import main
 from harness.pc.errors import ExitCode
@@ -237,3 +238,22 @@ def test_a_missing_directory_or_an_unreachable_scheduler_is_one_line(
     err = capsys.readouterr().err
     assert err.startswith("harness: error: --scheduler tcp://127.0.0.1:9: cannot connect to a Dask scheduler there")
     assert err.count("\n") == 1
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_progress_is_one_bar_on_a_terminal_and_plain_lines_otherwise() -> None:
+    terminal, log = Terminal(), io.StringIO()
+    for stream in (terminal, log):
+        progress = Progress(4, stream)
+        for note in ("alice: no-crash", "alice: fork", "bob: no-crash", "bob: fork"):
+            progress.step(note)
+    frames = terminal.getvalue().split("\r")[1:]
+    assert frames[1].startswith("grading [" + "#" * 15 + "." * 15 + "] 2/4 tasks  alice: fork")
+    assert frames[3].startswith("grading [" + "#" * 30 + "] 4/4 tasks  bob: fork") and frames[3].endswith("\n")
+    assert terminal.getvalue().count("\n") == 1  # the bar is redrawn in place, one line in the end
+    assert log.getvalue().splitlines() == [f"grading: {i}/4 tasks done ({note})" for i, note in enumerate(
+        ("alice: no-crash", "alice: fork", "bob: no-crash", "bob: fork"), 1)]

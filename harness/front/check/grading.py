@@ -217,7 +217,10 @@ def grade_all(submissions: list[Submission], checks: list[Check], client: Client
         if future.status == "finished":
             outcomes = future.result()
         else:
-            error = future.exception()
+            try:
+                error = future.exception()
+            except Exception as e:  # noqa: BLE001 - cancelled (the scheduler lost it): say so for its checks
+                error = e
             if isinstance(error, KilledWorker):
                 deaths += workers_killed(error)
                 if attempt < SECOND_CHANCES:
