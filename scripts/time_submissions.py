@@ -70,6 +70,7 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=20, help="how many submissions (default 20)")
     parser.add_argument("--workers", type=int, default=2, help="workers of the local cluster (default 2)")
     parser.add_argument("--variants", action="store_true", help="every other submission a broken variant")
+    parser.add_argument("--no-one-process", action="store_true", help="skip the serial run in one process")
     args = parser.parse_args()
     build = project.BuildTree(project.default_build_dir())
     harness = [sys.executable, "-m", "harness", "check"]
@@ -93,7 +94,8 @@ def main() -> int:
             subprocess.run([*harness, str(folder), "--results", str(serial / f"{folder.name}.json")],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
         rows.append(("serial (a process per submission)", (time.monotonic() - start, children_cpu() - cpu)))
-        rows.append(("serial (one process, N kernels)", timed([*harness, *map(str, folders)])))
+        if not args.no_one_process:
+            rows.append(("serial (one process, N kernels)", timed([*harness, *map(str, folders)])))
         out = scratch / "out"
         rows.append((f"--submissions, {args.workers} local workers",
                      timed([*harness, "--submissions", str(subs), "--out", str(out), "--workers", str(args.workers)])))

@@ -95,15 +95,16 @@ def dask_cluster(tmp_path: Path) -> Iterator[str]:
     """A Dask scheduler and two single-threaded workers, each its own process, on loopback: the address."""
     scheduler_file = tmp_path / "scheduler.json"
     env = {**os.environ, "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1"}
-    processes = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                                   "--port", "0", "--no-dashboard", "--scheduler-file", str(scheduler_file)],
+    dask = str(Path(sys.executable).parent / "dask")  # the command the README starts them with
+    processes = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                                   "--scheduler-file", str(scheduler_file)],
                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
         from distributed import Client
 
         for name in ("a", "b"):
             processes.append(subprocess.Popen(
-                [sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", str(scheduler_file),
+                [dask, "worker", "--scheduler-file", str(scheduler_file),
                  "--nworkers", "1", "--nthreads", "1", "--no-dashboard", "--name", name,
                  "--local-directory", str(tmp_path / name)],
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
