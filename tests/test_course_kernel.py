@@ -197,12 +197,12 @@ def trace_syscalls(*args: str) -> list[str]:
 def test_system_calls_are_decoded_by_the_kernels_identity_not_its_path(build_tree: project.BuildTree,
                                                                         tmp_path: Path) -> None:
     ours = str(build_tree.directory / "kernel-course")
-    assert trace_syscalls("--kernel", ours)[:2] == ["getpid() = 1 <0.006 ms>",
-                                                    'getsysname(buf="WeensyOS-Unicorn 0.1") = 0 <0.007 ms>']
+    assert trace_syscalls("--kernel", ours)[:2] == ["getpid() = 1 <0.005 ms>",
+                                                    'getsysname(buf="WeensyOS-Unicorn 0.1") = 0 <0.005 ms>']
     foreign = foreign_kernel(build_tree, tmp_path)
     by_number = trace_syscalls("--kernel", str(foreign))
-    assert by_number[:2] == ["syscall_1(0x0, 0x0, 0x0, 0x0) = 1 <0.006 ms>",
-                             "syscall_5(0x2fffd0, 0x0, 0x0, 0x0) = 0 <0.007 ms>"]
+    assert by_number[:2] == ["syscall_1(0x0, 0x0, 0x0, 0x0) = 1 <0.005 ms>",
+                             "syscall_5(0x2fffd0, 0x0, 0x0, 0x0) = 0 <0.005 ms>"]
     # From a disk image in the build directory, next to build/syscalls.json: still not our ABI.
     image = tmp_path / "foreign.img"
     subprocess.run([sys.executable, str(SOURCE / "mkimage.py"), "--build", str(build_tree.directory), "--kernel",
@@ -211,7 +211,7 @@ def test_system_calls_are_decoded_by_the_kernels_identity_not_its_path(build_tre
         ["syscall_1(0x0, 0x0, 0x0, 0x0) = 1", "syscall_5(0x2fffd0, 0x0, 0x0, 0x0) = 0"]
     # A table the user names: the course's pset numbering, where 5 is fork.
     assert trace_syscalls("--kernel", str(foreign), "--syscalls", "course-pset3")[:2] == [
-        "getpid() = 1 <0.006 ms>", "fork() = 0 <0.007 ms>"]
+        "getpid() = 1 <0.005 ms>", "fork() = 0 <0.005 ms>"]
     unknown = subprocess.run([sys.executable, "-m", "harness", "trace", "--no-build", "--kernel", str(foreign),
                               "--syscalls", "course-nosuch"], capture_output=True, text=True)
     assert unknown.returncode == 1 and unknown.stderr == (
