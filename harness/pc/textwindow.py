@@ -51,6 +51,9 @@ class TextWindow:
         self.state = state = TextWindowState(ram + TEXT_WINDOW, ctypes.addressof(clock.state_for_native), 0, 0)
         library = _load_native() if native else None
         if library is not None:
+            library.text_window_size.restype = ctypes.c_size_t
+            if library.text_window_size() != ctypes.sizeof(TextWindowState):
+                raise RuntimeError("textwindow.c and textwindow.py disagree on struct text_window")
             self.native = True
             read = ctypes.cast(library.text_window_read, ctypes.c_void_p)
             write = ctypes.cast(library.text_window_write, ctypes.c_void_p)
@@ -77,10 +80,10 @@ class TextWindow:
 
     @property
     def bytes_read(self) -> int:
-        """Bytes the CPU has loaded from the window since power-on."""
+        """Bytes the CPU has loaded from the window since this machine was made (for the fit; not in snapshots)."""
         return self.state.bytes_read
 
     @property
     def bytes_written(self) -> int:
-        """Bytes the CPU has stored into the window since power-on."""
+        """Bytes the CPU has stored into the window since this machine was made (for the fit; not in snapshots)."""
         return self.state.bytes_written
