@@ -80,6 +80,7 @@ class Row:
     qemu: list[float] = field(default_factory=list)
     harness: list[float] = field(default_factory=list)
     note: str = ""
+    qemu_load: list[float] = field(default_factory=list)  # the host's 1-minute load average before each QEMU run
 
     @staticmethod
     def median(values: list[float]) -> float | None:
@@ -209,10 +210,13 @@ def main() -> int:
                 row = Row(name, f"{WORKLOADS[name].unit}/tick", note=WORKLOADS[name].note)
             image = make_image(tree, "hello" if name == BOOT else f"loop {WORKLOADS[name].command}", Path(tmp))
             for _ in range(args.repeat):
+                row.qemu_load.append(os.getloadavg()[0])
                 row.qemu.append(measure(name, image, ticks_at, qemu=True))
                 if not args.no_harness:
                     row.harness.append(measure(name, image, ticks_at, qemu=False))
-            print(f"  {name}: QEMU {row.median(row.qemu):.4g} {row.unit}", file=sys.stderr, flush=True)
+            print(f"  {name}: QEMU {row.median(row.qemu):.4g} {row.unit} (runs: "
+                  + ", ".join(f"{q:.4g} at load {load:.1f}" for q, load in zip(row.qemu, row.qemu_load, strict=True))
+                  + ")", file=sys.stderr, flush=True)
             rows.append(row)
     print(table(rows))
     if args.json is not None:

@@ -139,7 +139,7 @@ def test_a_panic_diagnosis_says_when_its_registers_were_read(build_tree: project
 
 
 def test_the_diagnosis_shows_switches_and_console_rows(build_tree: project.BuildTree) -> None:
-    result = harness("trace", "spinner", "--max-time", "0.02", *built(build_tree))
+    result = harness("trace", "spinner", "--max-time", "0.005", *built(build_tree))
     assert result.returncode == 5
     assert re.search(r"    \[0\.\d+\] +switch: -> pid 1\n", result.stderr)
     assert "console: pid 1: spinner 1 running" in result.stderr

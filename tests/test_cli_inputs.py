@@ -87,8 +87,8 @@ def test_bad_key_scripts_are_usage_errors(build_tree: project.BuildTree, script:
 
 
 def test_a_time_without_a_leading_zero_is_a_time(build_tree: project.BuildTree) -> None:
-    result = harness(build_tree, "boot", "spinner", "--headless", "--keys", ".05:q")
-    assert result.returncode == 0 and "power-off at 0.05" in result.stderr, result.stderr
+    result = harness(build_tree, "boot", "spinner", "--headless", "--keys", ".08:q")
+    assert result.returncode == 0 and "power-off at 0.08" in result.stderr, result.stderr
 
 
 def test_keys_due_after_the_run_ended_are_reported(build_tree: project.BuildTree) -> None:

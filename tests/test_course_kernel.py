@@ -160,7 +160,8 @@ def test_qemu_and_both_harness_paths_leave_the_same_log_and_text_page(
     kernel = build_tree.directory / "kernel-course"
     image = build_tree.directory / "weensyos-course.img" if command is None else \
         course_image_with_command(build_tree, tmp_path, command)
-    run = boot_image(image, timeout=20, read=(TEXT_PAGE,))
+    vga_writes = tmp_path / "vga-writes.log"
+    run = boot_image(image, timeout=20, read=(TEXT_PAGE,), extra=("-trace", "vga_std_write_io", "-D", str(vga_writes)))
     assert run.powered_off, run.log
     assert run.memory is not None
     elf, disk = from_elf(kernel, command), from_disk(image, kernel)
@@ -169,11 +170,25 @@ def test_qemu_and_both_harness_paths_leave_the_same_log_and_text_page(
     assert elf.log == run.log.splitlines()
     # The screen, the blank rest of the page and cursorpos at 0xB8FFC; not the kernel's copy of its tick count
     # at 0xB8FF0: QEMU's timer runs on the host's wall clock, so on a loaded host a tick can fall inside even
-    # these short runs. (QEMU's CRTC cursor cannot be read from outside; cursorpos, which the kernel copies
-    # there, is compared.)
+    # these short runs.
     qemu_page = run.memory[TEXT_PAGE[0]]
     assert elf.text_page[:TICKS_MIRROR] == qemu_page[:TICKS_MIRROR]
     assert elf.text_page[TICKS_MIRROR + 8:] == qemu_page[TICKS_MIRROR + 8:]
+    assert elf.cursor == crtc_cursor(vga_writes.read_text())  # the hardware cursor where QEMU's VGA left it
+
+
+def crtc_cursor(vga_writes: str) -> int:
+    """The cursor cell that QEMU's CRTC registers 14 and 15 hold at the end of a run, replayed from QEMU's trace
+    of the writes to its VGA ports (`-trace vga_std_write_io`: one line a byte, `addr 0x3d4, val 0xe`)."""
+    registers, index = {14: 0, 15: 0}, 0
+    writes = re.findall(r"vga_std_write_io addr (0x[0-9a-f]+), val (0x[0-9a-f]+)", vga_writes)
+    assert writes, "QEMU traced no VGA port writes"
+    for address, value in ((int(a, 16), int(v, 16)) for a, v in writes):
+        if address == 0x3D4:
+            index = value
+        elif address == 0x3D5 and index in registers:
+            registers[index] = value
+    return (registers[14] << 8 | registers[15]) & 0x3FFF
 
 
 def foreign_kernel(build_tree: project.BuildTree, tmp_path: Path) -> Path:
@@ -197,12 +212,12 @@ def trace_syscalls(*args: str) -> list[str]:
 def test_system_calls_are_decoded_by_the_kernels_identity_not_its_path(build_tree: project.BuildTree,
                                                                         tmp_path: Path) -> None:
     ours = str(build_tree.directory / "kernel-course")
-    assert trace_syscalls("--kernel", ours)[:2] == ["getpid() = 1 <0.006 ms>",
-                                                    'getsysname(buf="WeensyOS-Unicorn 0.1") = 0 <0.007 ms>']
+    assert trace_syscalls("--kernel", ours)[:2] == ["getpid() = 1 <0.005 ms>",
+                                                    'getsysname(buf="WeensyOS-Unicorn 0.1") = 0 <0.005 ms>']
     foreign = foreign_kernel(build_tree, tmp_path)
     by_number = trace_syscalls("--kernel", str(foreign))
-    assert by_number[:2] == ["syscall_1(0x0, 0x0, 0x0, 0x0) = 1 <0.006 ms>",
-                             "syscall_5(0x2fffd0, 0x0, 0x0, 0x0) = 0 <0.007 ms>"]
+    assert by_number[:2] == ["syscall_1(0x0, 0x0, 0x0, 0x0) = 1 <0.005 ms>",
+                             "syscall_5(0x2fffd0, 0x0, 0x0, 0x0) = 0 <0.005 ms>"]
     # From a disk image in the build directory, next to build/syscalls.json: still not our ABI.
     image = tmp_path / "foreign.img"
     subprocess.run([sys.executable, str(SOURCE / "mkimage.py"), "--build", str(build_tree.directory), "--kernel",
@@ -211,7 +226,7 @@ def test_system_calls_are_decoded_by_the_kernels_identity_not_its_path(build_tre
         ["syscall_1(0x0, 0x0, 0x0, 0x0) = 1", "syscall_5(0x2fffd0, 0x0, 0x0, 0x0) = 0"]
     # A table the user names: the course's pset numbering, where 5 is fork.
     assert trace_syscalls("--kernel", str(foreign), "--syscalls", "course-pset3")[:2] == [
-        "getpid() = 1 <0.006 ms>", "fork() = 0 <0.007 ms>"]
+        "getpid() = 1 <0.005 ms>", "fork() = 0 <0.005 ms>"]
     unknown = subprocess.run([sys.executable, "-m", "harness", "trace", "--no-build", "--kernel", str(foreign),
                               "--syscalls", "course-nosuch"], capture_output=True, text=True)
     assert unknown.returncode == 1 and unknown.stderr == (

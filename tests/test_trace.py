@@ -42,7 +42,7 @@ def test_system_calls_carry_pid_decoded_arguments_and_results(fault_hello: tuple
     assert calls[-1].ret is None  # exit never returns
     line = strace_lines(machine.tracer, getpid)[0]
     # the speed model: 3.83 us to enter, a few hundred instructions
-    assert line.endswith("[pid 2] getpid() = 2 <0.006 ms>")
+    assert line.endswith("[pid 2] getpid() = 2 <0.005 ms>")
 
 
 def test_a_user_page_fault_is_explained_level_by_level(fault_hello: tuple[Machine, list[Event]]) -> None:
@@ -125,7 +125,7 @@ def test_trace_command_writes_strace_text_with_filters(build_tree: project.Build
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     # the speed model: 3.83 us to enter, a few hundred instructions
-    assert lines[0].endswith("[pid 2] getpid() = 2 <0.006 ms>")
+    assert lines[0].endswith("[pid 2] getpid() = 2 <0.005 ms>")
     assert all("[pid 2]" in line for line in lines)
 
 

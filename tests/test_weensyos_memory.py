@@ -150,7 +150,7 @@ def test_allocator_fills_memory_and_the_kernel_survives(boot: BootFn) -> None:
 
 
 def test_competing_allocators_stay_isolated_while_memory_fills(boot: BootFn) -> None:
-    machine, stop = boot("allocators", ticks=5)  # memory is full at about 11 ticks
+    machine, stop = boot("allocators", ticks=1)  # memory is full at about 3 ticks
     assert stop.kind is StopKind.TICKS
     # The tick can fall inside a system call (page_alloc maps a page, then gives it its owner): look between
     # calls, when a process next enters the kernel.
@@ -181,8 +181,12 @@ def test_process_memory_comes_from_the_allocator_not_fixed_slots(boot: BootFn) -
 # -- spawn --------------------------------------------------------------------------------------------------------
 
 def test_spawn_starts_two_isolated_alices(boot: BootFn) -> None:
-    machine, stop = boot("spawn", ticks=1)
-    assert stop.kind is StopKind.TICKS
+    machine, stop = boot("spawn", ticks=0)
+    # spawn exits before the first tick; look when an alice next enters the kernel after that.
+    stop = machine.run(until="process 1 (spawn) exited", max_time_ns=1_000_000_000)
+    assert stop.kind is StopKind.UNTIL
+    stop = machine.run(until_event=lambda e: e.user and e.kind is Kind.SYSCALL, max_time_ns=1_000_000_000)
+    assert stop.kind is StopKind.UNTIL
     live = processes(machine)
     assert sorted(live) == [2, 3]  # spawn itself has exited; its two alices run
     pages = {pid: {m.pa for m in mappings(machine, proc.pagetable) if m.user and m.pa != CONSOLE_ADDR}
@@ -259,7 +263,7 @@ def expected_physical_cell(machine: Machine, pn: int, owner: int, tables: set[in
 
 
 def test_memory_viewer_shows_owners_and_one_process_map_in_reverse_video(boot: BootFn) -> None:
-    machine, stop = boot("memviewer allocators", ticks=10)
+    machine, stop = boot("memviewer allocators", ticks=1)
     assert stop.kind is StopKind.TICKS
     stop_after_redraw(machine)
     cells = machine.console.cells()

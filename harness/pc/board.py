@@ -29,12 +29,11 @@ from unicorn import (
     UC_MEM_FETCH_UNMAPPED,
     UC_MEM_WRITE_UNMAPPED,
     UC_MODE_64,
-    UC_PROT_ALL,
     Uc,
 )
 from unicorn import x86_const as X
 
-from . import entropy, guestram, loader
+from . import entropy, guestram, loader, textwindow
 from .bios import Bios
 from .bus import Bus
 from .clock import ClockCosts, VirtualClock
@@ -92,7 +91,7 @@ class Board(RunLoop, HotPaths, DebugControls):
         self._ram = guestram.allocate(config.ram_size)  # anonymous, zero-filled, backed lazily by the host
         self._ram_anchor = ctypes.c_char.from_buffer(self._ram)
         self.memory = memoryview(self._ram)
-        uc.mem_map_ptr(0, config.ram_size, UC_PROT_ALL, ctypes.addressof(self._ram_anchor))
+        text_window_in_ram = textwindow.map_ram(uc, ctypes.addressof(self._ram_anchor), config.ram_size)
 
         self.events = EventLog(config.event_capacity)
         self.tracer = recorder(self)  # the hook points' receiver (hooks.py): the tracer, in harness.machine
@@ -133,6 +132,8 @@ class Board(RunLoop, HotPaths, DebugControls):
         uc.hook_add(UC_HOOK_INTR, self.cpu.hook_interrupt)
         uc.hook_add(UC_HOOK_INSN_INVALID, self.cpu.hook_invalid_instruction)
         self._install_hot_paths()  # hotpaths.py: the native paths, or the Python hooks for the same work
+        self.text_window = textwindow.TextWindow(uc, self.memory, ctypes.addressof(self._ram_anchor), self.clock,
+                                                 config.fast_paths) if text_window_in_ram else None
         # Only beyond RAM can a fetch find no code (the empty bus and the devices are MMIO, which Unicorn
         # refuses to execute), so the hook covers only that. (Unicorn 2.1.4 keeps every store to a page that a
         # memory hook covers on its slow path; it does so for executable pages anyway, and without NX in the

@@ -1,8 +1,8 @@
 """The deterministic virtual clock: guest time measured in executed instructions and counted events.
 
 Virtual time = instructions executed x `ClockCosts.ps_per_instruction` + a fixed cost per event the real machine
-pays for (system-call entry, interrupt/exception delivery, port I/O; `charge`) + the firmware's boot delay + time
-skipped while the CPU was halted.
+pays for (system-call entry, interrupt/exception delivery, port I/O, each byte of text memory read or written;
+`charge`) + the firmware's boot delay + time skipped while the CPU was halted.
 The instruction count is kept by our engine inside the translated code (engine/README.md, instruction-clock
 patch), in the spirit of QEMU's icount: each translation block knows its instruction count when it is
 translated, adds it to the counter when it starts, and gives back what did not run when it is left early (a
@@ -38,15 +38,16 @@ from unicorn import Uc
 from . import engine
 
 NATIVE_DIR = Path(__file__).with_name("native")
-NATIVE_SOURCES = ("fastpath.c",)  # the hot paths (fastpath.py)
+NATIVE_SOURCES = ("fastpath.c", "textwindow.c")  # the hot paths (fastpath.py), the text window (textwindow.py)
 NEVER = (1 << 64) - 1
 
 # The calibrated speed model (fitted by scripts/fit_speed_model.py; docs/speed-model.md has the fit).
-PS_PER_INSTRUCTION = 1_539
-NS_PER_SYSCALL = 3_830
+PS_PER_INSTRUCTION = 330
+NS_PER_SYSCALL = 4_178
 NS_PER_DELIVERY = 0  # only the timer's deliveries in the workloads (one a tick): not identifiable, fitted to 0
-NS_PER_PORT_IO = 1_162
-BOOT_DELAY_NS = 53_804_523
+NS_PER_PORT_IO = 1_040
+BOOT_DELAY_NS = 63_813_787
+NS_PER_MMIO_BYTE = 27
 
 
 @dataclass(frozen=True)
@@ -64,17 +65,22 @@ class ClockCosts:
     ns_per_delivery: int = NS_PER_DELIVERY  # an interrupt or exception entered through the IDT
     ns_per_port_io: int = NS_PER_PORT_IO  # an `in` or `out`: QEMU leaves translated code for the device model
     boot_delay_ns: int = BOOT_DELAY_NS  # the firmware's time (BIOS, option ROMs) before the loader hands off
+    # Each byte the CPU reads or writes in the text window 0xB8000-0xBFFFF (device memory, textwindow.py):
+    # QEMU's VGA serves its text memory one byte per call into the device model, so a console scroll there
+    # costs what tens of thousands of instructions do. (The APICs' few accesses a tick are not charged.)
+    ns_per_mmio_byte: int = NS_PER_MMIO_BYTE
 
     def __post_init__(self) -> None:
         if self.ps_per_instruction < 1:
             raise ValueError("ps_per_instruction must be at least 1")
-        if min(self.ns_per_syscall, self.ns_per_delivery, self.ns_per_port_io, self.boot_delay_ns) < 0:
+        if min(self.ns_per_syscall, self.ns_per_delivery, self.ns_per_port_io, self.boot_delay_ns,
+               self.ns_per_mmio_byte) < 0:
             raise ValueError("event costs and the boot delay cannot be negative")
 
     @classmethod
     def instructions_only(cls, ps_per_instruction: int = 10_000) -> ClockCosts:
         """A clock that counts instructions only (no event costs, no boot delay): 10 ns each by default."""
-        return cls(ps_per_instruction, 0, 0, 0, 0)
+        return cls(ps_per_instruction, 0, 0, 0, 0, 0)
 
 
 class ClockState(ctypes.Structure):
@@ -86,6 +92,7 @@ class ClockState(ctypes.Structure):
         ("skipped_ns", ctypes.c_uint64),
         ("ns_per_syscall", ctypes.c_uint64),
         ("ns_per_port_io", ctypes.c_uint64),
+        ("ns_per_mmio_byte", ctypes.c_uint64),
     ]
 
 
@@ -148,7 +155,8 @@ class VirtualClock:
         self.costs = costs = costs or ClockCosts()
         self.counter = engine.configure(uc._uch, switched_off)  # the engine's counter, deadline and stops
         self.state_for_native = ClockState(ctypes.pointer(self.counter), costs.ps_per_instruction,
-                                           costs.boot_delay_ns, costs.ns_per_syscall, costs.ns_per_port_io)
+                                           costs.boot_delay_ns, costs.ns_per_syscall, costs.ns_per_port_io,
+                                           costs.ns_per_mmio_byte)
         self.on_deadlines_changed: Callable[[], None] = lambda: None
 
     @property

@@ -18,6 +18,7 @@ struct vclock {
     uint64_t skipped_ns;         /* time not counted in instructions: boot delay, event charges, halted time */
     uint64_t ns_per_syscall;     /* the charge for a system-call entry (ClockCosts.ns_per_syscall) */
     uint64_t ns_per_port_io;     /* the charge for an `in` or `out` (ClockCosts.ns_per_port_io) */
+    uint64_t ns_per_mmio_byte;   /* the charge for each byte of device memory read or written */
 };
 
 #define VCLOCK_NEVER UINT64_MAX
