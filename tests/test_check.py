@@ -355,6 +355,23 @@ def test_a_kernel_without_the_program_a_check_runs_is_not_applicable_never_passe
         assert verdict.status is Status.NA and f"program(s) {program}" in verdict.explanation, verdict
 
 
+def test_a_kernel_that_does_not_speak_our_abi_is_probed_with_the_course_numbering(
+        build_tree: project.BuildTree, tmp_path: Path) -> None:
+    """A course kernel holds no ABI string of ours: its system calls are the course's. page_alloc is 4 in both
+    course trees (as in ours), so the probe still runs; the confused-deputy probe, which needs calls the course
+    trees number differently, is N/A."""
+    abi = json.loads((build_tree.directory / "syscalls.json").read_text())["abi"].encode()
+    data = build_tree.kernel.read_bytes()
+    assert data.count(abi + b"\0") == 1
+    (tmp_path / "kernel").write_bytes(data.replace(abi + b"\0", b"x" * len(abi) + b"\0"))
+    runs = Runs(resolve(tmp_path / "kernel", build_tree))
+    verdicts = {check.name: check.run(runs) for check in CHECKS
+                if check.name in ("virtual-page-allocation", "confused-deputy")}
+    assert verdicts["virtual-page-allocation"].status is Status.PASS, verdicts
+    assert verdicts["confused-deputy"].status is Status.NA
+    assert "the kernel's system-call table has none of page_alloc" in verdicts["confused-deputy"].explanation
+
+
 def test_bad_arguments_are_one_line_and_a_usage_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", str(tmp_path / "nothing")]) == ExitCode.HARNESS_ERROR
     assert capsys.readouterr().err.strip() == f"harness: error: {tmp_path / 'nothing'}: no such kernel, build " \

@@ -28,11 +28,13 @@ from ...observe.audit import CONSOLE_PAGE, OWNER_KERNEL, OWNER_RESERVED, Leaf, u
 from ...observe.kernelview import KernelView, PageAccounting
 from ...observe.syscalls import choose_table
 from ...pc.events import Kind
+from ...pc.paging import PageFault, PhysicalFault
 from .layout import PAGE, STACK_PAGE, USER_END, USER_START
 from .oom import NO_PROCESSES, PROGRAM, WORKLOAD
 from .target import Target
 
 PROBE_BUDGET_NS = 1_000_000_000
+FOREIGN_STOPS = 64  # other processes passing the return address before the caller is back: then give up
 COURSE_TABLE = Path("course-pset3")  # a shipped table: the course's numbering
 SYSCALL_INSTRUCTION = b"\x0f\x05"
 PATTERN = b"\xa5"  # what the harness writes into a page before page_alloc replaces it
@@ -117,12 +119,14 @@ class _Prober:
         machine.add_breakpoint(back)
         try:
             stop = machine.run(max_time_ns=PROBE_BUDGET_NS)
-            while stop.kind is StopKind.BREAKPOINT and self._elsewhere():
+            for _ in range(FOREIGN_STOPS):
+                if stop.kind is not StopKind.BREAKPOINT or not self._elsewhere():
+                    break
                 stop = machine.run(max_time_ns=PROBE_BUDGET_NS)  # another process at the same address
         finally:
             machine.remove_breakpoint(back)
         who = f"{shown} by process {self.pid} ({what})"
-        if stop.kind is not StopKind.BREAKPOINT:
+        if stop.kind is not StopKind.BREAKPOINT or self._elsewhere():
             return f"{who} did not return to the process ({stop.kind.value}: {stop.message})"
         machine.step()  # past the breakpoint, so the next call's return stops there again
         result = _signed(uc.reg_read(UC_X86_REG_RAX))
@@ -139,6 +143,8 @@ class _Prober:
             return f"{who} returned 0 but the process maps {state} at VA {va:#x}: {ADVICE}"
         memory = self.machine.memory
         contents = bytes(memory[page.pa:page.pa + PAGE])
+        if len(contents) != PAGE:
+            return f"{who} returned 0 but mapped VA {va:#x} to PA {page.pa:#x}, beyond memory: {ADVICE}"
         if old is not None and page.pa == old.pa and contents == PATTERN * PAGE:
             return (f"{who} returned 0 but left the page that was there (PA {old.pa:#x}) in place, contents and "
                     f"all: it must be replaced by a fresh zero-filled page, and the old one freed")
@@ -176,6 +182,13 @@ class _Prober:
         return None
 
 
+def _code_at(machine: Machine, address: int, cr3: int) -> bytes | None:
+    try:
+        return machine.read_virtual(address, len(SYSCALL_INSTRUCTION), cr3)
+    except (PageFault, PhysicalFault):
+        return None
+
+
 def probe_page_alloc(target: Target) -> PageAllocRun:
     """The three calls (see the module) from the first process of `allocators`."""
     if target.kernel is None:
@@ -202,7 +215,7 @@ def probe_page_alloc(target: Target) -> PageAllocRun:
         stop = machine.run(max_time_ns=PROBE_BUDGET_NS)
     finally:
         machine.remove_breakpoint(back)
-    if stop.kind is not StopKind.BREAKPOINT or machine.read_virtual(syscall_at, 2, cr3) != SYSCALL_INSTRUCTION:
+    if stop.kind is not StopKind.BREAKPOINT or _code_at(machine, syscall_at, cr3) != SYSCALL_INSTRUCTION:
         return PageAllocRun([], missing=f"{PROGRAM}'s first system call did not return to it "
                                         f"({stop.kind.value}: {stop.message})")
     machine.step()
