@@ -331,6 +331,19 @@ def test_the_command_line_prints_per_check_lines_and_writes_junit_and_gradescope
     assert pngs[0].read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
+@pytest.mark.parametrize(("variant", "check"), [("stacks-apart", "overlapping-address-spaces"),
+                                              ("page-alloc-keeps-old-page", "virtual-page-allocation")])
+def test_a_new_check_runs_alone_with_only(variant: str, check: str, variants: VariantLab,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    directory = variants.directory(variant)
+    status = main(["check", str(directory), "--only", check])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:2] == ["FAIL", check]
+    assert out[0].split(None, 2)[2] == variants.verdicts_of(variant)[check].explanation  # as in the full run
+    assert out[1:] == [f"{directory}: 0 passed, 1 failed, 0 not applicable"]
+    assert status == ExitCode.CHECK_FAILED
+
+
 def test_a_disk_image_gets_the_checks_that_need_no_chosen_program_and_na_for_the_rest(
         build_tree: project.BuildTree, capsys: pytest.CaptureFixture[str]) -> None:
     image = build_tree.directory / "weensyos.img"

@@ -306,6 +306,8 @@ def check_out_of_memory(runs: Runs) -> Verdict:
 
 
 def check_overlapping_address_spaces(runs: Runs) -> Verdict:
+    """Every process at the same virtual addresses, each with its own physical pages there (layout.py): the four
+    processes `allocators` starts, each looked at once as it first enters the kernel from user mode."""
     name = "overlapping-address-spaces"
     run = runs.memory_full()
     missing = run.missing or run.unseen
@@ -332,6 +334,8 @@ def check_overlapping_address_spaces(runs: Runs) -> Verdict:
 
 
 def check_virtual_page_allocation(runs: Runs) -> Verdict:
+    """User pages where the process asked: three page_alloc calls the harness makes from `allocator`
+    (pagealloc.py), each judged from the page tables and the kernel's page accounting before and after."""
     name = "virtual-page-allocation"
     run = runs.page_alloc()
     if run.missing is not None:
