@@ -399,7 +399,8 @@ def test_help_lists_every_check_with_its_documentation(capsys: pytest.CaptureFix
     with pytest.raises(SystemExit):
         main(["check", "--help"])
     listing = capsys.readouterr().out.split("checks:\n", 1)[1]
+    width = len("overlapping-address-spaces") + 2  # the longest name, and two spaces
     for check in CHECKS:
-        assert f"  {check.name:<18}{check.doc.replace('`', '')}" in listing
+        assert f"  {check.name:<{width}}{check.doc.replace('`', '')}" in listing
     assert CHECK_NAMES == ["no-crash", "kernel-isolation", "process-isolation", "fork", "overlapping-address-spaces",
                            "virtual-page-allocation", "exit-frees", "confused-deputy", "out-of-memory"]

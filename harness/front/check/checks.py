@@ -358,7 +358,8 @@ class Check:
 
 
 CHECKS: list[Check] = [
-    Check("no-crash", f"`{CRASH_WORKLOAD}` (on a disk image: its command) runs to power-off within "
+    Check("no-crash", f"`{CRASH_WORKLOAD}` (on a disk image: its command, or the program compiled into its "
+                      f"kernel) runs to power-off within "
                       f"{CRASH_BUDGET_NS // SECOND_NS} s of virtual time: no panic, no triple fault, no runaway",
           check_no_crash),
     Check("kernel-isolation", "no process maps a kernel page (other than the console) or a page-table page "
