@@ -65,6 +65,8 @@ class _World:
 
 
 class _Prober:
+    """Makes page_alloc calls from one process (the caller: the one the CPU is in) and judges each."""
+
     def __init__(self, machine: Machine, number: int, syscall_at: int) -> None:
         self.machine = machine
         image = machine.kernel_image
@@ -128,12 +130,14 @@ class _Prober:
         who = f"{shown} by process {self.pid} ({what})"
         if stop.kind is not StopKind.BREAKPOINT or self._elsewhere():
             return f"{who} did not return to the process ({stop.kind.value}: {stop.message})"
-        machine.step()  # past the breakpoint, so the next call's return stops there again
-        result = _signed(uc.reg_read(UC_X86_REG_RAX))
+        result = _signed(uc.reg_read(UC_X86_REG_RAX))  # judged as the call returned, before the step below
         if result != 0:
             free = f" with {self.accounting.free_pages()} pages free" if self.accounting.available else ""
-            return f"{who} returned {result}{free}: {ADVICE}"
-        return self._judge(who, va, old, before, self.world())
+            finding: str | None = f"{who} returned {result}{free}: {ADVICE}"
+        else:
+            finding = self._judge(who, va, old, before, self.world())
+        machine.step()  # past the breakpoint, so the next call's return stops there again
+        return finding
 
     def _judge(self, who: str, va: int, old: Leaf | None, before: _World, after: _World) -> str | None:
         mine = after.pages.get(self.pid, {})
