@@ -11,7 +11,7 @@ from harness import project
 from harness.api import boot_machine
 from harness.machine import Machine, MachineConfig, Stop
 
-from .kernel_variants import VARIANTS, start_variant_build
+from .kernel_variants import VariantBuilds
 
 pytest_plugins = ["pytester"]
 
@@ -44,11 +44,6 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def variant_builds(build_tree: project.BuildTree, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Every broken variant of our kernel (tests/kernel_variants.py), built once: name -> build directory."""
-    started = {variant.name: start_variant_build(variant, build_tree, tmp_path_factory.mktemp(variant.name))
-               for variant in VARIANTS}  # the builds run side by side
-    for name, (_, make) in started.items():
-        output, _ = make.communicate()
-        assert make.returncode == 0, f"{name}: {output}"
-    return {name: directory for name, (directory, _) in started.items()}
+def variant_builds(build_tree: project.BuildTree, tmp_path_factory: pytest.TempPathFactory) -> VariantBuilds:
+    """The broken variants of our kernel (tests/kernel_variants.py), each built on first use: name -> directory."""
+    return VariantBuilds(build_tree, tmp_path_factory.mktemp)

@@ -30,6 +30,7 @@ from harness.front.check.submissions import find_submissions
 from harness.front.cli import main
 from harness.pc.errors import ExitCode
 
+from .kernel_variants import VariantBuilds
 from .test_readme_examples import README, matches
 
 ONLY = ["no-crash", "kernel-isolation", "exit-frees"]  # two boots per submission: the crash and memory runs
@@ -48,7 +49,7 @@ def readme_example() -> tuple[list[str], list[str]]:
 
 
 @pytest.fixture(scope="module")
-def submissions(build_tree: project.BuildTree, variant_builds: dict[str, Path],
+def submissions(build_tree: project.BuildTree, variant_builds: VariantBuilds,
                 tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The README example's folder: ours/ (a build directory), leaky/ and open-kernel/ (variants), and empty/
     (no kernel at all)."""

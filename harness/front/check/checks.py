@@ -17,6 +17,8 @@ from ...machine import Machine, MachineConfig, Stop, StopKind
 from ...pc.diskimage import open_image
 from . import oom
 from .deputy import DeputyRun, probe_kernel
+from .layout import STACK_PAGE
+from .pagealloc import PageAllocRun, probe_page_alloc
 from .target import Target
 from .watch import Watcher
 
@@ -65,6 +67,12 @@ class Runs:
         self._memory: MemoryRun | None = None
         self._deputy: DeputyRun | None = None
         self._memory_full: oom.MemoryFullRun | None = None
+        self._page_alloc: PageAllocRun | None = None
+
+    def page_alloc(self) -> PageAllocRun:
+        if self._page_alloc is None:
+            self._page_alloc = probe_page_alloc(self.target)
+        return self._page_alloc
 
     def memory_full(self) -> oom.MemoryFullRun:
         if self._memory_full is None:
@@ -87,8 +95,7 @@ class Runs:
 
     def missing_programs(self, command: str) -> str | None:
         if self.target.disk is not None:
-            return (f"it runs `{command}`, and a disk image runs only the command written in it: check the "
-                    f"kernel ELF or the build directory")
+            return f"it starts `{command}` itself, and {self.target.disk_reason}"
         absent = [word for word in command.split() if word not in self.target.programs]
         if absent:
             return f"it needs the program(s) {', '.join(absent)}, which the target does not have"
@@ -141,7 +148,9 @@ def _ran_out(run: MemoryRun, what: str) -> str | None:
 def check_no_crash(runs: Runs) -> Verdict:
     name = "no-crash"
     machine, stop = runs.crash()
-    workload = "the image's command" if runs.target.disk is not None else f"`{CRASH_WORKLOAD}`"
+    target = runs.target
+    workload = f"`{CRASH_WORKLOAD}`" if target.disk is None else "the program compiled into the image's kernel" \
+        if target.image_command is None else f"the image's command `{target.image_command}`"
     seconds = CRASH_BUDGET_NS / SECOND_NS
     if stop.kind is StopKind.POWER_OFF:
         return Verdict(name, Status.PASS, f"{workload} ran to power-off in {stop.time_ns / SECOND_NS:.6f} s of "
@@ -278,8 +287,9 @@ def check_confused_deputy(runs: Runs) -> Verdict:
 def check_out_of_memory(runs: Runs) -> Verdict:
     name = "out-of-memory"
     run = runs.memory_full()
-    if run.missing is not None:
-        return Verdict(name, Status.NA, f"not applicable: {run.missing}")
+    missing = run.missing or run.uncounted
+    if missing is not None:
+        return Verdict(name, Status.NA, f"not applicable: {missing}")
     assert run.stop is not None
     if not run.stop.ok:
         return Verdict(name, Status.FAIL, f"while `{oom.WORKLOAD}` filled memory the run ended with "
@@ -295,6 +305,51 @@ def check_out_of_memory(runs: Runs) -> Verdict:
                                       f"pages and the system ran on to power-off")
 
 
+def check_overlapping_address_spaces(runs: Runs) -> Verdict:
+    """Every process at the same virtual addresses, each with its own physical pages there (layout.py): the four
+    processes `allocators` starts, each looked at once as it first enters the kernel from user mode."""
+    name = "overlapping-address-spaces"
+    run = runs.memory_full()
+    missing = run.missing or run.unseen
+    if missing is not None:
+        return Verdict(name, Status.NA, f"not applicable: {missing}")
+    assert run.layout is not None and run.stop is not None
+    seen = run.layout.seen
+    if seen.findings:
+        first = seen.findings[0]
+        others = sorted({f.pid for f in seen.findings[1:]} - {first.pid})
+        more = f" (and processes {', '.join(map(str, others))} too)" if others else ""
+        return Verdict(name, Status.FAIL, f"{first.text}{more}", run.machine)
+    if seen.together < 2:
+        ended = "" if run.stop.ok else f" (the run ended with {run.stop.kind.value}: {run.stop.message})"
+        return Verdict(name, Status.NA, f"not applicable: while `{oom.WORKLOAD}` ran, {seen.together} process(es) "
+                                        f"were seen alive at once{ended}: address spaces overlap only between "
+                                        f"processes alive together")
+    programs = sorted(set(seen.processes.values()))
+    return Verdict(name, Status.PASS, f"the {len(seen.processes)} processes of `{oom.WORKLOAD}` ({seen.together} "
+                                      f"alive at once) each had their program's image ({', '.join(programs)}) at its "
+                                      f"link address and their stack page at VA {STACK_PAGE:#x}: the same virtual "
+                                      f"addresses, backed by each process's own physical pages ({seen.shared_vas} "
+                                      f"same-address page pairs compared)")
+
+
+def check_virtual_page_allocation(runs: Runs) -> Verdict:
+    """User pages where the process asked: three page_alloc calls the harness makes from `allocator`
+    (pagealloc.py), each judged from the page tables and the kernel's page accounting before and after."""
+    name = "virtual-page-allocation"
+    run = runs.page_alloc()
+    if run.missing is not None:
+        return Verdict(name, Status.NA, f"not applicable: {run.missing}")
+    if run.finding is not None:
+        return Verdict(name, Status.FAIL, run.finding, run.machine)
+    freed = "; the replaced page was freed" if run.accounted else \
+        " (the kernel has no `physpages` in its DWARF: whether the replaced page was freed is not known)"
+    return Verdict(name, Status.PASS, f"{', '.join(run.calls)} (a page it did not map, the same page again, the "
+                                      f"highest free page below the stack) each mapped a fresh zero-filled page at "
+                                      f"the address asked for, user-accessible and writable, in the caller alone, "
+                                      f"and changed no other mapping{freed}")
+
+
 @dataclass(frozen=True)
 class Check:
     name: str
@@ -303,7 +358,8 @@ class Check:
 
 
 CHECKS: list[Check] = [
-    Check("no-crash", f"`{CRASH_WORKLOAD}` (on a disk image: its command) runs to power-off within "
+    Check("no-crash", f"`{CRASH_WORKLOAD}` (on a disk image: its command, or the program compiled into its "
+                      f"kernel) runs to power-off within "
                       f"{CRASH_BUDGET_NS // SECOND_NS} s of virtual time: no panic, no triple fault, no runaway",
           check_no_crash),
     Check("kernel-isolation", "no process maps a kernel page (other than the console) or a page-table page "
@@ -311,6 +367,13 @@ CHECKS: list[Check] = [
     Check("process-isolation", "no physical page is writable by two processes", check_process_isolation),
     Check("fork", "right after each fork the child maps every user page of its parent at the same address with "
                   "the same contents, writable pages in its own physical pages", check_fork),
+    Check("overlapping-address-spaces", f"every process of `{oom.WORKLOAD}` has its program's image at its link "
+                                        f"address and its stack page at VA {STACK_PAGE:#x}, the same virtual "
+                                        f"addresses in every process, each backed by its own physical pages",
+          check_overlapping_address_spaces),
+    Check("virtual-page-allocation", "page_alloc(addr) maps a fresh zero-filled page at addr, user-accessible and "
+                                     "writable, nowhere else, changing no other mapping; over a page already "
+                                     "there it maps a fresh one and frees the old", check_virtual_page_allocation),
     Check("exit-frees", f"after {CYCLES} fork+exit cycles the free page count is back to its baseline when the "
                         f"first process is next alone, or to the baseline plus the first process's pages once "
                         f"every process has exited (and no page is owned by a dead process)", check_exit_frees),

@@ -19,7 +19,8 @@ def _check_name(text: str) -> str:
 
 
 def add_parser(commands: argparse._SubParsersAction, epilog: str) -> None:  # type: ignore[type-arg]
-    listing = "\n".join(f"  {check.name:<18}{check.doc.replace('`', '')}" for check in CHECKS)
+    width = max(len(check.name) for check in CHECKS) + 2
+    listing = "\n".join(f"  {check.name:<{width}}{check.doc.replace('`', '')}" for check in CHECKS)
     check = commands.add_parser(
         "check", help="run named checks of a kernel's properties (PASS/FAIL/N/A each, for students and graders)",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=f"checks:\n{listing}\n\n{epilog}",

@@ -63,8 +63,7 @@ def _signed(value: int) -> int:
 def probe_kernel(target: Target) -> DeputyRun:
     """Every probe the kernel's system-call table allows, from one snapshot at hello's first system call."""
     if target.kernel is None:
-        return DeputyRun([], [], "it runs `hello`, and a disk image runs only the command written in it: "
-                                 "check the kernel ELF or the build directory")
+        return DeputyRun([], [], f"it starts `hello` itself, and {target.disk_reason}")
     if "hello" not in target.programs:
         return DeputyRun([], [], "it needs the program(s) hello, which the target does not have")
     machine = boot_machine(target.kernel, "hello", target.programs)

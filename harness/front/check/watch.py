@@ -28,6 +28,7 @@ from ...observe.audit import (
     OWNER_RESERVED,
     IsolationAuditor,
     Leaf,
+    LeafCache,
     Violation,
     user_mappings,
 )
@@ -82,6 +83,7 @@ class Watcher(IsolationAuditor):
         self._first: int | None = None  # the first process: the one a fork+exit cycle comes back to
         self._caller_cr3: int | None = None  # the page table of the last process that made a system call
         self._entry_hooked: int | None = None
+        self._leaf_cache: LeafCache = {}  # last-level tables as last walked (most do not change between returns)
 
     @classmethod
     def attach(cls, machine: Machine, forks_to_compare: int = 8) -> Watcher:
@@ -119,7 +121,7 @@ class Watcher(IsolationAuditor):
         mappings: dict[int, list[Leaf]] = {}
         table_pages: set[int] = set()
         for proc in live:
-            leaves, tables = user_mappings(self.machine.memory, proc.pagetable)
+            leaves, tables = user_mappings(self.machine.memory, proc.pagetable, self._leaf_cache)
             mappings[proc.pid] = leaves
             table_pages |= tables
         writable_by: dict[int, int] = {}
