@@ -206,7 +206,8 @@ def test_the_checks_of_a_submission_that_share_a_run_are_one_task(build_tree: pr
     tasks = plan(submission, CHECKS)
     assert [task.checks for task in tasks] == [("no-crash",),
                                                ("kernel-isolation", "process-isolation", "fork", "exit-frees"),
-                                               ("confused-deputy",), ("out-of-memory",)]
+                                               ("overlapping-address-spaces", "out-of-memory"),
+                                               ("virtual-page-allocation",), ("confused-deputy",)]
     assert sorted(name for task in tasks for name in task.checks) == sorted(check.name for check in CHECKS)
 
 
