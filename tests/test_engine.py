@@ -186,6 +186,54 @@ def test_a_stop_requested_by_a_hook_lands_at_the_same_instruction(build_tree: An
     assert landed[0] == landed[1]
 
 
+# A loop of one 4-instruction block, entered after a short prelude; %rax counts its iterations, so a stop at the
+# start of the loop's block has executed (prelude) + 4 x %rax instructions.
+FOUR_INSTRUCTION_LOOP = r"""
+    xor %eax, %eax
+    xor %ebx, %ebx
+loop:
+    inc %rax
+    add $3, %rbx
+    lea 1(%rbx), %rcx
+    jmp loop
+"""
+
+
+@pytest.mark.parametrize("off", [frozenset(), frozenset({"instruction-clock"})], ids=["inline", "helper"])
+def test_a_deadline_stops_at_the_first_block_start_at_or_past_it_however_far(tmp_path: Path,
+                                                                             off: frozenset[str]) -> None:
+    """The engine's 16-bit budget (QEMU's icount layout) holds at most 65,023 instructions: nearer deadlines stop
+    the engine where the budget runs out, farther ones are reached through refills, and either way the stop is at
+    the start of the first block that begins at or past the deadline, with the count exact."""
+    from unicorn import x86_const as X
+
+    from harness.pc.cpu import NOT_AN_ADDRESS
+    from harness.pc.loader import read_elf
+
+    machine = Machine(MachineConfig(engine_off=off))
+    machine.boot(read_elf(assemble_kernel(FOUR_INSTRUCTION_LOOP, tmp_path / "kernel"), "kernel"), "", [])
+    clock, uc = machine.clock, machine.uc
+
+    def run_to(deadline: int) -> int:
+        stops = clock.deadline_stops
+        clock._set_deadline(deadline)
+        uc.emu_start(uc.reg_read(X.UC_X86_REG_RIP), NOT_AN_ADDRESS)
+        assert clock.deadline_stops == stops + 1
+        assert clock.counter.deadline == (1 << 64) - 1  # a deadline stops the engine once
+        return uc.reg_read(X.UC_X86_REG_RAX)
+
+    iterations = run_to(clock.instructions + 10)
+    prelude = clock.instructions - 4 * iterations
+    loop_start = uc.reg_read(X.UC_X86_REG_RIP)
+    for distance in (1, 2, 3, 4, 5, 510, 511, 512, 513, 65_022, 65_023, 65_024, 65_535, 65_536, 131_071,
+                     1_000_003):
+        deadline = clock.instructions + distance
+        iterations = run_to(deadline)
+        assert clock.instructions == prelude + 4 * iterations  # exact, and at the loop's block start
+        assert deadline <= clock.instructions < deadline + 4  # the first block start at or past the deadline
+        assert uc.reg_read(X.UC_X86_REG_RIP) == loop_start
+
+
 def test_without_the_built_engine_the_harness_refuses_to_run_with_one_line(tmp_path: Path) -> None:
     """No silent fall-back to the stock Unicorn library that the binding would load instead."""
     import os

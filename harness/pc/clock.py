@@ -4,10 +4,13 @@ Virtual time = instructions executed x `ClockCosts.ps_per_instruction` + a fixed
 pays for (system-call entry, interrupt/exception delivery, port I/O, each byte of text memory read or written;
 `charge`) + the firmware's boot delay + time skipped while the CPU was halted.
 The instruction count is kept by our engine inside the translated code (engine/README.md, instruction-clock
-patch), in the spirit of QEMU's icount: each translation block knows its instruction count when it is
-translated, adds it to the counter when it starts, and gives back what did not run when it is left early (a
-fault, a stop); the same inline code compares the counter with a deadline and hands control back to the harness
-only when it is reached. The count never depends on the host, so the same kernel, programs and inputs give the
+patch), laid out as QEMU's icount: each translation block knows its instruction count when it is translated and
+takes it from a 16-bit budget (the instructions left before the deadline) when it starts, and gives back what did
+not run when it is left early (a fault, a stop); the same load, subtract and branch also check the engine's exit
+request, and control comes back to the harness only when the deadline is reached (the engine refills the budget
+itself when the deadline is farther than a budget holds). The count is the engine's base count plus what was
+taken from the budget since it was last set, and a deadline is set through the engine, which recomputes the
+budget. The count never depends on the host, so the same kernel, programs and inputs give the
 same run on any machine; and no hook runs per block or per instruction.
 
 The costs are one knob each in `ClockCosts`, fitted once to QEMU 7.2 TCG runs of our own workloads by
@@ -88,6 +91,7 @@ class ClockState(ctypes.Structure):
 
     _fields_ = [
         ("engine", ctypes.POINTER(engine.EngineCounter)),
+        ("set_clock", ctypes.c_void_p),  # the engine's weensy_engine_set_clock
         ("ps_per_instruction", ctypes.c_uint64),
         ("skipped_ns", ctypes.c_uint64),
         ("ns_per_syscall", ctypes.c_uint64),
@@ -154,9 +158,13 @@ class VirtualClock:
                  switched_off: frozenset[str] = frozenset()) -> None:
         self.costs = costs = costs or ClockCosts()
         self.counter = engine.configure(uc._uch, switched_off)  # the engine's counter, deadline and stops
-        self.state_for_native = ClockState(ctypes.pointer(self.counter), costs.ps_per_instruction,
-                                           costs.boot_delay_ns, costs.ns_per_syscall, costs.ns_per_port_io,
-                                           costs.ns_per_mmio_byte)
+        self._counter_pointer = ctypes.pointer(self.counter)
+        self._set_clock = engine.set_clock_function()
+        # The live budget (a 16-bit word in the engine's CPU): the count is base + budget_set - budget.
+        self._budget = ctypes.c_uint16.from_address(ctypes.addressof(self.counter.budget.contents))
+        self.state_for_native = ClockState(self._counter_pointer, ctypes.cast(self._set_clock, ctypes.c_void_p),
+                                           costs.ps_per_instruction, costs.boot_delay_ns, costs.ns_per_syscall,
+                                           costs.ns_per_port_io, costs.ns_per_mmio_byte)
         self.on_deadlines_changed: Callable[[], None] = lambda: None
 
     @property
@@ -166,7 +174,8 @@ class VirtualClock:
     @property
     def instructions(self) -> int:
         """Guest instructions executed since power-on (exact)."""
-        return self.counter.instructions
+        counter = self.counter
+        return counter.base + counter.budget_set - self._budget.value
 
     @property
     def skipped_ns(self) -> int:
@@ -179,7 +188,7 @@ class VirtualClock:
 
     # -- the Clock protocol that devices use --------------------------------------------------------------
     def now_ns(self) -> int:
-        return self.counter.instructions * self.costs.ps_per_instruction // 1000 + self.state_for_native.skipped_ns
+        return self.instructions * self.costs.ps_per_instruction // 1000 + self.state_for_native.skipped_ns
 
     def deadlines_changed(self) -> None:
         self.on_deadlines_changed()
@@ -189,23 +198,27 @@ class VirtualClock:
     def deadline_stops(self) -> int:
         return self.counter.stops
 
+    def _set_deadline(self, deadline: int) -> None:
+        """Move the deadline: through the engine, which recomputes its budget from the count and the deadline."""
+        self._set_clock(self._counter_pointer, self.instructions, deadline)
+
     def stop_at_ns(self, when_ns: int | None) -> None:
         """Arm the engine to stop once virtual time reaches `when_ns` (None: never)."""
         if when_ns is None:
-            self.counter.deadline = NEVER
+            self._set_deadline(NEVER)
             return
         due = -(-(when_ns - self.skipped_ns) * 1000 // self.costs.ps_per_instruction)
         # The engine stops at the start of a block; a slice must run at least one block, or a deadline due now
         # would stop every slice with no progress.
-        self.counter.deadline = max(self.counter.instructions + 1, due)
+        self._set_deadline(max(self.instructions + 1, due))
 
     def stop_at_next_block(self) -> None:
         """Stop at the start of the next block (the current block has been charged already)."""
-        self.counter.deadline = self.counter.instructions
+        self._set_deadline(self.instructions)
 
     def count_emulated_instruction(self) -> None:
         """The harness did an instruction's work in a hook and moved the PC past it: it counts as one."""
-        self.counter.instructions += 1
+        self._set_clock(self._counter_pointer, self.instructions + 1, self.counter.deadline)
 
     def charge(self, ns: int) -> None:
         """An event the real machine pays for happened: advance the clock by `ns`, and bring an armed deadline
@@ -215,7 +228,7 @@ class VirtualClock:
         self.skipped_ns += ns
         deadline = self.counter.deadline
         if deadline != NEVER:
-            self.counter.deadline = max(0, deadline - ns * 1000 // self.costs.ps_per_instruction)
+            self._set_deadline(max(0, deadline - ns * 1000 // self.costs.ps_per_instruction))
 
     def skip_to_ns(self, when_ns: int) -> None:
         """Jump over idle time (the CPU is halted): advance the clock without executing anything."""
@@ -224,11 +237,10 @@ class VirtualClock:
             self.skipped_ns += when_ns - now
 
     def state(self) -> dict[str, int]:
-        return {"instructions": self.counter.instructions, "skipped_ns": self.skipped_ns,
+        return {"instructions": self.instructions, "skipped_ns": self.skipped_ns,
                 "stops": self.counter.stops}
 
     def restore(self, state: dict[str, int]) -> None:
-        self.counter.instructions = state["instructions"]
+        self._set_clock(self._counter_pointer, state["instructions"], NEVER)
         self.skipped_ns = state["skipped_ns"]
         self.counter.stops = state["stops"]
-        self.counter.deadline = NEVER

@@ -34,9 +34,15 @@ class EngineError(HarnessError):
 
 
 class EngineCounter(ctypes.Structure):
-    """Mirror of the engine's `struct weensy_icount` (engine/patches/engine-api.patch)."""
+    """Mirror of the engine's `struct weensy_icount` (engine/patches/engine-api.patch).
 
-    _fields_ = [("instructions", ctypes.c_uint64), ("deadline", ctypes.c_uint64), ("stops", ctypes.c_uint64)]
+    Laid out as QEMU's icount: the live 16-bit budget sits in the CPU next to the exit request, so that
+    translated code counts and checks with one load, subtract, store and branch. The count is
+    `base + budget_set - *budget`; `base` and `deadline` change only through `set_clock` (the engine's
+    `weensy_engine_set_clock`), which recomputes the budget."""
+
+    _fields_ = [("base", ctypes.c_uint64), ("deadline", ctypes.c_uint64), ("stops", ctypes.c_uint64),
+                ("budget_set", ctypes.c_uint64), ("budget", ctypes.POINTER(ctypes.c_uint16))]
 
 
 @dataclass(frozen=True)
@@ -116,7 +122,9 @@ def require() -> EngineInfo:
                               "run `.venv/bin/pip install -e .` to rebuild it")
     for name, restype, argtypes in (("weensy_engine_configure", ctypes.c_int, (ctypes.c_void_p, ctypes.c_uint32)),
                                     ("weensy_engine_patches", ctypes.c_uint32, (ctypes.c_void_p,)),
-                                    ("weensy_engine_icount", ctypes.POINTER(EngineCounter), (ctypes.c_void_p,))):
+                                    ("weensy_engine_icount", ctypes.POINTER(EngineCounter), (ctypes.c_void_p,)),
+                                    ("weensy_engine_set_clock", None,
+                                     (ctypes.POINTER(EngineCounter), ctypes.c_uint64, ctypes.c_uint64))):
         function = getattr(uclib, name)
         function.restype, function.argtypes = restype, argtypes
     library = Path(os.environ.get("LIBUNICORN_PATH", "?")) / "libunicorn.so.2"
@@ -138,6 +146,15 @@ def switched_off_from_environment() -> frozenset[str]:
         raise EngineError(f"{OFF_VARIABLE}: unknown patch {sorted(unknown)[0]!r} "
                           f"(switchable: {', '.join(sorted(switches()))})")
     return names
+
+
+def set_clock_function() -> ctypes._CFuncPtr:  # type: ignore[name-defined]
+    """The engine's `weensy_engine_set_clock(counter, instructions, deadline)`: the only way to move the count or
+    the deadline, since the engine's budget follows from both."""
+    from unicorn.unicorn_py3.unicorn import uclib
+
+    require()
+    return uclib.weensy_engine_set_clock
 
 
 def configure(uc_handle: object, switched_off: frozenset[str]) -> EngineCounter:

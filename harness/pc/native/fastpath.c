@@ -195,7 +195,7 @@ static inline int cpl(const struct fastpath *f) { return ENV32(f, OFF_HFLAGS) & 
 
 static inline uint64_t now_ns(const struct fastpath *f)
 {
-    return f->clock->engine->instructions * f->clock->ps_per_instruction / 1000 + f->clock->skipped_ns;
+    return vclock_instructions(f->clock) * f->clock->ps_per_instruction / 1000 + f->clock->skipped_ns;
 }
 
 /* The physical address of `va` through the 4-level page table at `cr3`, or -1 (not mapped, or outside RAM).
@@ -393,7 +393,7 @@ void fast_watch_hook(void *uc, uint64_t address, uint32_t size, void *opaque)
         /* Stop once this instruction has run: the engine has charged the current block already, so the next
          * block's start reaches this deadline. */
         f->interrupted = 1;
-        f->clock->engine->deadline = f->clock->engine->instructions;
+        vclock_set_deadline(f->clock, vclock_instructions(f->clock));
     }
     if (w->kind != 0 || !f->want_returns) {
         return;
