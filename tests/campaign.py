@@ -90,11 +90,14 @@ def run_guarded(machine: Any, budget_ns: int = RUN_NS, wall_s: float = CASE_WALL
     from harness.machine import StopKind
 
     while machine.clock.now_ns() < budget_ns:
-        stop = machine.run(for_ns=SLICE_NS)
+        left = wall_s - (time.monotonic() - started)
+        if left <= 0:
+            return "wall-stop"
+        stop = machine.run(for_ns=SLICE_NS, max_wall_s=left)  # the machine's own guard, inside the slice too
+        if stop.kind is StopKind.WALL:
+            return "wall-stop"
         if stop.kind is not StopKind.PAUSED:
             return "ok"
-        if time.monotonic() - started > wall_s:
-            return "wall-stop"
     return "ok"
 
 

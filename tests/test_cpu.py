@@ -12,7 +12,7 @@ import pytest
 from unicorn import x86_const as X
 
 from harness.machine import Machine, MachineConfig, StopKind
-from harness.pc.clock import ClockCosts
+from harness.pc.clock import NEVER, ClockCosts, VirtualClock
 from harness.pc.cpu import BP, RSP
 from harness.pc.events import Event, Kind
 from harness.pc.wallguard import CHECK_EVERY_NS, WallGuard
@@ -387,6 +387,34 @@ def test_the_wall_clock_guard_ends_an_io_loop_with_no_timer_and_a_far_budget(mac
     assert stop.kind is StopKind.PAUSED
     gaps = [b - a for a, b in zip(looks, looks[1:], strict=False)]
     assert len(looks) >= 10 and all(gap <= CHECK_EVERY_NS + 1_000 for gap in gaps)  # + a block or two
+
+
+def test_the_wall_clock_guard_ends_a_run_whose_engine_never_comes_back(machine: Machine,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guard is looked at between slices; a slice whose clock never reaches a deadline (here: every deadline
+    made unreachable, as a clock stuck at the end of its range once made it) would keep the engine in one
+    `emu_start` for ever. The watchdog thread asks the engine to stop once the limit has passed, and the run ends
+    with the guard's own stop, not an emulator error."""
+    build_world(machine, "nop\n")
+    enter_kernel_code(machine, "loop: jmp loop\n")
+    monkeypatch.setattr(VirtualClock, "stop_at_ns", lambda clock, when_ns: setattr(clock.counter, "deadline", NEVER))
+    slices = []
+    run_slice = machine.run_slice
+    monkeypatch.setattr(machine, "run_slice", lambda deadline=None: slices.append(deadline) or run_slice(deadline))
+    stop = machine.run(max_time_ns=10**9, max_wall_s=0.2)
+    assert stop.kind is StopKind.WALL, stop
+    assert stop.message.startswith("the wall-clock guard fired") and "budget 1 s" in stop.message
+    assert len(slices) == 1  # one emu_start, ended from the watchdog's thread
+    assert machine.clock.instructions > 0 and stop.rip == 0x70000
+
+
+def test_a_run_for_a_while_has_a_wall_clock_guard_too(machine: Machine) -> None:
+    """`run(for_ns=...)` without a budget (the live console, the campaign's slices) is guarded too, scaled to the
+    time it was asked to run for, so a run that cannot advance its clock still ends."""
+    build_world(machine, "nop\n")
+    enter_kernel_code(machine, "loop: mov $0xcf8, %dx\nmov $0x80000000, %eax\nout %eax, %dx\njmp loop\n")
+    stop = machine.run(for_ns=10**12, max_wall_s=0.0)
+    assert stop.kind is StopKind.WALL and "budget" not in stop.message
 
 
 ENTROPY_CODE = """

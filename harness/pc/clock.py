@@ -40,6 +40,14 @@ from . import engine
 NATIVE_DIR = Path(__file__).with_name("native")
 NATIVE_SOURCES = ("fastpath.c",)  # the hot paths (fastpath.py)
 NEVER = (1 << 64) - 1
+# The clock's range. Every run stays far inside it (2^44 instructions are hours of virtual time and two days of
+# host time at 100 million instructions a second), and inside it the engine's and the native paths' 64-bit
+# arithmetic cannot wrap: instructions x ps_per_instruction (at most MAX_PS_PER_INSTRUCTION) + skipped_ns < 2^63.
+# A snapshot whose clock is outside it is refused (snapshotschema): a count near 2^64 made every deadline wrap
+# into the past, so no slice ever advanced.
+MAX_INSTRUCTIONS = 1 << 44
+MAX_SKIPPED_NS = 1 << 61
+MAX_PS_PER_INSTRUCTION = 1 << 18
 
 # The calibrated speed model (fitted by scripts/fit_speed_model.py; docs/speed-model.md has the fit).
 PS_PER_INSTRUCTION = 1_539
@@ -66,8 +74,8 @@ class ClockCosts:
     boot_delay_ns: int = BOOT_DELAY_NS  # the firmware's time (BIOS, option ROMs) before the loader hands off
 
     def __post_init__(self) -> None:
-        if self.ps_per_instruction < 1:
-            raise ValueError("ps_per_instruction must be at least 1")
+        if not 1 <= self.ps_per_instruction <= MAX_PS_PER_INSTRUCTION:
+            raise ValueError(f"ps_per_instruction must be between 1 and {MAX_PS_PER_INSTRUCTION}")
         if min(self.ns_per_syscall, self.ns_per_delivery, self.ns_per_port_io, self.boot_delay_ns) < 0:
             raise ValueError("event costs and the boot delay cannot be negative")
 
@@ -188,8 +196,9 @@ class VirtualClock:
             return
         due = -(-(when_ns - self.skipped_ns) * 1000 // self.costs.ps_per_instruction)
         # The engine stops at the start of a block; a slice must run at least one block, or a deadline due now
-        # would stop every slice with no progress.
-        self.counter.deadline = max(self.counter.instructions + 1, due)
+        # would stop every slice with no progress. A deadline beyond the counter's range is never (a wrapped one
+        # would be in the past).
+        self.counter.deadline = min(NEVER, max(self.counter.instructions + 1, due))
 
     def stop_at_next_block(self) -> None:
         """Stop at the start of the next block (the current block has been charged already)."""
