@@ -143,16 +143,17 @@ def main() -> int:
             # The clock charges events without counting them apart: a second run where a port access costs 1 ns
             # (and nothing else costs anything but instructions) has one more ns not in instructions per access.
             halted = run_workload(name, images[name], ticks_at, plain)
-            counted = run_workload(name, images[name], ticks_at, ClockCosts(plain.ps_per_instruction, 0, 0, 1, 0))
+            counted = run_workload(name, images[name], ticks_at,
+                                   ClockCosts(plain.ps_per_instruction, 0, 0, 1, 0, ns_per_mmio=0))
             halted.port_ios = max(0.0, counted.halted_ns * counted.units - halted.halted_ns * halted.units) \
                 / halted.units
             counts.append(halted)
         rows = [(c, qemu[c.name]) for c in counts]
         ps, syscall, delivery, port = fit(rows)
-        fitted = ClockCosts(round(ps), round(syscall), round(delivery), round(port), 0)
+        fitted = ClockCosts(round(ps), round(syscall), round(delivery), round(port), 0, ns_per_mmio=round(port))
         boot_delay = max(0, round((qemu[BOOT] - boot_seconds(images[BOOT], fitted)) * 1e9))
         fitted = ClockCosts(fitted.ps_per_instruction, fitted.ns_per_syscall, fitted.ns_per_delivery,
-                            fitted.ns_per_port_io, boot_delay)
+                            fitted.ns_per_port_io, boot_delay, fitted.ns_per_mmio)
         checked = {c.name: run_workload(c.name, images[c.name], ticks_at, fitted).rate for c in counts}
         checked[BOOT] = boot_seconds(images[BOOT], fitted)
         before = {c.name: c.rate for c in counts}

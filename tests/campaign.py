@@ -259,6 +259,8 @@ def campaign(build: Path, plan: list[tuple[str, int]], seed: int, report: Callab
                     counts[kind][outcome] += 1
                     seconds[kind] += took
                     position += 1
+                    if outcome == "wall-stop":  # not a failure (the guard ended it), but worth a look
+                        report(f"WALL-STOP {kind} #{index} (seed {seed}): {took:.1f} s")
                     if outcome == "traceback":
                         key = detail.strip().splitlines()[-1][:120] if detail.strip() else "?"
                         if key not in firsts:

@@ -70,8 +70,10 @@ def test_each_event_costs_exactly_its_knob_on_both_paths(build_tree: project.Bui
         return _first(machine, Kind.SYSCALL), machine.clock.instructions
 
     plain, plain_instructions = first_syscall(ClockCosts.instructions_only())
-    ports, _ = first_syscall(ClockCosts(10_000, 0, 0, 1, 0))  # 1 ns an access: counts them
-    charged, instructions = first_syscall(ClockCosts(10_000, 7_000, 0, 3, 5_000_000))
+    ports, _ = first_syscall(ClockCosts(10_000, 0, 0, 1, 0, ns_per_mmio=0))  # 1 ns an access: counts them
+    mmio, _ = first_syscall(ClockCosts(10_000, 0, 0, 0, 0, ns_per_mmio=1))  # the same for charged MMIO
+    charged, instructions = first_syscall(ClockCosts(10_000, 7_000, 0, 3, 5_000_000, ns_per_mmio=11))
     assert instructions == plain_instructions  # costs change time, never what runs
     assert charged - plain == 5_000_000 + 7_000 + 3 * (ports - plain)
     assert ports > plain  # the BIOS and the kernel did port I/O before the first system call
+    assert mmio == plain  # and no charged memory-mapped access (the model was fitted without that knob)

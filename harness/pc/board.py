@@ -124,6 +124,8 @@ class Board(RunLoop, HotPaths, DebugControls):
 
         self.bus = Bus()
         self.bus.on_unclaimed = lambda text: self._machine_event(text)
+        mmio_cost = config.costs.ns_per_mmio
+        self.bus.on_mmio = lambda: self.clock.charge(mmio_cost)
         for device in (self.console, self.keyboard, self.pic, self.parallel, self.pci, self.acpi_pm,
                        self.reset_port):
             self.bus.add_device_ports(device)
