@@ -7,7 +7,8 @@ Cases run in forked workers, in process (fast), and report each outcome through 
 signal (a SIGSEGV in the engine) is a "crash" for the case it was on, a case silent for longer than the wall guard
 is a "hang" (the worker is killed), and the campaign goes on with a fresh worker. Outcomes are counted by kind and
 class: ok (accepted; runnable inputs also ran for a short virtual budget), clear-error (a HarnessError of one
-line), traceback (any other exception: the first of each type is printed with its seed), crash, hang.
+line), wall-stop (the machine's own wall guard ended the run after CASE_WALL_S: not a failure, but each is printed
+with its seed), traceback (any other exception: the first of each type is printed with its seed), crash, hang.
 Each case is reproducible from (seed, kind, index).
 """
 
