@@ -157,7 +157,8 @@ def main() -> int:
             counts.append(halted)
         rows = [(c, qemu[c.name]) for c in counts]
         ps, syscall, delivery, port, mmio = fit(rows)
-        fitted = ClockCosts(round(ps), round(syscall), round(delivery), round(port), 0, round(mmio))
+        fitted = ClockCosts(round(ps), round(syscall), round(delivery), round(port), 0, round(mmio),
+                            ns_per_mmio=round(port))
         boot_delay = max(0, round((qemu[BOOT] - boot_seconds(images[BOOT], fitted)) * 1e9))
         fitted = replace(fitted, boot_delay_ns=boot_delay)
         checked = {c.name: run_workload(c.name, images[c.name], ticks_at, fitted).rate for c in counts}

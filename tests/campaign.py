@@ -7,7 +7,8 @@ Cases run in forked workers, in process (fast), and report each outcome through 
 signal (a SIGSEGV in the engine) is a "crash" for the case it was on, a case silent for longer than the wall guard
 is a "hang" (the worker is killed), and the campaign goes on with a fresh worker. Outcomes are counted by kind and
 class: ok (accepted; runnable inputs also ran for a short virtual budget), clear-error (a HarnessError of one
-line), traceback (any other exception: the first of each type is printed with its seed), crash, hang.
+line), wall-stop (the machine's own wall guard ended the run after CASE_WALL_S: not a failure, but each is printed
+with its seed), traceback (any other exception: the first of each type is printed with its seed), crash, hang.
 Each case is reproducible from (seed, kind, index).
 """
 
@@ -90,11 +91,14 @@ def run_guarded(machine: Any, budget_ns: int = RUN_NS, wall_s: float = CASE_WALL
     from harness.machine import StopKind
 
     while machine.clock.now_ns() < budget_ns:
-        stop = machine.run(for_ns=SLICE_NS)
+        left = wall_s - (time.monotonic() - started)
+        if left <= 0:
+            return "wall-stop"
+        stop = machine.run(for_ns=SLICE_NS, max_wall_s=left)  # the machine's own guard, inside the slice too
+        if stop.kind is StopKind.WALL:
+            return "wall-stop"
         if stop.kind is not StopKind.PAUSED:
             return "ok"
-        if time.monotonic() - started > wall_s:
-            return "wall-stop"
     return "ok"
 
 
@@ -256,6 +260,8 @@ def campaign(build: Path, plan: list[tuple[str, int]], seed: int, report: Callab
                     counts[kind][outcome] += 1
                     seconds[kind] += took
                     position += 1
+                    if outcome == "wall-stop":  # not a failure (the guard ended it), but worth a look
+                        report(f"WALL-STOP {kind} #{index} (seed {seed}): {took:.1f} s")
                     if outcome == "traceback":
                         key = detail.strip().splitlines()[-1][:120] if detail.strip() else "?"
                         if key not in firsts:

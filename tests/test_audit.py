@@ -112,3 +112,19 @@ def test_cli_audit_passes_our_kernel(build_tree: project.BuildTree) -> None:
                              "--no-build", "--build-dir", str(build_tree.directory)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr  # our kernel: no violation
+
+
+def test_a_page_freed_under_an_unchanged_page_table_is_caught(build_tree: project.BuildTree) -> None:
+    """The auditor reuses its walk of a page table while the table's pages are unchanged, and its verdict while
+    the processes, their walks and the page owners are: here only the kernel's record of the page changes (freed
+    while still mapped), and the next audit still sees it."""
+    machine, tables = audited(build_tree)
+    assert machine.auditor is not None and machine.auditor.audits > 2  # verdicts to reuse were made
+    pages = PageAccounting(machine.memory, machine.symbols, machine.kernel_image.data)  # type: ignore[union-attr]
+    stack = walk(machine.memory, tables[1], 0x2FF000)
+    assert stack is not None and pages.owners()[stack.pa >> 12] == 1
+    assert pages.address is not None and pages.layout is not None and pages.field is not None
+    offset, size = pages.field
+    record = pages.address + (stack.pa >> 12) * pages.layout.element_size + offset
+    machine.memory[record:record + size] = bytes(size)  # owner 0: free
+    expect_violation(machine, "freed page still mapped", 1, 0x2FF000)

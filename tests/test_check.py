@@ -155,7 +155,8 @@ def test_exit_frees_does_not_take_a_later_process_given_the_first_ones_pid_for_i
     allocates). Counting that as the first process back at its baseline once failed our kernel by one page; the
     measure is instead taken once every process has exited."""
     slow = MachineConfig(costs=ClockCosts(ps_per_instruction=1_539, ns_per_syscall=3_830, ns_per_delivery=0,
-                                          ns_per_port_io=1_162, boot_delay_ns=53_804_523, ns_per_mmio_byte=0))
+                                          ns_per_port_io=1_162, boot_delay_ns=53_804_523, ns_per_mmio_byte=0,
+                                          ns_per_mmio=1_162))
     monkeypatch.setattr(checks, "boot_machine", lambda kernel, command, programs: boot_machine(
         kernel, command, programs, slow))
     runs = runs_of(build_tree.directory)

@@ -12,7 +12,7 @@ import pytest
 from unicorn import x86_const as X
 
 from harness.machine import Machine, MachineConfig, StopKind
-from harness.pc.clock import ClockCosts
+from harness.pc.clock import NEVER, ClockCosts, VirtualClock
 from harness.pc.cpu import BP, RSP
 from harness.pc.events import Event, Kind
 from harness.pc.wallguard import CHECK_EVERY_NS, WallGuard
@@ -307,13 +307,18 @@ def run_kernel_code(machine: Machine, source: str) -> None:
 
 def test_touching_thousands_of_pages_beyond_ram_costs_no_new_memory_region(machine: Machine) -> None:
     """The empty bus is made once: reading 8,192 distinct pages beyond RAM adds no Unicorn memory region (one
-    each made a scan of 8,000 pages take minutes), reads all ones, and the report stays short."""
+    each made a scan of 8,000 pages take minutes), reads all ones, and the report stays short. Each access is
+    a call into Python, so it is charged to the virtual clock like a port access: a scan pays for itself."""
     build_world(machine, "nop\n")
     for index in range(16):  # VA 16 MiB + 32 MiB -> PA 0xE0000000 + 32 MiB, 2 MiB pages, kernel-only
         struct.pack_into("<Q", machine.memory, PML4 + 0x2000 + 8 * (8 + index), (0xE0000000 + (index << 21)) | 0x83)
     regions = len(list(machine.uc.mem_regions()))
+    started, skipped = machine.clock.now_ns(), machine.clock.skipped_ns
     run_kernel_code(machine, "mov $0x1000000, %rbx\nmov $8192, %ecx\nloop: mov (%rbx), %rax\nmov %rax, 8(%rbx)\n"
                              "add $0x1000, %rbx\ndec %ecx\njnz loop\nhlt\n")
+    # A read and a write a page, each of 8 bytes, which the engine hands the bus as two 4-byte accesses.
+    assert machine.clock.skipped_ns - skipped == 4 * 8192 * machine.config.costs.ns_per_mmio
+    assert machine.clock.now_ns() - started > 4 * 8192 * ClockCosts().ns_per_mmio
     assert machine.stop is not None and machine.stop.kind is StopKind.HANG  # its hlt, with IF clear
     assert machine.cpu.read_register(X.UC_X86_REG_RAX) == 0xFFFFFFFFFFFFFFFF
     assert len(list(machine.uc.mem_regions())) == regions
@@ -389,6 +394,34 @@ def test_the_wall_clock_guard_ends_an_io_loop_with_no_timer_and_a_far_budget(mac
     costs = machine.clock.costs  # the slice ends at most a round of the loop late: 6 instructions, 2 accesses
     a_round = -(-6 * costs.ps_per_instruction // 1000) + 2 * costs.ns_per_port_io
     assert len(looks) >= 10 and all(gap <= CHECK_EVERY_NS + a_round for gap in gaps)
+
+
+def test_the_wall_clock_guard_ends_a_run_whose_engine_never_comes_back(machine: Machine,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guard is looked at between slices; a slice whose clock never reaches a deadline (here: every deadline
+    made unreachable, as a clock stuck at the end of its range once made it) would keep the engine in one
+    `emu_start` for ever. The watchdog thread asks the engine to stop once the limit has passed, and the run ends
+    with the guard's own stop, not an emulator error."""
+    build_world(machine, "nop\n")
+    enter_kernel_code(machine, "loop: jmp loop\n")
+    monkeypatch.setattr(VirtualClock, "stop_at_ns", lambda clock, when_ns: setattr(clock.counter, "deadline", NEVER))
+    slices = []
+    run_slice = machine.run_slice
+    monkeypatch.setattr(machine, "run_slice", lambda deadline=None: slices.append(deadline) or run_slice(deadline))
+    stop = machine.run(max_time_ns=10**9, max_wall_s=0.2)
+    assert stop.kind is StopKind.WALL, stop
+    assert stop.message.startswith("the wall-clock guard fired") and "budget 1 s" in stop.message
+    assert len(slices) == 1  # one emu_start, ended from the watchdog's thread
+    assert machine.clock.instructions > 0 and stop.rip == 0x70000
+
+
+def test_a_run_for_a_while_has_a_wall_clock_guard_too(machine: Machine) -> None:
+    """`run(for_ns=...)` without a budget (the live console, the campaign's slices) is guarded too, scaled to the
+    time it was asked to run for, so a run that cannot advance its clock still ends."""
+    build_world(machine, "nop\n")
+    enter_kernel_code(machine, "loop: mov $0xcf8, %dx\nmov $0x80000000, %eax\nout %eax, %dx\njmp loop\n")
+    stop = machine.run(for_ns=10**12, max_wall_s=0.0)
+    assert stop.kind is StopKind.WALL and "budget" not in stop.message
 
 
 ENTROPY_CODE = """

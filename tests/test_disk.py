@@ -12,6 +12,7 @@ import pytest
 from harness import project
 from harness.machine import Machine, MachineConfig, StopKind
 from harness.pc.errors import LoaderError
+from harness.pc.wallguard import CHECK_EVERY_NS
 
 BOOT_SECTOR = r"""
     .code16
@@ -79,10 +80,10 @@ fail:
 """
 
 
-def boot_sector() -> bytes:
+def boot_sector(source: str = BOOT_SECTOR) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        (d / "b.s").write_text(BOOT_SECTOR)
+        (d / "b.s").write_text(source)
         subprocess.run(["as", "--32", "-o", d / "b.o", d / "b.s"], check=True, capture_output=True)
         subprocess.run(["ld", "-m", "elf_i386", "-Ttext", "0x7c00", "-e", "_start", "--oformat", "binary",
                         "-o", d / "b.bin", d / "b.o"], check=True, capture_output=True)
@@ -99,6 +100,43 @@ def test_a_boot_sector_uses_the_bios_reads_the_disk_and_powers_off() -> None:
     assert machine.screen_text().startswith("Hi")
     assert bytes(machine.memory[0x8000:0x8200]) == sector1  # rep insl through the ATA data port
     assert bytes(machine.log.data) == b"W"
+
+
+DIVIDE_ERROR_LOOP = r"""
+    .code16
+    .globl _start
+_start:
+    cli
+    xor %ax, %ax
+    mov %ax, %ds
+    mov %ax, %ss
+    mov $0x7c00, %sp
+    movw $handler, 0            # IVT[0] (#DE) -> handler, which returns to the faulting `div`
+    movw $0, 2
+again:
+    xor %bx, %bx
+    mov $1, %ax
+    div %bl
+    jmp again
+handler:
+    iret
+    .org 510
+    .byte 0x55, 0xaa
+"""
+
+
+def test_a_real_mode_divide_error_loop_is_ended_by_the_wall_clock_guard_inside_its_slice() -> None:
+    """Each #DE is delivered by the harness (a call into Python) and costs a few instructions of virtual time,
+    so a virtual millisecond takes seconds of host time (over 4,000x): the guard, looked at between slices
+    only, fired 24 s late. Its watchdog now stops the engine inside the slice, with the guard's own line."""
+    machine = Machine(MachineConfig(ram_size=8 << 20))
+    machine.boot_disk(boot_sector(DIVIDE_ERROR_LOOP) + bytes(512 * 3))
+    started = machine.clock.now_ns()
+    stop = machine.run(max_time_ns=30 * 10**9, max_wall_s=0.2)
+    assert stop.kind is StopKind.WALL, stop
+    assert stop.message.startswith("the wall-clock guard fired") and "(budget 30 s)" in stop.message
+    assert machine.cpu.deliveries > 0  # the loop ran ...
+    assert machine.clock.now_ns() - started < CHECK_EVERY_NS  # ... and was stopped inside its first slice
 
 
 def test_an_image_without_a_boot_signature_is_refused() -> None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import struct
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from harness import project
 from harness.api import boot_machine
-from harness.machine import StopKind
+from harness.machine import MachineConfig, StopKind
+from harness.pc.clock import ClockCosts
 from harness.pc.errors import ExitCode
 from harness.pc.events import Kind
 
@@ -222,3 +224,33 @@ def test_a_timer_with_an_illegal_vector_does_not_stop_the_cpu_at_every_expiry(tm
     assert machine.lapic.esr_pending & (1 << 6)  # "received illegal vector"
     assert machine.lapic.timer_expirations > 40_000_000  # a 1 ns period over 50 ms
     assert machine.timer_ticks == 0  # and none of them is an interrupt the guest took
+
+
+APIC_REGISTER_LOOP = APIC_MAPPED + r"""
+    cli
+    mov $0xfee00000, %ebx
+    movl $0x1ff, 0xf0(%rbx)      # APIC on: one access
+    mov $1000, %ecx
+flood:
+    movl $0x40040, 0x300(%rbx)   # a self-IPI, again and again: one access each (IPIs are not modelled)
+    dec %ecx
+    jnz flood
+    hlt
+"""
+
+
+def test_a_loop_on_a_local_apic_register_pays_for_each_access_in_virtual_time(tmp_path: Path) -> None:
+    """Each access to a memory-mapped device register is a call into Python; charged nothing, a loop writing
+    the interrupt command register (sending itself IPIs) ran at 1,100x its virtual time. Each IPI now costs what
+    a port access costs; the other registers (the kernel's EOI every tick) stay free."""
+    kernel = assemble_kernel(APIC_REGISTER_LOOP, tmp_path / "kernel")
+
+    def halted_at(costs: ClockCosts) -> int:
+        machine = boot_machine(kernel, "", {}, config=MachineConfig(costs=costs))
+        stop = machine.run(max_time_ns=1_000_000_000)
+        assert stop.kind is StopKind.HANG, stop  # halted with interrupts off, after the loop
+        return machine.clock.now_ns()
+
+    free = halted_at(replace(ClockCosts(), ns_per_mmio=0))
+    assert halted_at(replace(ClockCosts(), ns_per_mmio=1)) - free == 1000  # the IPIs, not the SVR write
+    assert halted_at(ClockCosts()) - free == 1000 * ClockCosts().ns_per_mmio > 1_000_000

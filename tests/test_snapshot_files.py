@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import random
 import struct
 import zlib
 from pathlib import Path
@@ -22,6 +23,8 @@ from harness.machine import Machine, MachineConfig
 from harness.pc import cpustate, snapshotschema
 from harness.pc import snapshot as snapshots
 from harness.pc.errors import HarnessError
+
+from . import campaign
 
 COMMAND = "spinner hello"
 BREAKPOINT_POINTERS = (cpustate.OFF_DR + 64, cpustate.OFF_DR + 96)  # Unicorn's CPUBreakpoint *[4], after dr[8]
@@ -116,6 +119,8 @@ def test_each_cpu_field_is_type_and_range_checked(build_tree: project.BuildTree,
 
 @pytest.mark.parametrize("path, value, message", [
     (("clock", "instructions"), -5, "state.clock.instructions"),
+    (("clock", "instructions"), (1 << 64) - 1, "state.clock.instructions"),  # every deadline wrapped: no progress
+    (("clock", "skipped_ns"), 1 << 63, "state.clock.skipped_ns"),
     (("machine", "storm"), [1], "state.machine.storm"),
     (("machine", "panic"), ["boom", 1, 2, ["main+3"]], r"state.machine.panic\[3\]\[0\]"),
     (("machine", "entropy", "drawn"), -1, "state.machine.entropy.drawn"),
@@ -154,6 +159,19 @@ def test_each_saved_state_field_is_checked(build_tree: project.BuildTree, runnin
     with pytest.raises(HarnessError, match=f"damaged snapshot .*{message}"):
         target.load_snapshot(write(tmp_path / "state.snap", header))
     assert target.screen_text() == screen
+
+
+def test_the_campaigns_snapshot_with_a_clock_at_the_end_of_its_range_is_one_clear_error(
+        build_tree: project.BuildTree) -> None:
+    """Campaign case 2028:snapshot:746 set the clock's instruction count to 2^64-1: every deadline the run loop
+    armed wrapped into the past, each slice stopped before its first block, and `run(for_ns=...)` looped for
+    ever in the harness. The clock's range is now part of the schema, so the case is refused before the machine
+    is touched."""
+    inputs = campaign.Inputs(build_tree.directory)
+    outcome = campaign.classify(campaign.case_snapshot, inputs, random.Random("2028:snapshot:746"))
+    assert outcome == ("clear-error", "")
+    with pytest.raises(HarnessError, match=r"damaged snapshot \(state.clock.instructions = 18446744073709551615 "):
+        inputs.machine().load_snapshot(inputs.tmp / "case.snap")
 
 
 def test_the_schema_lists_exactly_the_run_state_and_tracer_keys(running: Machine) -> None:

@@ -82,6 +82,8 @@ def test_each_event_costs_exactly_its_knob_on_both_paths(build_tree: project.Bui
     assert instructions == unpriced_instructions and charged_bytes == text_bytes  # costs change time, not what runs
     assert charged - unpriced == 5_000_000 + 7_000 + 3 * (ports - unpriced) + 11 * text_bytes
     assert ports > unpriced  # the BIOS and the kernel did port I/O before the first system call
+    mmio, _, _ = first_syscall(replace(plain, ns_per_mmio=1))  # 1 ns a charged memory-mapped access
+    assert mmio == unpriced  # none: the model was fitted without that knob
     assert text_bytes > 2 * 80 * 25  # the kernel cleared the screen (a store per byte at least) and printed
 
 

@@ -36,6 +36,8 @@ OWNER_KERNEL = -2
 OWNER_RESERVED = -1
 _ENTRIES = struct.Struct("<512Q")
 _PRESENT_BYTE = bytes(byte & PTE_P for byte in range(256))  # an entry's low byte -> 1 if present, else 0
+PTE_A = 1 << 5  # accessed and dirty: set by the CPU as a process runs, never read by the walk
+PTE_D = 1 << 6
 REGISTERS_RULE = "registers not private"
 
 
@@ -117,6 +119,48 @@ def user_mappings(memory: memoryview, top: int, cache: LeafCache | None = None) 
     return leaves, tables
 
 
+@dataclass(frozen=True)
+class Walk:
+    """One page table's walk, and the contents of every table page it read: while those bytes are the same, the
+    walk is too (a process's page table changes far less often than it returns to user mode)."""
+
+    leaves: list[Leaf]
+    tables: set[int]
+    contents: tuple[tuple[int, bytes, int], ...]  # (table page, its bytes, its bits but accessed and dirty bits)
+
+    def still_valid(self, memory: memoryview) -> bool:
+        return all(memory[table:table + 4096].tobytes() == data or _walked_bits(memory, table) == bits
+                   for table, data, bits in self.contents)
+
+
+# Every bit of a table page but each entry's accessed and dirty bits, which the CPU sets as the process runs and
+# the walk ignores: one integer operation over the page.
+_WALKED_BITS = int.from_bytes(struct.pack("<Q", ~(PTE_A | PTE_D) & (1 << 64) - 1) * 512, "little")
+
+
+def _walked_bits(memory: memoryview, table: int) -> int:
+    return int.from_bytes(memory[table:table + 4096], "little") & _WALKED_BITS
+
+
+def walk_user_mappings(memory: memoryview, top: int) -> Walk:
+    leaves, tables = user_mappings(memory, top)
+    contents = tuple((table, memory[table:table + 4096].tobytes(), _walked_bits(memory, table))
+                     for table in sorted(tables) if table + 4096 <= len(memory))
+    return Walk(leaves, tables, contents)
+
+
+AuditInput = tuple[list[tuple[int, "Walk"]], "list[int] | None"]  # (pid and walk of each process, page owners)
+
+
+def _same_audit(before: AuditInput | None, processes: list[tuple[int, Walk]], owners: list[int] | None) -> bool:
+    """The page rules would see exactly what they saw last time (the walks are the same objects, kept alive by
+    `before`), so their answer is the same."""
+    if before is None or before[1] != owners or len(before[0]) != len(processes):
+        return False
+    return all(pid == old_pid and walk is old_walk for (pid, walk), (old_pid, old_walk) in zip(processes, before[0],
+                                                                                                  strict=True))
+
+
 class IsolationAuditor:
     def __init__(self, machine: Board) -> None:
         self.machine = machine
@@ -133,6 +177,8 @@ class IsolationAuditor:
             raise RuntimeError("the auditor needs the kernel's `current` and `ptable` symbols (and DWARF)")
         self.registers = RegisterAuditor(machine.cpu)
         self._syscall_entry: int | None = None
+        self._walks: dict[int, Walk] = {}  # page-table root -> its last walk (for the live processes only)
+        self._clean: AuditInput | None = None  # what the last audit saw, if its page rules found nothing
 
     def entered_from_user(self, cr3: int) -> None:
         """A process enters the kernel through an exception or interrupt (its registers as it left them)."""
@@ -157,22 +203,31 @@ class IsolationAuditor:
         owners = self.pages.owners() if self.pages.available else None
         memory = self.machine.memory
         writable_by: dict[int, int] = {}
-        mappings: list[tuple[int, list[Leaf]]] = []
         table_pages: set[int] = set()
         live = [proc for proc in self.kernel.processes(cr3) if proc.pagetable]
+        walks: dict[int, Walk] = {}
+        current: list[tuple[int, Walk]] = []
         for proc in live:
-            leaves, tables = user_mappings(memory, proc.pagetable)
-            mappings.append((proc.pid, leaves))
-            table_pages |= tables
-        for pid, leaves in mappings:
-            for leaf in leaves:
-                if not leaf.user:
-                    continue
-                for pa in range(leaf.pa, leaf.pa + leaf.size, 0x1000):
-                    va = leaf.va + (pa - leaf.pa)
-                    violation = self._check_page(pid, va, pa, leaf.writable, owners, table_pages, writable_by)
-                    if violation is not None:
-                        return violation
+            top = proc.pagetable & ADDRESS_MASK
+            walk = walks.get(top) or self._walks.get(top)
+            if walk is None or not walk.still_valid(memory):
+                walk = walk_user_mappings(memory, top)
+            walks[top] = walk
+            current.append((proc.pid, walk))
+            table_pages |= walk.tables
+        self._walks = walks
+        clean, self._clean = self._clean, None
+        if not _same_audit(clean, current, owners):  # else: the same processes, tables and owners, found clean
+            for pid, walk in current:
+                for leaf in walk.leaves:
+                    if not leaf.user:
+                        continue
+                    for pa in range(leaf.pa, leaf.pa + leaf.size, 0x1000):
+                        va = leaf.va + (pa - leaf.pa)
+                        violation = self._check_page(pid, va, pa, leaf.writable, owners, table_pages, writable_by)
+                        if violation is not None:
+                            return violation
+        self._clean = (current, owners)
         problem = self.registers.check(cr3, [proc.pagetable for proc in live])
         self._watch_syscall_entry()
         if problem is not None:

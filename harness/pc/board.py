@@ -59,6 +59,7 @@ from .panics import is_panic_line
 from .runloop import RunLoop
 from .stop import Stop, StopKind
 from .symbols import SymbolTable
+from .wallguard import Watchdog
 
 PANIC_GRACE_NS = 5_000_000  # after a panic line in the log, let the kernel finish drawing for 5 ms
 TRANSLATION_BUFFER_BYTES = 16 << 20
@@ -122,6 +123,8 @@ class Board(RunLoop, HotPaths, DebugControls):
 
         self.bus = Bus()
         self.bus.on_unclaimed = lambda text: self._machine_event(text)
+        mmio_cost = config.costs.ns_per_mmio
+        self.bus.on_mmio = lambda: self.clock.charge(mmio_cost)
         for device in (self.console, self.keyboard, self.pic, self.parallel, self.pci, self.acpi_pm,
                        self.reset_port):
             self.bus.add_device_ports(device)
@@ -165,6 +168,7 @@ class Board(RunLoop, HotPaths, DebugControls):
         self._resume_address: int | None = None  # a breakpoint to run over once (continuing from it)
         self._next_stop_ns: int | None = None
         self._wall_check: int | None = None  # while a wall-clock guard runs: end slices this often (virtual ns)
+        self._watchdog: Watchdog | None = None  # while a wall-clock guard runs: its thread (wallguard.py)
 
     # -- boot ----------------------------------------------------------------------------------------------
     def boot(self, kernel: loader.ElfImage, command_line: str | None = "", modules: list[loader.Module] | None = None,

@@ -17,7 +17,7 @@ from unicorn import x86_const as X
 from .cpu import FLAG_IF, GP, NOT_AN_ADDRESS, MissingMemory, TripleFault
 from .events import Event
 from .stop import RESUMABLE, Stop, StopKind
-from .wallguard import CHECK_EVERY_NS, WallGuard, default_limit_s
+from .wallguard import CHECK_EVERY_NS, WallGuard, Watchdog, default_limit_s
 
 STORM_WINDOW_NS = 1_000_000  # more than STORM_LIMIT device interrupts in this much virtual time is a storm
 STORM_LIMIT = 200  # (200 kHz: far beyond any timer a kernel means to program, and cheap to reach)
@@ -28,7 +28,7 @@ class RunLoop:
     """`run()` and `run_slice()`, keyboard input in virtual time, and the stops the loop itself decides.
 
     Drives the board's `uc`, `cpu`, `clock`, `lapic`, `keyboard` and `tracer`; its own state is `_until`,
-    `_budget_end`, `_pause_end`, `_input`, `_storm_window`, `_next_stop_ns` and `_wall_check` (made in
+    `_budget_end`, `_pause_end`, `_input`, `_storm_window`, `_next_stop_ns`, `_wall_check` and `_watchdog` (made in
     `Board.__init__`)."""
 
     def run(self, *, ticks: int | None = None, max_time_ns: int | None = None, until: str | None = None,
@@ -40,7 +40,7 @@ class RunLoop:
         while it keeps interrupts masked are not ticks it took).
         `max_time_ns`: the safety budget of virtual time; running out of it is a failure.
         `max_wall_s`: the wall-clock guard, in host seconds (StopKind.WALL); by default scaled to
-        `max_time_ns` (wallguard.py), and none without a virtual budget.
+        `max_time_ns`, or to `for_ns` without a budget (wallguard.py), and none without either.
         `until`: stop (successfully) once this text is on the screen or in a line of the log. The log is
         checked line by line as it is written; the screen at every system call and whenever the CPU stops.
         `for_ns`: pause (successfully) after this much virtual time. `until_event`: stop (successfully) right
@@ -68,9 +68,31 @@ class RunLoop:
         tick_target = lapic.timer_interrupts_taken + ticks if ticks is not None else None
         self._budget_end = clock.now_ns() + max_time_ns if max_time_ns is not None else None
         self._pause_end = clock.now_ns() + for_ns if for_ns is not None else None
-        wall_limit = max_wall_s if max_wall_s is not None else default_limit_s(max_time_ns)
+        wall_limit = max_wall_s if max_wall_s is not None else default_limit_s(
+            max_time_ns if max_time_ns is not None else for_ns)
         guard = WallGuard(wall_limit) if wall_limit is not None else None
         self._wall_check = CHECK_EVERY_NS if guard is not None else None
+        self._watchdog = Watchdog(guard, self.uc.emu_stop) if guard is not None else None
+        try:
+            self._run_until_stop(guard, max_time_ns, tick_target, ticks, until)
+        finally:
+            if self._watchdog is not None:
+                self._watchdog.close()
+                self._watchdog = None
+        self._until = None
+        self._pause_end = None
+        self._wall_check = None
+        if self._panic is not None and self.stop.kind is not StopKind.PANIC:
+            self.stop = self._panic  # a panic is what matters, even if a key then powered the machine off
+        if self.stop.kind not in RESUMABLE:
+            self.tracer.finish()  # the machine is done: close what will never complete
+        self.log.flush()
+        return self.stop
+
+    def _run_until_stop(self, guard: WallGuard | None, max_time_ns: int | None, tick_target: int | None,
+                        ticks: int | None, until: str | None) -> None:
+        """The body of `run()`: slices, deliveries and idling until `self.stop` is set."""
+        clock, cpu, lapic = self.clock, self.cpu, self.lapic
         while self.stop is None:
             now = clock.now_ns()
             if guard is not None and guard.expired():
@@ -139,15 +161,6 @@ class RunLoop:
             self.run_slice(self._next_deadline(poll))
             if until is not None and self.stop is None and self._until_seen():
                 self.stop = Stop(StopKind.UNTIL, f"{until!r} appeared", clock.now_ns(), cpu.rip())
-        self._until = None
-        self._pause_end = None
-        self._wall_check = None
-        if self._panic is not None and self.stop.kind is not StopKind.PANIC:
-            self.stop = self._panic  # a panic is what matters, even if a key then powered the machine off
-        if self.stop.kind not in RESUMABLE:
-            self.tracer.finish()  # the machine is done: close what will never complete
-        self.log.flush()
-        return self.stop
 
     def run_slice(self, deadline: int | None = None) -> None:
         """Run the CPU until `deadline` (virtual ns), a halt, or a hook's stop; handle what stopped it."""
@@ -162,6 +175,12 @@ class RunLoop:
             fast.state.interrupted = 0
         rip = cpu.rip()
         cpu.clear_stale_exception()
+        watchdog = self._watchdog
+        if watchdog is not None:
+            watchdog.inside = True
+            if watchdog.fired:  # the guard expired since the loop looked: the loop will see it
+                watchdog.inside = False
+                return
         try:
             try:
                 self.uc.emu_start(rip, NOT_AN_ADDRESS)
@@ -169,6 +188,8 @@ class RunLoop:
                     cpu.replay_fault()
                     self._slice_interrupted = True
             finally:
+                if watchdog is not None:
+                    watchdog.inside = False
                 self._after_native_run()
         except TripleFault as fault:
             self._triple_fault(fault)
@@ -189,6 +210,8 @@ class RunLoop:
             except TripleFault as fault:
                 self._triple_fault(fault)
             return
+        if watchdog is not None and watchdog.fired:
+            return  # the watchdog stopped the engine: the loop's guard check ends the run (StopKind.WALL)
         if clock.deadline_stops == deadline_stops and not self._slice_interrupted:
             rip = cpu.rip()
             halted = self._code_byte(rip - 1) == 0xF4

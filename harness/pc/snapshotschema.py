@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .clock import MAX_INSTRUCTIONS, MAX_SKIPPED_NS
 from .events import Event, Kind
 
 U64 = (1 << 64) - 1
@@ -183,7 +184,9 @@ TRACER_OPTIONAL = frozenset({"exit_status"})
 
 STATE = record({
     "devices": lambda value, where: value,  # checked against the machine's own devices: see check_state
-    "clock": record({"instructions": integer(), "skipped_ns": integer(), "stops": integer()}),
+    # (the clock's range: beyond it the engine's deadlines would wrap into the past and no slice would advance)
+    "clock": record({"instructions": integer(0, MAX_INSTRUCTIONS), "skipped_ns": integer(0, MAX_SKIPPED_NS),
+                     "stops": integer()}),
     "machine": record(RUN_STATE_FIELDS, optional=RUN_STATE_OPTIONAL),
     "log": encoded("b64"), "log_line": encoded("b64"),
     "events": record({"ring": list_of(event), "counts": counts, "next_seq": integer(),
