@@ -161,17 +161,22 @@ def _same_audit(before: AuditInput | None, processes: list[tuple[int, Walk]], ow
                                                                                                   strict=True))
 
 
+def kernel_views(machine: Board) -> tuple[KernelView, PageAccounting, set[int]]:
+    """What a judge of page tables reads of the kernel: its process table and its page accounting (through
+    DWARF), and the physical pages its own image occupies (which no process may map user-accessible)."""
+    image = machine.kernel_image
+    data = image.data if image is not None else None
+    image_pages: set[int] = set()
+    for seg in image.segments if image is not None else ():
+        image_pages.update(range(seg.paddr & ~0xFFF, seg.paddr + seg.memsz, 0x1000))
+    return KernelView(machine.memory, machine.symbols, data), PageAccounting(machine.memory, machine.symbols, data), \
+        image_pages
+
+
 class IsolationAuditor:
     def __init__(self, machine: Board) -> None:
         self.machine = machine
-        image = machine.kernel_image
-        data = image.data if image is not None else None
-        self.kernel = KernelView(machine.memory, machine.symbols, data)
-        self.pages = PageAccounting(machine.memory, machine.symbols, data)
-        self.kernel_image_pages: set[int] = set()
-        if image is not None:
-            for seg in image.segments:
-                self.kernel_image_pages.update(range(seg.paddr & ~0xFFF, seg.paddr + seg.memsz, 0x1000))
+        self.kernel, self.pages, self.kernel_image_pages = kernel_views(machine)
         self.audits = 0
         if not self.kernel.available or self.kernel.nproc == 0:
             raise RuntimeError("the auditor needs the kernel's `current` and `ptable` symbols (and DWARF)")

@@ -24,8 +24,8 @@ from unicorn.x86_const import UC_X86_REG_CS, UC_X86_REG_RAX, UC_X86_REG_RCX, UC_
 
 from ...api import boot_machine
 from ...machine import Machine, StopKind
-from ...observe.audit import CONSOLE_PAGE, OWNER_KERNEL, OWNER_RESERVED, Leaf, user_mappings
-from ...observe.kernelview import KernelView, PageAccounting
+from ...observe.audit import CONSOLE_PAGE, OWNER_KERNEL, OWNER_RESERVED, Leaf, kernel_views, user_mappings
+from ...observe.kernelview import KernelView
 from ...observe.syscalls import choose_table
 from ...pc.events import Kind
 from ...pc.paging import PageFault, PhysicalFault
@@ -69,14 +69,7 @@ class _Prober:
 
     def __init__(self, machine: Machine, number: int, syscall_at: int) -> None:
         self.machine = machine
-        image = machine.kernel_image
-        data = image.data if image is not None else None
-        self.kernel = KernelView(machine.memory, machine.symbols, data)
-        self.accounting = PageAccounting(machine.memory, machine.symbols, data)
-        self.kernel_pages: set[int] = set()
-        if image is not None:
-            for seg in image.segments:
-                self.kernel_pages.update(range(seg.paddr & ~(PAGE - 1), seg.paddr + seg.memsz, PAGE))
+        self.kernel, self.accounting, self.kernel_pages = kernel_views(machine)
         self.number = number
         self.syscall_at = syscall_at
         machine.cpu.save()
