@@ -263,7 +263,8 @@ def run(repeat: int = 3, use_qemu: bool = True, progress: Callable[[str], None] 
     return {"machine": {"python": platform.python_version(), "platform": platform.platform(),
                         "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                         "cpu model": _cpu_model(), "hot paths": fastpath.status(),
-                        "engine": engine.require().summary(switched_off), "engine patches off": sorted(switched_off),
+                        "engine": engine.require().summary(switched_off, where=False),
+                        "engine patches off": sorted(switched_off),
                         "load average before": load_before, "load average after": list(os.getloadavg())},
             "qemu": use_qemu, "repeat": repeat, "time": "cpu" if cpu_time else "wall",
             "rows": [row.summary() for row in rows]}

@@ -54,11 +54,13 @@ class EngineInfo:
     library: Path
     patches: tuple[str, ...]  # in the order they apply
 
-    def summary(self, switched_off: frozenset[str] = frozenset()) -> str:
+    def summary(self, switched_off: frozenset[str] = frozenset(), where: bool = True) -> str:
+        """What runs, for people: the patches (those switched off marked) and the key; `where` adds the library's
+        path on this machine (for --version; a record meant for others, like the bench's JSON, leaves it out)."""
         shown = [name.removesuffix(".patch") + (" (off)" if name.removesuffix(".patch") in switched_off else "")
                  for name in self.patches]
         return (f"engine: Unicorn 2.1.4 built for x86 with our patches {', '.join(shown)} "
-                f"(key {self.key}; {self.library})")
+                f"(key {self.key}{f'; {self.library}' if where else ''})")
 
 
 @cache
