@@ -372,15 +372,8 @@ def test_the_wall_clock_guard_ends_an_io_loop_with_no_timer_and_a_far_budget(mac
     call and no deadline but the budget would ever end the slice. The guard looks at the host clock at least
     every virtual millisecond, so it stops the run (its limit is 0: the first look fires)."""
     build_world(machine, "nop\n")
-    code = assemble("loop: mov $0xcf8, %dx\nmov $0x80000000, %eax\nout %eax, %dx\nmov $0xcfc, %dx\n"
-                    "in %dx, %eax\njmp loop\n", 0x70000)[0]
-    machine.memory[0x70000:0x70000 + len(code)] = code
-    machine.cpu.save()
-    machine.cpu.segs[1].load(0x08, 0, 0xFFFFFFFF, descriptor(0, True) >> 32)
-    machine.cpu.hflags.value &= ~3
-    machine.cpu.eip.value = 0x70000
-    machine.cpu.restore()
-    machine.uc.ctl_flush_tb()
+    enter_kernel_code(machine, "loop: mov $0xcf8, %dx\nmov $0x80000000, %eax\nout %eax, %dx\nmov $0xcfc, %dx\n"
+                      "in %dx, %eax\njmp loop\n")
     stop = machine.run(max_time_ns=86_400 * 10**9, max_wall_s=0.0)
     assert stop.kind is StopKind.WALL
     assert stop.message.startswith("the wall-clock guard fired") and "budget 86400 s" in stop.message

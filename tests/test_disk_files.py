@@ -8,7 +8,6 @@ import resource
 import struct
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,8 @@ from harness.pc.devices import ata
 from harness.pc.diskimage import open_image
 from harness.pc.errors import HarnessError
 from harness.pc.symbols import SymbolTable
+
+from .test_disk import boot_sector as assemble_boot_sector
 
 POWER_OFF = """
     mov $0x604, %dx
@@ -31,14 +32,8 @@ POWER_OFF = """
 
 def boot_sector(body: str) -> bytes:
     """`body` (16-bit assembly) then a power-off, as a boot sector."""
-    source = f"    .code16\n    .globl _start\n_start:\n{body}\n{POWER_OFF}\n    .org 510\n    .byte 0x55, 0xaa\n"
-    with tempfile.TemporaryDirectory() as tmp:
-        d = Path(tmp)
-        (d / "b.s").write_text(source)
-        subprocess.run(["as", "--32", "-o", d / "b.o", d / "b.s"], check=True, capture_output=True)
-        subprocess.run(["ld", "-m", "elf_i386", "-Ttext", "0x7c00", "-e", "_start", "--oformat", "binary",
-                        "-o", d / "b.bin", d / "b.o"], check=True, capture_output=True)
-        return (d / "b.bin").read_bytes()
+    return assemble_boot_sector(f"    .code16\n    .globl _start\n_start:\n{body}\n{POWER_OFF}\n    .org 510\n"
+                                "    .byte 0x55, 0xaa\n")
 
 
 def harness(build_tree: project.BuildTree, *args: str) -> subprocess.CompletedProcess[str]:
