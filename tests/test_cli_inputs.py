@@ -1,7 +1,9 @@
 """Careless and hostile command lines: each is one clear line on standard error and the documented exit status.
 
 One test per class of input (memory sizes, ports, output paths, key scripts, option combinations, pipes that
-close early, requests the run could not honour); none may print a Python traceback.
+close early, requests the run could not honour); none may print a Python traceback. The commands run in this
+process (tests/cli_in_process.py) except where the process itself is the subject: standard output on a full disk
+at exit, a reader that closes the pipe.
 """
 
 from __future__ import annotations
@@ -17,9 +19,16 @@ import pytest
 from harness import project
 from harness.front.cliargs import MAX_MEMORY_MIB
 
+from .cli_in_process import run_cli
 
-def harness(tree: project.BuildTree, *args: str, stdout: int | None = subprocess.PIPE,
-            shell_pipe: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+
+def harness(tree: project.BuildTree, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli(*args, "--no-build", "--build-dir", str(tree.directory))
+
+
+def harness_process(tree: project.BuildTree, *args: str, stdout: int,
+                    env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """A real `python -m harness` process, for what happens at its exit."""
     command = [sys.executable, "-m", "harness", *args, "--no-build", "--build-dir", str(tree.directory)]
     return subprocess.run(command, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=120, env=env)
 
@@ -77,7 +86,7 @@ def test_standard_output_that_cannot_be_written(build_tree: project.BuildTree, b
     if not buffered:
         env["PYTHONUNBUFFERED"] = "1"
     with open("/dev/full", "w") as full:
-        result = harness(build_tree, "trace", "hello", stdout=full.fileno(), env=env)
+        result = harness_process(build_tree, "trace", "hello", stdout=full.fileno(), env=env)
     one_error_line(result, 1, "cannot write the trace to standard output")
 
 
@@ -179,8 +188,7 @@ def test_a_guest_s_escape_sequences_reach_the_terminal_as_text(tmp_path: Path) -
 
     kernel = assemble_kernel(HOSTILE_LOG, tmp_path / "kernel")
     for command in (["boot", "--headless"], ["trace"]):
-        result = subprocess.run([sys.executable, "-m", "harness", *command, "--kernel", str(kernel),
-                                 "--max-time", "0.1"], capture_output=True, text=True, timeout=120)
+        result = run_cli(*command, "--kernel", str(kernel), "--max-time", "0.1")
         assert result.returncode == 3, result.stderr
         for text in (result.stdout, result.stderr):
             assert not any(char in text for char in "\x1b\x07\r"), repr(text)
