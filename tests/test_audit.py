@@ -17,6 +17,8 @@ from harness.observe.syscalls import SyscallTable
 from harness.pc.events import Kind
 from harness.pc.paging import ADDRESS_MASK, PTE_P, PTE_U, PTE_W, walk
 
+from .cli_in_process import run_cli
+
 SPARE_VA = 0x1F0000  # inside the page table that maps the program, never used by it
 
 
@@ -105,12 +107,7 @@ def test_a_freed_page_still_mapped(build_tree: project.BuildTree) -> None:
 
 
 def test_cli_audit_passes_our_kernel(build_tree: project.BuildTree) -> None:
-    import subprocess
-    import sys
-
-    result = subprocess.run([sys.executable, "-m", "harness", "boot", "pipe", "--headless", "--audit",
-                             "--no-build", "--build-dir", str(build_tree.directory)],
-                            capture_output=True, text=True, timeout=120)
+    result = run_cli("boot", "pipe", "--headless", "--audit", "--no-build", "--build-dir", str(build_tree.directory))
     assert result.returncode == 0, result.stderr  # our kernel: no violation
 
 

@@ -1,4 +1,8 @@
-"""The command line as a user meets it: exit statuses, clear one-line errors, the final screen."""
+"""The command line as a user meets it: exit statuses, clear one-line errors, the final screen.
+
+Two tests start the real `python -m harness` process (a greeting and its status 0, a panic and its status 3); the
+others run the same command line in the test process (tests/cli_in_process.py), with the same status and output.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,16 @@ from pathlib import Path
 
 from harness import project
 
+from .cli_in_process import run_cli
 from .elfmaker import ElfSpec, make_elf
 
 
-def harness(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=120)
+def harness_process(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, timeout=120)
+
+
+def harness(*args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli(*args)
 
 
 def built(tree: project.BuildTree) -> tuple[str, ...]:
@@ -31,7 +39,7 @@ def test_help_lists_the_commands() -> None:
 
 
 def test_boot_hello_headless_prints_the_greeting_and_exits_0(build_tree: project.BuildTree) -> None:
-    result = harness("boot", "hello", "--headless", *built(build_tree))
+    result = harness_process("boot", "hello", "--headless", *built(build_tree))
     assert result.returncode == 0, result.stderr
     assert "Hello from WeensyOS process 1!" in result.stdout
     assert "power-off" in result.stderr
@@ -92,7 +100,7 @@ def test_bad_number_is_a_usage_error() -> None:
 
 
 def test_panic_exits_3_with_a_diagnosis(build_tree: project.BuildTree) -> None:
-    result = harness("boot", "panicker", "--headless", *built(build_tree))
+    result = harness_process("boot", "panicker", "--headless", *built(build_tree))
     assert result.returncode == 3
     assert "kernel panic" in result.stderr and "backtrace:" in result.stderr and "<syscall+" in result.stderr
     assert "Traceback" not in result.stderr

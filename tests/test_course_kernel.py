@@ -23,6 +23,7 @@ from harness.observe.syscalls import choose_table
 from harness.pc.loader import read_elf
 from harness.pc.symbols import SymbolTable
 
+from .cli_in_process import run_cli
 from .test_disk_image import needs_qemu
 
 SOURCE = project.PACKAGE_ROOT / "weensyos-src"
@@ -134,8 +135,7 @@ def test_the_course_kernel_reads_its_command_line_only_through_the_low_2_mib(
 
 
 def harness_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness", "boot", "--headless", "--no-build", *args],
-                          capture_output=True, text=True)
+    return run_cli("boot", "--headless", "--no-build", *args)
 
 
 def test_the_cli_gives_a_kernel_a_command_line_only_when_asked(build_tree: project.BuildTree) -> None:
@@ -148,7 +148,7 @@ def test_the_cli_gives_a_kernel_a_command_line_only_when_asked(build_tree: proje
     assert given.returncode == 0 and given.stdout == named.stdout
     both = harness_cli("--kernel", kernel, "--command", "hello", "fault")
     assert both.returncode == 1 and both.stderr == "harness: error: give PROGRAMs or --command, not both\n"
-    usage = subprocess.run([sys.executable, "-m", "harness", "boot", "--help"], capture_output=True, text=True)
+    usage = run_cli("boot", "--help")
     assert "no command line and no hand-off" in " ".join(usage.stdout.split())
 
 
@@ -203,8 +203,7 @@ def foreign_kernel(build_tree: project.BuildTree, tmp_path: Path) -> Path:
 
 
 def trace_syscalls(*args: str) -> list[str]:
-    result = subprocess.run([sys.executable, "-m", "harness", "trace", "--no-build", "--filter", "syscall", *args],
-                            capture_output=True, text=True)
+    result = run_cli("trace", "--no-build", "--filter", "syscall", *args)
     assert result.returncode == 0, result.stderr
     return [re.sub(r"^\S+ \[[^]]*\] ", "", line) for line in result.stdout.splitlines()]  # no time, no pid
 
@@ -227,8 +226,7 @@ def test_system_calls_are_decoded_by_the_kernels_identity_not_its_path(build_tre
     # A table the user names: the course's pset numbering, where 5 is fork.
     assert trace_syscalls("--kernel", str(foreign), "--syscalls", "course-pset3")[:2] == [
         "getpid() = 1 <0.005 ms>", "fork() = 0 <0.005 ms>"]
-    unknown = subprocess.run([sys.executable, "-m", "harness", "trace", "--no-build", "--kernel", str(foreign),
-                              "--syscalls", "course-nosuch"], capture_output=True, text=True)
+    unknown = run_cli("trace", "--no-build", "--kernel", str(foreign), "--syscalls", "course-nosuch")
     assert unknown.returncode == 1 and unknown.stderr == (
         "harness: error: no system-call table at course-nosuch (give a JSON file or one of: course-kernels1, "
         "course-pset3)\n")

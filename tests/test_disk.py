@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -13,6 +12,8 @@ from harness import project
 from harness.machine import Machine, MachineConfig, StopKind
 from harness.pc.errors import LoaderError
 from harness.pc.wallguard import CHECK_EVERY_NS
+
+from .cli_in_process import run_cli
 
 BOOT_SECTOR = r"""
     .code16
@@ -146,8 +147,7 @@ def test_an_image_without_a_boot_signature_is_refused() -> None:
 
 
 def _trace_disk(image: Path, *options: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness", "trace", "--disk", str(image), "--no-build", *options],
-                          capture_output=True, text=True, timeout=120)
+    return run_cli("trace", "--disk", str(image), "--no-build", *options)
 
 
 def test_trace_of_an_image_from_our_build_finds_the_build_s_symbols(build_tree: project.BuildTree) -> None:

@@ -19,6 +19,7 @@ from harness.pc.diskimage import open_image
 from harness.pc.errors import HarnessError
 from harness.pc.symbols import SymbolTable
 
+from .cli_in_process import run_cli
 from .test_disk import boot_sector as assemble_boot_sector
 
 POWER_OFF = """
@@ -36,9 +37,14 @@ def boot_sector(body: str) -> bytes:
                                 "    .byte 0x55, 0xaa\n")
 
 
-def harness(build_tree: project.BuildTree, *args: str) -> subprocess.CompletedProcess[str]:
+def harness_process(build_tree: project.BuildTree, *args: str) -> subprocess.CompletedProcess[str]:
+    """A real process: for a file that could make the harness wait forever, and for its peak memory."""
     return subprocess.run([sys.executable, "-m", "harness", "boot", "--headless", "--no-build", "--build-dir",
                            str(build_tree.directory), *args], capture_output=True, text=True, timeout=120)
+
+
+def harness(build_tree: project.BuildTree, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("boot", "--headless", "--no-build", "--build-dir", str(build_tree.directory), *args)
 
 
 def one_clear_line(result: subprocess.CompletedProcess[str], message: str) -> None:
@@ -49,14 +55,14 @@ def one_clear_line(result: subprocess.CompletedProcess[str], message: str) -> No
 
 
 def test_dev_zero_as_a_disk_is_one_clear_line_not_an_endless_read(build_tree: project.BuildTree) -> None:
-    one_clear_line(harness(build_tree, "--disk", "/dev/zero"), "not a regular file")
+    one_clear_line(harness_process(build_tree, "--disk", "/dev/zero"), "not a regular file")
 
 
 def test_a_fifo_as_a_disk_is_refused_without_waiting_for_a_writer(build_tree: project.BuildTree,
                                                                    tmp_path: Path) -> None:
     fifo = tmp_path / "disk.fifo"
     os.mkfifo(fifo)
-    one_clear_line(harness(build_tree, "--disk", str(fifo)), "not a regular file")
+    one_clear_line(harness_process(build_tree, "--disk", str(fifo)), "not a regular file")
 
 
 def test_tiny_and_missing_images_are_one_clear_line(build_tree: project.BuildTree, tmp_path: Path) -> None:
@@ -71,7 +77,7 @@ def test_a_3_gb_image_boots_without_being_read_into_memory(build_tree: project.B
     with open(image, "wb") as f:
         f.write(boot_sector("    mov $0x0e41, %ax\n    int $0x10"))
         f.truncate(3 << 30)  # sparse: 3 GB on paper, nothing on disk
-    result = harness(build_tree, "--disk", str(image))
+    result = harness_process(build_tree, "--disk", str(image))
     assert result.returncode == 0, result.stderr
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     assert peak_kib < 1 << 20, f"a child used {peak_kib >> 10} MiB: the image was read whole"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 from harness.api import boot_machine
@@ -17,6 +16,7 @@ from harness.pc.errors import ExitCode
 from harness.pc.panics import is_panic_line
 from harness.pc.symbols import SymbolTable
 
+from .cli_in_process import run_cli
 from .test_misbehaving_kernels import APIC_TIMER_PRELUDE, SET_GATE
 from .x86asm import assemble_kernel
 
@@ -115,8 +115,7 @@ page_fault:
 
 
 def harness_boot(kernel: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness", "boot", "--headless", "--kernel", str(kernel), *args],
-                          capture_output=True, text=True, timeout=120)
+    return run_cli("boot", "--headless", "--kernel", str(kernel), *args)
 
 
 def guest_ticks(machine_memory: memoryview, kernel: Path) -> int:

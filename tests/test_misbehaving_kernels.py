@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import struct
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from harness.pc.clock import ClockCosts
 from harness.pc.errors import ExitCode
 from harness.pc.events import Kind
 
+from .cli_in_process import run_cli
 from .x86asm import assemble_kernel
 
 # A gate-setting helper shared by the tiny kernels: set_gate(vector=%rdi, handler=%rsi, ist=%rdx).
@@ -134,8 +134,7 @@ timer:
 
 def run_kernel(source: str, tmp_path: Path, max_time: str = "1") -> subprocess.CompletedProcess[str]:
     kernel = assemble_kernel(source, tmp_path / "kernel")
-    return subprocess.run([sys.executable, "-m", "harness", "boot", "--headless", "--kernel", str(kernel),
-                           "--max-time", max_time], capture_output=True, text=True, timeout=120)
+    return run_cli("boot", "--headless", "--kernel", str(kernel), "--max-time", max_time)
 
 
 def test_triple_fault(tmp_path: Path) -> None:

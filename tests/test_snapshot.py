@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,8 @@ from harness.machine import Machine
 from harness.observe.syscalls import SyscallTable
 from harness.pc import snapshot as snapshots
 from harness.pc.errors import HarnessError
+
+from .cli_in_process import run_cli
 
 COMMAND = "spinner fault hello"
 
@@ -79,9 +80,7 @@ def test_cli_saves_and_resumes(build_tree: project.BuildTree, tmp_path: Path) ->
     path = tmp_path / "cli.snap"
 
     def run(*extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "harness", "boot", "spinner", "--headless", "--no-build",
-                               "--build-dir", str(build_tree.directory), *extra],
-                              capture_output=True, text=True, timeout=120)
+        return run_cli("boot", "spinner", "--headless", "--no-build", "--build-dir", str(build_tree.directory), *extra)
 
     whole = run("--ticks", "6")
     assert run("--ticks", "2", "--save-snapshot", str(path)).returncode == 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,8 @@ from harness.machine import Machine, MachineConfig
 from harness.observe.syscalls import SyscallTable
 from harness.observe.traceformat import PerfettoWriter, jsonl_record, record_is_unfinished_entry, strace_lines, summary
 from harness.pc.events import Event, Kind
+
+from .cli_in_process import run_cli
 
 
 def traced(tree: project.BuildTree, command: str, **run: object) -> tuple[Machine, list[Event]]:
@@ -110,10 +111,6 @@ def test_perfetto_has_a_track_per_process_with_syscall_slices(fault_hello: tuple
     slices = [r for r in trace["traceEvents"] if r["ph"] == "X"]
     assert {r["name"] for r in slices} >= {"getpid", "yield"} and all(r["pid"] == 2 for r in slices)
     assert any(r["ph"] == "i" and r["name"] == "page fault" and r["pid"] == 1 for r in trace["traceEvents"])
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, timeout=120)
 
 
 def trace_cli(tree: project.BuildTree, *args: str) -> subprocess.CompletedProcess[str]:
