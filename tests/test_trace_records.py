@@ -8,10 +8,9 @@ pipe (calls that block) and fork are the programs that used to show duplicated a
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -19,12 +18,17 @@ import pytest
 
 from harness import project
 
+from .cli_in_process import run_cli
+
 PROGRAMS = ["forkexit", "pipe", "fork"]
 
 
+@functools.cache
 def trace(tree: project.BuildTree, program: str, *options: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "harness", "trace", program, *options, "--no-build",
-                             "--build-dir", str(tree.directory)], capture_output=True, text=True, timeout=300)
+    """`python -m harness trace PROGRAM OPTIONS` (run in this process), its standard output. The same command gives
+    the same trace every time (the harness is deterministic), so each is run once per test process: the JSONL
+    trace of a program serves both the JSONL test and the Perfetto test's count of calls."""
+    result = run_cli("trace", program, *options, "--no-build", "--build-dir", str(tree.directory))
     assert result.returncode == 0, result.stderr
     return result.stdout
 
