@@ -114,14 +114,18 @@ def dask_cluster(tmp_path: Path) -> Iterator[str]:
             address = client.scheduler.address
         yield address
     finally:
-        for process in reversed(processes):
-            process.terminate()
-        for process in reversed(processes):
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        # The workers first, and only then the scheduler: a worker that sees its scheduler go while it is being
+        # terminated tries to reconnect first (8 s here, against 0.4 s in this order).
+        workers, scheduler = processes[1:], processes[0]
+        for group in (workers, [scheduler]):
+            for process in group:
+                process.terminate()
+            for process in group:
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
 
 
 def test_the_local_cluster_grades_each_submission_as_check_does_one_by_one(

@@ -27,6 +27,8 @@ from harness import project
 from harness.front.cli import build_parser
 from harness.pc.errors import exit_status_table
 
+from .cli_in_process import run_cli
+
 README = project.PACKAGE_ROOT / "README.md"
 HARNESS = ".venv/bin/python -m harness"
 
@@ -135,9 +137,8 @@ def test_every_key_of_the_jsonl_schema_is_documented(build_tree: project.BuildTr
     schema = readme[readme.index("### The JSONL schema"):]
     keys: set[str] = set()
     for command in ("fault hello", "pipe", "panicker"):
-        result = subprocess.run([sys.executable, "-m", "harness", "trace", *command.split(), "--format", "jsonl",
-                                 "--no-build", "--build-dir", str(build_tree.directory)],
-                                capture_output=True, text=True, timeout=300)
+        result = run_cli("trace", *command.split(), "--format", "jsonl", "--no-build", "--build-dir",
+                         str(build_tree.directory))
         for line in result.stdout.splitlines():
             record = json.loads(line)
             keys |= set(record)
