@@ -244,6 +244,23 @@ class VirtualClock:
         if deadline != NEVER:
             self._set_deadline(max(0, deadline - ns * 1000 // self.costs.ps_per_instruction))
 
+    def charger(self) -> Callable[[int], None]:
+        """`charge` as a closure over the clock's parts, for a hook that charges on every call (the Python text
+        window, once per access): the attribute and property lookups of `charge` cost as much as its work."""
+        state, counter, budget = self.state_for_native, self.counter, self._budget
+        set_clock, pointer, ps_per_instruction = self._set_clock, self._counter_pointer, self.costs.ps_per_instruction
+
+        def charge(ns: int) -> None:
+            if ns <= 0:
+                return
+            state.skipped_ns += ns
+            deadline = counter.deadline
+            if deadline != NEVER:  # as _set_deadline: the count is base + budget_set - budget (`instructions`)
+                set_clock(pointer, counter.base + counter.budget_set - budget.value,
+                          max(0, deadline - ns * 1000 // ps_per_instruction))
+
+        return charge
+
     def skip_to_ns(self, when_ns: int) -> None:
         """Jump over idle time (the CPU is halted): advance the clock without executing anything."""
         now = self.now_ns()

@@ -24,6 +24,11 @@ from .clock import VirtualClock, _load_native
 TEXT_WINDOW = 0xB8000  # the CGA text window: 32 KiB, of which the console shows the first 4000 bytes
 TEXT_WINDOW_END = 0xC0000
 
+# The engine's MMIO callbacks (uc_cb_mmio_read_t, uc_cb_mmio_write_t): engine, offset, size, (value,) user data.
+_MMIO_READ = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint, ctypes.c_void_p)
+_MMIO_WRITE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint, ctypes.c_uint64,
+                               ctypes.c_void_p)
+
 
 class TextWindowState(ctypes.Structure):
     """Mirror of `struct text_window` in native/textwindow.c."""
@@ -65,18 +70,38 @@ class TextWindow:
             return
         self.native = False
         window = memory[TEXT_WINDOW:TEXT_WINDOW_END]
+        charge, ns_per_byte = clock.charger(), clock.costs.ns_per_mmio_byte
 
-        def read_bytes(uc: Uc, offset: int, size: int, user_data: object) -> int:
-            state.bytes_read += size
-            clock.charge(size * clock.costs.ns_per_mmio_byte)
-            return int.from_bytes(window[offset:offset + size], "little")
+        # The engine calls these once per access, thousands of times per console scroll: they are given to it
+        # directly (not through Unicorn's Python hook wrapper, which costs a third as much again), and an
+        # exception is handled as that wrapper does (kept, the run stopped, raised again by emu_start).
+        def failed(error: BaseException) -> None:
+            if uc._hook_exception is None:
+                uc._hook_exception = error
+            uc.emu_stop()
 
-        def write_bytes(uc: Uc, offset: int, size: int, value: int, user_data: object) -> None:
-            state.bytes_written += size
-            clock.charge(size * clock.costs.ns_per_mmio_byte)
-            window[offset:offset + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        def read_bytes(handle: int, offset: int, size: int, user_data: int) -> int:
+            try:
+                state.bytes_read += size
+                charge(size * ns_per_byte)
+                return int.from_bytes(window[offset:offset + size], "little")
+            except BaseException as error:
+                failed(error)
+                return 0
 
-        uc.mmio_map(TEXT_WINDOW, TEXT_WINDOW_END - TEXT_WINDOW, read_bytes, None, write_bytes, None)
+        def write_bytes(handle: int, offset: int, size: int, value: int, user_data: int) -> None:
+            try:
+                state.bytes_written += size
+                charge(size * ns_per_byte)
+                window[offset:offset + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+            except BaseException as error:
+                failed(error)
+
+        self._callbacks = (_MMIO_READ(read_bytes), _MMIO_WRITE(write_bytes))  # kept alive as long as the engine
+        read, write = (ctypes.cast(callback, ctypes.c_void_p) for callback in self._callbacks)
+        status = uclib.uc_mmio_map(uc._uch, TEXT_WINDOW, TEXT_WINDOW_END - TEXT_WINDOW, read, None, write, None)
+        if status != 0:
+            raise RuntimeError(f"the engine refused to map the text window (error {status})")
 
     @property
     def bytes_read(self) -> int:
