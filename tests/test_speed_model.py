@@ -43,6 +43,13 @@ def _rates_script():
     return module
 
 
+# Rounds the harness runs here where the script's are more than the rate needs: the rate is the same work per
+# tick over fewer rounds of the same command (each round starts it anew), and comes out within 0.6% of the
+# script's 30 rounds for the two yield loops (a tick more or less in about 170 or 5,000) and equal for fork+exit
+# (31.25 forks a tick over 1 or 3 rounds). The other workloads are short and change more with fewer rounds.
+TEST_ROUNDS = {"yield loop": 10, "memory viewer redraw": 10, "fork+exit": 1}
+
+
 @pytest.mark.parametrize("workload", WORKLOADS)
 def test_work_per_tick_is_within_the_bound_of_qemus_median(build_tree: project.BuildTree, tmp_path: Path,
                                                            workload: str) -> None:
@@ -50,7 +57,11 @@ def test_work_per_tick_is_within_the_bound_of_qemus_median(build_tree: project.B
     ticks_at = SymbolTable.from_elf(build_tree.kernel).address_of("ticks")
     command = "hello" if workload == rates.BOOT else f"loop {rates.WORKLOADS[workload].command}"
     image = rates.make_image(build_tree, command, tmp_path)
-    harness = rates.measure(workload, image, ticks_at, qemu=False)
+    if workload in TEST_ROUNDS:
+        harness = rates.harness_rate(replace(rates.WORKLOADS[workload], rounds=TEST_ROUNDS[workload]), image,
+                                     ticks_at)
+    else:
+        harness = rates.measure(workload, image, ticks_at, qemu=False)
     ratio = harness / QEMU_MEDIAN[workload]
     assert 1 / BOUND <= ratio <= BOUND, f"{workload}: harness {harness:.4g}, QEMU {QEMU_MEDIAN[workload]:.4g}"
 
