@@ -8,6 +8,7 @@ a kernel without them simply has no pids in its traces.
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 from collections.abc import Iterator
@@ -66,8 +67,29 @@ def _dies(source: Path | bytes) -> Iterator[Any]:
         yield from cu.iter_DIEs()
 
 
+def _contents(source: Path | bytes) -> bytes | None:
+    """An ELF file's contents (given, or read from its path); None if it cannot be read."""
+    if isinstance(source, bytes):
+        return source
+    try:
+        return Path(source).read_bytes()
+    except OSError:
+        return None
+
+
+# Reading the DWARF costs tens of milliseconds a kernel, and every trace, check, audit and diagnosis of a run
+# makes its view of the kernel anew: the layouts are remembered by the kernel's contents (a few kernels at a time).
+LAYOUT_CACHE_SIZE = 8
+
+
 def proc_layout_from_dwarf(source: Path | bytes) -> ProcLayout | None:
     """Find `struct proc` in the kernel's DWARF; None when there is no debug information or no such struct."""
+    data = _contents(source)
+    return None if data is None else _proc_layout(data)
+
+
+@functools.lru_cache(maxsize=LAYOUT_CACHE_SIZE)
+def _proc_layout(source: bytes) -> ProcLayout | None:
     try:
         for die in _dies(source):
             if die.tag != "DW_TAG_structure_type":
@@ -217,6 +239,12 @@ def _type_size(die) -> int | None:  # type: ignore[no-untyped-def]
 
 def array_layout_from_dwarf(source: Path | bytes, variable: str) -> ArrayLayout | None:
     """The layout of a global array of structs (e.g. `physpages`), from the kernel's DWARF."""
+    data = _contents(source)
+    return None if data is None else _array_layout(data, variable)
+
+
+@functools.lru_cache(maxsize=LAYOUT_CACHE_SIZE)
+def _array_layout(source: bytes, variable: str) -> ArrayLayout | None:
     try:
         for die in _dies(source):
             if die.tag != "DW_TAG_variable" or die.attributes.get("DW_AT_name") is None:
