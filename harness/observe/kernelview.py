@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import io
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,27 @@ class ProcLayout:
 # The course contract's fixed offsets (pagetable 0, pid 8, state 12), used when the kernel has no DWARF.
 CONTRACT_LAYOUT = ProcLayout(size=0, pid=8, state=12, pagetable=0)
 
+# Reading a kernel's DWARF takes 7-36 ms, and every trace, check, audit and diagnosis of a run makes its view of
+# the kernel anew: the layouts found are remembered by the kernel's contents (a few kernels at a time).
+LAYOUT_CACHE_SIZE = 8
+
+
+def _by_contents(read: Callable[..., Any]) -> Callable[..., Any]:
+    """`read(source, *args)`, remembered by the contents of the ELF file `source` (a path or its contents); None
+    when the file cannot be read, as `read` itself answers."""
+    remembered = functools.lru_cache(maxsize=LAYOUT_CACHE_SIZE)(read)
+
+    @functools.wraps(read)
+    def layout(source: Path | bytes, *args: str) -> Any:
+        if not isinstance(source, bytes):
+            try:
+                source = Path(source).read_bytes()
+            except OSError:
+                return None
+        return remembered(source, *args)
+
+    return layout
+
 
 def _member_offset(die) -> int | None:  # type: ignore[no-untyped-def]
     location = die.attributes.get("DW_AT_data_member_location")
@@ -67,29 +88,8 @@ def _dies(source: Path | bytes) -> Iterator[Any]:
         yield from cu.iter_DIEs()
 
 
-def _contents(source: Path | bytes) -> bytes | None:
-    """An ELF file's contents (given, or read from its path); None if it cannot be read."""
-    if isinstance(source, bytes):
-        return source
-    try:
-        return Path(source).read_bytes()
-    except OSError:
-        return None
-
-
-# Reading the DWARF costs tens of milliseconds a kernel, and every trace, check, audit and diagnosis of a run
-# makes its view of the kernel anew: the layouts are remembered by the kernel's contents (a few kernels at a time).
-LAYOUT_CACHE_SIZE = 8
-
-
 def proc_layout_from_dwarf(source: Path | bytes) -> ProcLayout | None:
     """Find `struct proc` in the kernel's DWARF; None when there is no debug information or no such struct."""
-    data = _contents(source)
-    return None if data is None else _proc_layout(data)
-
-
-@functools.lru_cache(maxsize=LAYOUT_CACHE_SIZE)
-def _proc_layout(source: bytes) -> ProcLayout | None:
     try:
         for die in _dies(source):
             if die.tag != "DW_TAG_structure_type":
@@ -119,6 +119,9 @@ def _proc_layout(source: bytes) -> ProcLayout | None:
     except (OSError, ELFError, ValueError, KeyError, AttributeError):
         return None
     return None
+
+
+proc_layout_from_dwarf = _by_contents(proc_layout_from_dwarf)
 
 
 @dataclass(frozen=True)
@@ -239,12 +242,6 @@ def _type_size(die) -> int | None:  # type: ignore[no-untyped-def]
 
 def array_layout_from_dwarf(source: Path | bytes, variable: str) -> ArrayLayout | None:
     """The layout of a global array of structs (e.g. `physpages`), from the kernel's DWARF."""
-    data = _contents(source)
-    return None if data is None else _array_layout(data, variable)
-
-
-@functools.lru_cache(maxsize=LAYOUT_CACHE_SIZE)
-def _array_layout(source: bytes, variable: str) -> ArrayLayout | None:
     try:
         for die in _dies(source):
             if die.tag != "DW_TAG_variable" or die.attributes.get("DW_AT_name") is None:
@@ -279,6 +276,9 @@ def _array_layout(source: bytes, variable: str) -> ArrayLayout | None:
     except (OSError, ELFError, ValueError, KeyError, AttributeError):
         return None
     return None
+
+
+array_layout_from_dwarf = _by_contents(array_layout_from_dwarf)
 
 
 class PageAccounting:
