@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import io
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ CONTRACT_LAYOUT = ProcLayout(size=0, pid=8, state=12, pagetable=0)
 LAYOUT_CACHE_SIZE = 8
 
 
-def _by_contents(read: Callable[..., Any]) -> Callable[..., Any]:
+def _by_contents(read: Any) -> Any:
     """`read(source, *args)`, remembered by the contents of the ELF file `source` (a path or its contents); None
     when the file cannot be read, as `read` itself answers."""
     remembered = functools.lru_cache(maxsize=LAYOUT_CACHE_SIZE)(read)
