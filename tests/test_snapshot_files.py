@@ -56,8 +56,10 @@ def breakpoint_words(machine: Machine) -> bytes:
     return ctypes.string_at(cpustate.data_address(machine.cpu) + start, end - start)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def running(build_tree: project.BuildTree) -> Machine:
+    """A machine two ticks into COMMAND, booted once for the module: the tests only read it (its registers, its
+    state, the header of a snapshot of it) and build their files and machines from that."""
     machine = fresh(build_tree)
     machine.run(ticks=2)
     return machine
