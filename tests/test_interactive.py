@@ -19,14 +19,21 @@ from elftools.elf.elffile import ELFFile
 from harness import project
 from harness.front.font8x16 import GLYPHS
 
+from .cli_in_process import run_cli
+
+
+def arguments(tree: project.BuildTree, *args: str) -> list[str]:
+    """ARGS for the session's build: headless runs are made in the test process with them (run_cli)."""
+    return [*args, "--no-build", "--build-dir", str(tree.directory)]
+
 
 def cli(tree: project.BuildTree, *args: str) -> list[str]:
-    return [sys.executable, "-m", "harness", *args, "--no-build", "--build-dir", str(tree.directory)]
+    """The real process, for the runs about a terminal, a debugger or a missing one."""
+    return [sys.executable, "-m", "harness", *arguments(tree, *args)]
 
 
 def test_keys_typed_at_a_virtual_time_reach_the_kernel(build_tree: project.BuildTree) -> None:
-    result = subprocess.run(cli(build_tree, "boot", "spinner", "--headless", "--keys", "0.08:q"),
-                            capture_output=True, text=True, timeout=120)
+    result = run_cli(*arguments(build_tree, "boot", "spinner", "--headless", "--keys", "0.08:q"))
     assert result.returncode == 0, result.stderr
     assert "power-off at 0.08" in result.stderr  # the kernel saw `q` within a tick of 80 ms and powered off
 
@@ -34,8 +41,7 @@ def test_keys_typed_at_a_virtual_time_reach_the_kernel(build_tree: project.Build
 def test_screenshots_in_every_format(build_tree: project.BuildTree, tmp_path: Path) -> None:
     for suffix in (".txt", ".ansi", ".html", ".png"):
         path = tmp_path / f"screen{suffix}"
-        result = subprocess.run(cli(build_tree, "boot", "fault", "hello", "--headless", "--screen", str(path)),
-                                capture_output=True, text=True, timeout=120)
+        result = run_cli(*arguments(build_tree, "boot", "fault", "hello", "--headless", "--screen", str(path)))
         assert result.returncode == 0, result.stderr
         assert path.stat().st_size > 0
     assert "Hello from WeensyOS process 2!" in (tmp_path / "screen.txt").read_text()
