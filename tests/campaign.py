@@ -248,7 +248,8 @@ def campaign(build: Path, plan: list[tuple[str, int]], seed: int, report: Callab
         import select
 
         while True:
-            ready, _, _ = select.select([read], [], [], 5.0)
+            # Wait for the next line, or until the worker has been silent for WALL_GUARD_S (no later).
+            ready, _, _ = select.select([read], [], [], max(0.0, WALL_GUARD_S - (time.monotonic() - last)))
             if ready:
                 chunk = os.read(read, 65536)
                 if not chunk:
