@@ -98,6 +98,33 @@ def test_each_event_costs_exactly_its_knob_on_both_paths(build_tree: project.Bui
     assert text_bytes > 2 * 80 * 25  # the kernel cleared the screen (a store per byte at least) and printed
 
 
+# Two instructions and one 2-byte store to text memory, again and again: a charge of 54 ns in every block.
+TEXT_STORE_LOOP = r"""
+loop:
+    movw $0x0741, 0xb8000
+    jmp loop
+"""
+
+
+@pytest.mark.parametrize("fast_paths", [True, False], ids=["native-paths", "python-paths"])
+def test_a_deadline_is_kept_exactly_through_any_number_of_charges(tmp_path: Path, fast_paths: bool) -> None:
+    """A stop armed for a virtual time (a timer, a pause) lands at the first block start at or past it, however
+    many charges the slice makes: each charge brings the deadline closer by exactly its time, not by its
+    instructions rounded down (37,000 charges of 54 ns once lost 8 us)."""
+    from harness.pc.loader import read_elf
+
+    from .x86asm import assemble_kernel
+
+    machine = Machine(MachineConfig(fast_paths=fast_paths))
+    machine.boot(read_elf(assemble_kernel(TEXT_STORE_LOOP, tmp_path / "kernel"), "kernel"), "", [])
+    start = machine.clock.now_ns()
+    stop = machine.run(for_ns=2_000_000)
+    assert stop.kind is StopKind.PAUSED, stop.message
+    late = machine.clock.now_ns() - (start + 2_000_000)
+    assert 0 <= late < 54 + 1  # within the block that crosses it: one store's charge, two instructions
+    assert machine.text_window is not None and machine.text_window.bytes_written > 2 * 30_000
+
+
 def test_the_text_window_is_guest_ram_seen_through_device_memory(build_tree: project.BuildTree) -> None:
     """The window's loads and stores reach the same RAM the console, snapshots and the debugger read, on both
     paths, and both paths count the same bytes."""

@@ -235,9 +235,14 @@ class Board(RunLoop, HotPaths, DebugControls):
         """Answer `rdmsr` of IA32_APIC_BASE, which Unicorn (having no APIC) reads as 0.
 
         Unicorn cannot hook rdmsr, so every `0f 32` byte pair in the kernel's executable segments gets a
-        one-address code hook; a candidate that is not really an rdmsr instruction never runs as one.
+        one-address code hook; a candidate that is not really an rdmsr instruction never runs as one. With the
+        native paths, C looks at the MSR number first and calls Python only for IA32_APIC_BASE.
         """
-        for address, _ in self._kernel_code_matches((b"\x0f\x32",)):
+        addresses = [address for address, _ in self._kernel_code_matches((b"\x0f\x32",))]
+        if self.fast is not None:
+            self.fast.msr_shims(addresses, lambda address, size: self._hook_rdmsr(self.uc, address, size, None))
+            return
+        for address in addresses:
             self.uc.hook_add(UC_HOOK_CODE, self._hook_rdmsr, None, address, address)
 
     def _hook_rdmsr(self, uc: Uc, address: int, size: int, user_data: object) -> None:

@@ -110,6 +110,7 @@ class ClockState(ctypes.Structure):
         ("ns_per_syscall", ctypes.c_uint64),
         ("ns_per_port_io", ctypes.c_uint64),
         ("ns_per_mmio_byte", ctypes.c_uint64),
+        ("deadline_ns", ctypes.c_uint64),  # the virtual time the armed deadline stands for (NEVER: none)
     ]
 
 
@@ -177,7 +178,7 @@ class VirtualClock:
         self._budget = ctypes.c_uint16.from_address(ctypes.addressof(self.counter.budget.contents))
         self.state_for_native = ClockState(self._counter_pointer, ctypes.cast(self._set_clock, ctypes.c_void_p),
                                            costs.ps_per_instruction, costs.boot_delay_ns, costs.ns_per_syscall,
-                                           costs.ns_per_port_io, costs.ns_per_mmio_byte)
+                                           costs.ns_per_port_io, costs.ns_per_mmio_byte, NEVER)
         self.on_deadlines_changed: Callable[[], None] = lambda: None
 
     @property
@@ -212,19 +213,29 @@ class VirtualClock:
         return self.counter.stops
 
     def _set_deadline(self, deadline: int) -> None:
-        """Move the deadline: through the engine, which recomputes its budget from the count and the deadline."""
+        """Move the deadline, in instructions: through the engine, which recomputes its budget from the count and
+        the deadline. It stands for no virtual time (`stop_at_ns` sets that after)."""
+        self.state_for_native.deadline_ns = NEVER
         self._set_clock(self._counter_pointer, self.instructions, deadline)
 
+    def _due(self, when_ns: int) -> int:
+        """The first instruction count at which virtual time reaches `when_ns` (vclock_due in native/vclock.h)."""
+        if when_ns <= self.skipped_ns:
+            return 0
+        return min(NEVER, -(-(when_ns - self.skipped_ns) * 1000 // self.costs.ps_per_instruction))
+
     def stop_at_ns(self, when_ns: int | None) -> None:
-        """Arm the engine to stop once virtual time reaches `when_ns` (None: never)."""
+        """Arm the engine to stop once virtual time reaches `when_ns` (None: never). Charges made while it is
+        armed bring it closer exactly (`charge`), so the stop is at the first block start at or past `when_ns`."""
         if when_ns is None:
             self._set_deadline(NEVER)
             return
-        due = -(-(when_ns - self.skipped_ns) * 1000 // self.costs.ps_per_instruction)
+        due = self._due(when_ns)
         # The engine stops at the start of a block; a slice must run at least one block, or a deadline due now
         # would stop every slice with no progress. A deadline beyond the counter's range is never (a wrapped one
         # would be in the past).
         self._set_deadline(min(NEVER, max(self.instructions + 1, due)))
+        self.state_for_native.deadline_ns = min(NEVER, max(0, when_ns))
 
     def stop_at_next_block(self) -> None:
         """Stop at the start of the next block (the current block has been charged already)."""
@@ -236,13 +247,21 @@ class VirtualClock:
 
     def charge(self, ns: int) -> None:
         """An event the real machine pays for happened: advance the clock by `ns`, and bring an armed deadline
-        (counted in instructions) that much closer. Same arithmetic as `vclock_charge` (native/vclock.h)."""
+        closer: one armed for a virtual time (`stop_at_ns`) is recomputed from that time, so that charges in the
+        middle of a slice never make it late by their rounding; one armed in instructions only (the next block)
+        never moves later. Same arithmetic as `vclock_charge` (native/vclock.h)."""
         if ns <= 0:
             return
         self.skipped_ns += ns
         deadline = self.counter.deadline
-        if deadline != NEVER:
-            self._set_deadline(max(0, deadline - ns * 1000 // self.costs.ps_per_instruction))
+        if deadline == NEVER:
+            return
+        if self.state_for_native.deadline_ns != NEVER:
+            moved = self._due(self.state_for_native.deadline_ns)
+        else:
+            moved = max(0, deadline - ns * 1000 // self.costs.ps_per_instruction)
+        if moved < deadline:  # (not _set_deadline: the deadline still stands for `deadline_ns`)
+            self._set_clock(self._counter_pointer, self.instructions, moved)
 
     def charger(self) -> Callable[[int], None]:
         """`charge` as a closure over the clock's parts, for a hook that charges on every call (the Python text
@@ -272,6 +291,7 @@ class VirtualClock:
                 "stops": self.counter.stops}
 
     def restore(self, state: dict[str, int]) -> None:
+        self.state_for_native.deadline_ns = NEVER
         self._set_clock(self._counter_pointer, state["instructions"], NEVER)
         self.skipped_ns = state["skipped_ns"]
         self.counter.stops = state["stops"]

@@ -107,6 +107,12 @@ class CodeWatch(ctypes.Structure):
     _fields_ = [("fast", ctypes.c_void_p), ("length", ctypes.c_uint32), ("kind", ctypes.c_uint32)]
 
 
+class MsrShim(ctypes.Structure):
+    """struct msr_shim: the Python callback for an rdmsr of IA32_APIC_BASE."""
+
+    _fields_ = [("fast", ctypes.c_void_p), ("apic_base", ctypes.c_void_p)]
+
+
 WATCH_RETURN = 0  # iretq / sysretq
 WATCH_IF = 1  # sti / popfq
 
@@ -245,6 +251,7 @@ class FastPath:
         state.fast_syscalls = 1
         state.fast_ports = 1
         self._watches: list[ctypes.Array[CodeWatch]] = []
+        self._msr_shims: list[tuple[object, MsrShim]] = []
         self._add_hook(UC_HOOK_INSN, native.fast_syscall_hook, 1, 0, X.UC_X86_INS_SYSCALL)
         self._add_hook(UC_HOOK_INSN, native.fast_in_hook, 1, 0, X.UC_X86_INS_IN)
         self._add_hook(UC_HOOK_INSN, native.fast_out_hook, 1, 0, X.UC_X86_INS_OUT)
@@ -303,6 +310,18 @@ class FastPath:
             watch.fast, watch.length, watch.kind = self._state_pointer, length, kind
             self._add_hook(UC_HOOK_CODE, self.native.fast_watch_hook, address, address,
                            user_data=ctypes.addressof(watch))
+
+    def msr_shims(self, addresses: list[int], apic_base: Callable[[int, int], None]) -> None:
+        """Hook the `0f 32` byte pairs at `addresses`; `apic_base(address, size)` runs (in Python) only where an
+        rdmsr of IA32_APIC_BASE is about to run."""
+        if not addresses:
+            return
+        callback = _RETURN_HOOK(self._guard(lambda uc, address, size, user: apic_base(address, size)))
+        shim = MsrShim(self._state_pointer, ctypes.cast(callback, ctypes.c_void_p).value)
+        self._msr_shims.append((callback, shim))  # kept alive as long as the engine may call them
+        for address in addresses:
+            self._add_hook(UC_HOOK_CODE, self.native.fast_rdmsr_hook, address, address,
+                           user_data=ctypes.addressof(shim))
 
     def attach_disk(self, transfer: AtaTransfer) -> None:
         """Serve the disk's data-port reads natively too."""

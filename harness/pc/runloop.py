@@ -19,6 +19,8 @@ from .events import Event
 from .stop import RESUMABLE, Stop, StopKind
 from .wallguard import CHECK_EVERY_NS, WallGuard, Watchdog, default_limit_s
 
+UNTIL_LOOK_NS = 1_000_000  # with `until`, end a slice this often (virtual) to look at the screen
+
 STORM_WINDOW_NS = 1_000_000  # more than STORM_LIMIT device interrupts in this much virtual time is a storm
 STORM_LIMIT = 200  # (200 kHz: far beyond any timer a kernel means to program, and cheap to reach)
 POLL_NS = 100_000  # while an interrupt waits for IF=1, look again this often (the hooks below usually see it first)
@@ -236,7 +238,8 @@ class RunLoop:
         # (a timer whose expiries can change nothing does not end slices: --ticks counts interrupts taken)
         candidates = [self.lapic.next_effective_deadline_ns(), self._budget_end, self._panic_deadline, poll,
                       self._pause_end, self._input[0][0] if self._input else None,
-                      self.clock.now_ns() + self._wall_check if self._wall_check is not None else None]
+                      self.clock.now_ns() + self._wall_check if self._wall_check is not None else None,
+                      self.clock.now_ns() + UNTIL_LOOK_NS if self._until is not None else None]
         present = [c for c in candidates if c is not None]
         return min(present) if present else None
 

@@ -381,6 +381,25 @@ void fast_out_hook(void *uc, uint32_t port, int size, uint32_t value, void *opaq
     f->slow_out(uc, port, size, value, opaque);
 }
 
+/* UC_HOOK_CODE on a kernel `0f 32` byte pair. Unicorn, having no APIC, reads IA32_APIC_BASE as 0, so Python
+ * answers that one rdmsr; every other MSR the engine reads itself. The kernel reads FS and GS bases on every
+ * context save, so this filter keeps those reads out of Python. */
+struct msr_shim {
+    struct fastpath *fast;
+    void (*apic_base)(void *uc, uint64_t address, uint32_t size, void *user_data);
+};
+
+#define MSR_IA32_APIC_BASE 0x1bu
+
+void fast_rdmsr_hook(void *uc, uint64_t address, uint32_t size, void *opaque)
+{
+    struct msr_shim *shim = opaque;
+    const uint64_t *regs = (const uint64_t *) (shim->fast->env + OFF_REGS);
+    if (size == 2 && (uint32_t) regs[RCX] == MSR_IA32_APIC_BASE) {
+        shim->apic_base(uc, address, size, NULL);
+    }
+}
+
 /* UC_HOOK_CODE on one kernel instruction that can set IF (and, for kind 0, return to user mode). */
 void fast_watch_hook(void *uc, uint64_t address, uint32_t size, void *opaque)
 {

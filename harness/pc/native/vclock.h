@@ -25,6 +25,7 @@ struct vclock {
     uint64_t ns_per_syscall;     /* the charge for a system-call entry (ClockCosts.ns_per_syscall) */
     uint64_t ns_per_port_io;     /* the charge for an `in` or `out` (ClockCosts.ns_per_port_io) */
     uint64_t ns_per_mmio_byte;   /* the charge for each byte of device memory read or written */
+    uint64_t deadline_ns;        /* the virtual time the armed deadline stands for (VCLOCK_NEVER: none) */
 };
 
 #define VCLOCK_NEVER UINT64_MAX
@@ -41,16 +42,37 @@ static inline void vclock_set_deadline(struct vclock *c, uint64_t deadline)
     c->set_clock(c->engine, vclock_instructions(c), deadline);
 }
 
-/* An event the real machine pays for: advance the clock by `ns` and bring an armed deadline that much closer.
- * Exactly VirtualClock.charge (clock.py), so both paths give the same times. */
+/* The first instruction count at which virtual time reaches `when_ns` (VCLOCK_NEVER beyond the counter). */
+static inline uint64_t vclock_due(const struct vclock *c, uint64_t when_ns)
+{
+    if (when_ns <= c->skipped_ns)
+        return 0;
+    unsigned __int128 due = ((unsigned __int128)(when_ns - c->skipped_ns) * 1000 + c->ps_per_instruction - 1)
+                            / c->ps_per_instruction;
+    return due < VCLOCK_NEVER ? (uint64_t)due : VCLOCK_NEVER;
+}
+
+/* An event the real machine pays for: advance the clock by `ns` and bring an armed deadline closer. A deadline
+ * armed for a virtual time is recomputed from that time (so charges in the middle of a slice never make a timer
+ * late by their rounding); one armed in instructions only (the next block) never moves later. Exactly
+ * VirtualClock.charge (clock.py), so both paths give the same times. */
 static inline void vclock_charge(struct vclock *c, uint64_t ns)
 {
     if (!ns)
         return;
     c->skipped_ns += ns;
-    uint64_t deadline = c->engine->deadline, closer = ns * 1000 / c->ps_per_instruction;
-    if (deadline != VCLOCK_NEVER)
-        vclock_set_deadline(c, deadline > closer ? deadline - closer : 0);
+    uint64_t deadline = c->engine->deadline;
+    if (deadline == VCLOCK_NEVER)
+        return;
+    uint64_t moved;
+    if (c->deadline_ns != VCLOCK_NEVER) {
+        moved = vclock_due(c, c->deadline_ns);
+    } else {
+        uint64_t closer = ns * 1000 / c->ps_per_instruction;
+        moved = deadline > closer ? deadline - closer : 0;
+    }
+    if (moved < deadline)
+        vclock_set_deadline(c, moved);
 }
 
 #endif
