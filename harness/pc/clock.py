@@ -265,7 +265,8 @@ class VirtualClock:
 
     def charger(self) -> Callable[[int], None]:
         """`charge` as a closure over the clock's parts, for a hook that charges on every call (the Python text
-        window, once per access): the attribute and property lookups of `charge` cost as much as its work."""
+        window, once per access): the attribute and property lookups of `charge` cost as much as its work. Same
+        arithmetic as `charge` (and `vclock_charge`)."""
         state, counter, budget = self.state_for_native, self.counter, self._budget
         set_clock, pointer, ps_per_instruction = self._set_clock, self._counter_pointer, self.costs.ps_per_instruction
 
@@ -274,9 +275,17 @@ class VirtualClock:
                 return
             state.skipped_ns += ns
             deadline = counter.deadline
-            if deadline != NEVER:  # as _set_deadline: the count is base + budget_set - budget (`instructions`)
-                set_clock(pointer, counter.base + counter.budget_set - budget.value,
-                          max(0, deadline - ns * 1000 // ps_per_instruction))
+            if deadline == NEVER:
+                return
+            deadline_ns = state.deadline_ns
+            if deadline_ns != NEVER:  # as _due
+                skipped = state.skipped_ns
+                moved = 0 if deadline_ns <= skipped else min(NEVER, -(-(deadline_ns - skipped) * 1000
+                                                                       // ps_per_instruction))
+            else:
+                moved = max(0, deadline - ns * 1000 // ps_per_instruction)
+            if moved < deadline:  # the count is base + budget_set - budget (`instructions`)
+                set_clock(pointer, counter.base + counter.budget_set - budget.value, moved)
 
         return charge
 
