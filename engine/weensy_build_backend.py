@@ -38,5 +38,7 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
 def build_editable(wheel_directory, config_settings=None, metadata_directory=None):  # noqa: ANN001, ANN201
     _engine()
     wheel = _setuptools.build_editable(wheel_directory, config_settings, metadata_directory)
-    compileall.compile_dir(Path(__file__).resolve().parent.parent / "harness", quiet=2)
+    here = Path(__file__).resolve().parent
+    compileall.compile_dir(here.parent / "harness", quiet=2)
+    compileall.compile_file(here / "weensy_engine.py", quiet=2)  # loaded at every start to find the library
     return wheel
