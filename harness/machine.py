@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 from .observe.syscalls import SyscallTable
 from .observe.trace import Tracer
-from .pc import snapshot as snapshots
 from .pc.board import PANIC_GRACE_NS, Board, MachineConfig
 from .pc.cpu import RAX, RCX, RSP
 from .pc.events import Kind
@@ -25,6 +24,7 @@ from .pc.stop import RESUMABLE, Stop, StopKind
 
 if TYPE_CHECKING:
     from .observe.audit import IsolationAuditor, Violation
+    from .pc.snapshot import Snapshot
 
 __all__ = ["Machine", "MachineConfig", "Stop", "StopKind", "RESUMABLE", "find_kernel_in_image", "PANIC_PREFIXES",
            "PANIC_GRACE_NS", "POLL_NS", "STORM_LIMIT", "STORM_WINDOW_NS"]
@@ -122,18 +122,26 @@ class Machine(Board):
             pid = self.tracer._last_user_pid
             state.last_user_pid = pid if pid is not None else -1
 
-    # -- snapshots ---------------------------------------------------------------------------------------------
-    def snapshot(self) -> snapshots.Snapshot:
+    # -- snapshots (pc/snapshot.py, imported when used: most runs take none) ----------------------------------
+    def snapshot(self) -> Snapshot:
         """The machine's whole state, to `restore()` later (between runs, never during one)."""
+        from .pc import snapshot as snapshots
+
         return snapshots.take(self)
 
-    def restore(self, snapshot: snapshots.Snapshot) -> None:
+    def restore(self, snapshot: Snapshot) -> None:
+        from .pc import snapshot as snapshots
+
         snapshots.restore(self, snapshot)
         self._refresh_fast_ports()
         self._sync_tracer_view(screen=True)
 
     def save_snapshot(self, path: Path) -> None:
+        from .pc import snapshot as snapshots
+
         snapshots.save(self.snapshot(), path)
 
     def load_snapshot(self, path: Path) -> None:
+        from .pc import snapshot as snapshots
+
         self.restore(snapshots.load(path, ram_size=len(self.memory)))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,6 +97,8 @@ def build(source: Path, build_dir: Path) -> bool:
     """Run the guest's make (it rebuilds only what is stale); show its output only when it fails.
 
     Returns True if any output file changed."""
+    import subprocess  # (imported here: most starts build nothing)
+
     before = _outputs_signature(build_dir)
     jobs = str(os.cpu_count() or 1)
     try:

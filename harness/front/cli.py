@@ -6,10 +6,7 @@ Size: one argument parser and one short handler per command; the run's work live
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,31 +14,21 @@ from typing import TYPE_CHECKING
 from .. import __version__, project
 from ..api import boot_machine
 from ..machine import Machine, MachineConfig, Stop, StopKind
-from ..observe.diagnosis import diagnose, summary
 from ..observe.syscalls import choose_table
-from ..observe.traceformat import (
-    FILTERS,
-    PerfettoWriter,
-    first_divergence,
-    jsonl_record,
-    selected,
-    strace_lines,
-    summary_json,
-    summary_table,
-)
-from ..observe.traceformat import summary as syscall_summary
 from ..pc.diskimage import open_image
 from ..pc.errors import ExitCode, HarnessError, exit_status_epilog
-from ..pc.events import Event
 from ..pc.keys import ScheduledKeys
 from ..pc.loader import read_elf
 from . import cliargs
-from .check import command as check_command
-from .cliio import guarded_sink, open_output, stdout_may_close, writing_trace
+from .cliio import guarded_sink, open_output, stdout_is_terminal, stdout_may_close, writing_trace
 from .imagekernel import symbols_for_image
 from .termtext import escape_for_terminal
 
+# Imported where used, not here: a command pays only for its own modules (a `boot` starts in a fraction of the
+# time without the checker, the trace formats, the diagnosis's DWARF reader and the screenshot renderer), and
+# tests/test_startup.py holds `boot` to that.
 if TYPE_CHECKING:
+    from ..pc.events import Event
     from .liveconsole import LiveConsole
 
 EXIT_FOR_STOP = {
@@ -88,6 +75,8 @@ MAX_SECONDS = 1e9  # of virtual time: any budget in nanoseconds still fits the c
 
 
 def _filters(text: str) -> set[str]:
+    from ..observe.traceformat import FILTERS
+
     wanted = {word.strip() for word in text.split(",") if word.strip()}
     unknown = wanted - set(FILTERS)
     if unknown:
@@ -168,16 +157,43 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
-def build_parser() -> argparse.ArgumentParser:
+COMMAND_HELP = {
+    "boot": "boot WeensyOS running the named program(s)",
+    "trace": "run a program and trace the kernel's system calls, faults and interrupts",
+    "trace-diff": "show where two JSONL traces first differ",
+    "bench": "measure the harness's speed against QEMU on the same disk images",
+    "check": "run named checks of a kernel's properties (PASS/FAIL/N/A each, for students and graders)",
+    "build": "build WeensyOS (kernel and programs) into the build directory",
+}
+
+
+def requested_command(argv: list[str]) -> str | None:
+    """The command named on the command line, if it is one (the top-level options take no value, so it is the
+    first word that is not an option)."""
+    word = next((word for word in argv if not word.startswith("-")), None)
+    return word if word in COMMAND_HELP else None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with `only`, that command's options in full and the others by name and help
+    alone (what `--help` and a misspelt command list), so that parsing a `boot` imports nothing of `check`."""
     parser = cliargs.Parser(
         prog="python -m harness",
         description="Boot, run, trace and test a compiled x86-64 WeensyOS on an emulated PC (Unicorn).")
     parser.add_argument("--version", action=_VersionAction, nargs=0,
                         help="show the harness's version and the engine that runs (Unicorn and our patches)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, text in COMMAND_HELP.items():
+        if only is None or name == only:
+            SUBPARSERS[name](commands, text)
+        else:
+            commands.add_parser(name, help=text)
+    return parser
 
+
+def _add_boot_parser(commands: argparse._SubParsersAction, text: str) -> None:  # type: ignore[type-arg]
     boot = commands.add_parser(
-        "boot", help="boot WeensyOS running the named program(s)", epilog=EPILOG,
+        "boot", help=text, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Boot the kernel with a command line naming the program(s) to start, e.g. `boot hello` "
                     "or `boot fault hello`. Every program of the build directory is passed to the kernel "
@@ -194,8 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="wait for gdb on PORT (0: any free port) before running: `gdb build/kernel` then "
                            "`target remote :PORT`")
 
+
+def _add_trace_parser(commands: argparse._SubParsersAction, text: str) -> None:  # type: ignore[type-arg]
+    from ..observe.traceformat import FILTERS
+
     trace = commands.add_parser(
-        "trace", help="run a program and trace the kernel's system calls, faults and interrupts", epilog=EPILOG,
+        "trace", help=text, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Boot like `boot --headless` and print every system call (decoded, with its result and "
                     "virtual duration), page fault (explained), interrupt, context switch and process event.")
@@ -210,13 +230,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"only these event types (comma-separated): {', '.join(FILTERS)}")
     trace.add_argument("--pid", type=cliargs.pid_number, metavar="N", help="only events of process N")
 
-    diff = commands.add_parser("trace-diff", help="show where two JSONL traces first differ")
+
+def _add_trace_diff_parser(commands: argparse._SubParsersAction, text: str) -> None:  # type: ignore[type-arg]
+    diff = commands.add_parser("trace-diff", help=text)
     diff.add_argument("first", type=Path, metavar="A.jsonl")
     diff.add_argument("second", type=Path, metavar="B.jsonl")
     diff.add_argument("--context", type=cliargs.count, default=3, metavar="N",
                       help="events shown before the difference")
 
-    bench = commands.add_parser("bench", help="measure the harness's speed against QEMU on the same disk images")
+
+def _add_bench_parser(commands: argparse._SubParsersAction, text: str) -> None:  # type: ignore[type-arg]
+    bench = commands.add_parser("bench", help=text)
     bench.add_argument("--repeat", type=_positive_int, default=3, metavar="N", help="runs per row (default: 3)")
     bench.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     bench.add_argument("--no-qemu", action="store_true", help="measure the harness only")
@@ -227,12 +251,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--from-json", type=Path, metavar="FILE",
                        help="measure nothing: show the results saved in FILE (by --json)")
 
-    check_command.add_parser(commands, EPILOG)
 
-    build = commands.add_parser("build", help="build WeensyOS (kernel and programs) into the build directory")
+def _add_check_parser(commands: argparse._SubParsersAction, text: str) -> None:  # type: ignore[type-arg]
+    from .check import command as check_command
+
+    check_command.add_parser(commands, EPILOG, text)
+
+
+def _add_build_parser(commands: argparse._SubParsersAction, text: str) -> None:  # type: ignore[type-arg]
+    build = commands.add_parser("build", help=text)
     build.add_argument("--build-dir", type=Path, metavar="DIR", help="where to build")
     build.add_argument("--force", action="store_true", help="rebuild everything")
-    return parser
+
+
+SUBPARSERS = {"boot": _add_boot_parser, "trace": _add_trace_parser, "trace-diff": _add_trace_diff_parser,
+              "bench": _add_bench_parser, "check": _add_check_parser, "build": _add_build_parser}
 
 
 def command_build(args: argparse.Namespace) -> int:
@@ -241,6 +274,8 @@ def command_build(args: argparse.Namespace) -> int:
         raise HarnessError("no weensyos-src/ next to the harness: build needs a checkout of the repository")
     build_dir = (args.build_dir or project.default_build_dir()).resolve()
     if args.force:
+        import subprocess
+
         subprocess.run(["make", "-C", str(source), f"BUILD={build_dir}", "clean"], capture_output=True)
     changed = project.build(source, build_dir)
     print(f"WeensyOS {'built' if changed else 'is up to date'} in {build_dir}")
@@ -310,9 +345,11 @@ class Session:
         scheduled: ScheduledKeys
         for scheduled in args.keys:
             self.machine.type_keys(scheduled.codes, at_ns=scheduled.time_ns)
+        if args.screen is None:
+            return
         from .screenshot import SUPPORTED_EXTENSIONS
 
-        if args.screen is not None and args.screen.suffix.lower() not in SUPPORTED_EXTENSIONS:
+        if args.screen.suffix.lower() not in SUPPORTED_EXTENSIONS:
             raise HarnessError(f"--screen {args.screen}: unknown format (use one of "
                                f"{', '.join(SUPPORTED_EXTENSIONS)})")
 
@@ -363,8 +400,12 @@ class Session:
     def report(self, stop: Stop, quiet: bool = False) -> int:
         if stop.ok:
             if not quiet:
+                from ..observe.diagnosis import summary
+
                 print(escape_for_terminal(f"harness: {summary(self.machine, stop)}"), file=sys.stderr)
         else:
+            from ..observe.diagnosis import diagnose
+
             print(escape_for_terminal(f"harness: {diagnose(self.machine, stop, self.syscalls)}"), file=sys.stderr)
         if not quiet:
             for note in self.notes(stop):
@@ -406,9 +447,11 @@ def command_boot(args: argparse.Namespace) -> int:
                 print("harness: gdb ended the session", file=sys.stderr)
                 return ExitCode.OK
             return session.report(stop, args.quiet)
-    from .liveconsole import LiveConsole, stdout_is_terminal
-
     if not args.headless and stdout_is_terminal():
+        import signal
+
+        from .liveconsole import LiveConsole
+
         console = LiveConsole(session.machine, keep_screen=not args.no_keep_screen)
         stop = session.run(console)
         if console.quit_by_user:
@@ -425,6 +468,11 @@ def command_boot(args: argparse.Namespace) -> int:
 
 
 def command_trace(args: argparse.Namespace) -> int:
+    import json
+
+    from ..observe.traceformat import PerfettoWriter, jsonl_record, selected, strace_lines, summary_json, summary_table
+    from ..observe.traceformat import summary as syscall_summary
+
     session = Session(args)
     machine = session.machine
     machine.enable_tracing(session.syscalls, session.programs)
@@ -468,6 +516,8 @@ def command_trace(args: argparse.Namespace) -> int:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, object]]:
+    import json
+
     try:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     except FileNotFoundError:
@@ -477,6 +527,10 @@ def _read_jsonl(path: Path) -> list[dict[str, object]]:
 
 
 def command_trace_diff(args: argparse.Namespace) -> int:
+    import json
+
+    from ..observe.traceformat import first_divergence
+
     a, b = _read_jsonl(args.first), _read_jsonl(args.second)
     index = first_divergence(a, b)
     if index is None:
@@ -498,9 +552,16 @@ def command_bench(args: argparse.Namespace) -> int:
     return bench.main(args.repeat, args.json, not args.no_qemu, args.markdown, args.cpu_time)
 
 
+def command_check(args: argparse.Namespace) -> int:
+    from .check import command as check_command
+
+    return check_command.command_check(args)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(cliargs.join_dashed_values(sys.argv[1:] if argv is None else argv))
+    words = cliargs.join_dashed_values(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(requested_command(words))
+    args = parser.parse_args(words)
     cliargs.check_combinations(parser, args)
     if getattr(args, "programs", None) is not None:
         args.max_time_given = args.max_time is not None
@@ -510,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.USAGE
     handlers = {"build": command_build, "boot": command_boot, "trace": command_trace,
                 "trace-diff": command_trace_diff, "bench": command_bench,
-                "check": check_command.command_check}
+                "check": command_check}
     try:
         return handlers[args.command](args)
     except HarnessError as error:

@@ -21,6 +21,11 @@ from ..pc.errors import HarnessError
 from ..pc.events import Event
 
 
+def stdout_is_terminal() -> bool:
+    """Whether `boot` can show the live console: both ends of the session are a terminal."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
 def discard_stdout() -> None:
     """Send standard output to /dev/null from now on, what is still buffered included, without another error."""
     devnull = os.open(os.devnull, os.O_WRONLY)

@@ -191,7 +191,3 @@ class LiveConsole:
                 if typed:
                     break
         return stop
-
-
-def stdout_is_terminal() -> bool:
-    return sys.stdin.isatty() and sys.stdout.isatty()

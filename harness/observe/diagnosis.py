@@ -10,7 +10,6 @@ from ..pc.events import Event, Kind
 from ..pc.paging import PageFault, PhysicalFault, read_cstring
 from ..pc.stop import Stop, StopKind
 from ..pc.symbols import SymbolTable
-from .kernelview import KernelView
 from .syscalls import SyscallTable
 from .trace import disassembler
 
@@ -73,6 +72,8 @@ def where(machine: Board, address: int) -> str:
     """`0x40123 <kernel_start+0x23> (kernel mode)`, or for user code the program's own symbol and the pid."""
     if machine.cpu.cpl() != 3:
         return f"{machine.symbols.describe(address)} (kernel mode)"
+    from .kernelview import KernelView  # (only a diagnosis that names a user address reads the kernel's DWARF)
+
     image = machine.kernel_image
     kernel = KernelView(machine.memory, machine.symbols, image.data if image is not None else None)
     cr3 = machine.cpu.read_register(UC_X86_REG_CR3)

@@ -16,9 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-
 from ..pc.paging import PageFault, PhysicalFault, read_virtual, translate
 from ..pc.symbols import SymbolTable
 
@@ -79,7 +76,10 @@ def _member_offset(die) -> int | None:  # type: ignore[no-untyped-def]
 def _dies(source: Path | bytes) -> Iterator[Any]:
     """Every debugging-information entry of an ELF file (a path or its contents); none without DWARF.
 
-    The contents are held in memory, so a DIE stays readable after the caller stops iterating."""
+    The contents are held in memory, so a DIE stays readable after the caller stops iterating. pyelftools is
+    imported here, when DWARF is first read: a run that never needs it starts faster without it."""
+    from elftools.elf.elffile import ELFFile
+
     data = source if isinstance(source, bytes) else Path(source).read_bytes()
     elf = ELFFile(io.BytesIO(data))
     if not elf.has_dwarf_info():
@@ -90,6 +90,8 @@ def _dies(source: Path | bytes) -> Iterator[Any]:
 
 def proc_layout_from_dwarf(source: Path | bytes) -> ProcLayout | None:
     """Find `struct proc` in the kernel's DWARF; None when there is no debug information or no such struct."""
+    from elftools.common.exceptions import ELFError
+
     try:
         for die in _dies(source):
             if die.tag != "DW_TAG_structure_type":
@@ -242,6 +244,8 @@ def _type_size(die) -> int | None:  # type: ignore[no-untyped-def]
 
 def array_layout_from_dwarf(source: Path | bytes, variable: str) -> ArrayLayout | None:
     """The layout of a global array of structs (e.g. `physpages`), from the kernel's DWARF."""
+    from elftools.common.exceptions import ELFError
+
     try:
         for die in _dies(source):
             if die.tag != "DW_TAG_variable" or die.attributes.get("DW_AT_name") is None:

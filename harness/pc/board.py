@@ -161,7 +161,7 @@ class Board(RunLoop, HotPaths, DebugControls):
         self._storm_window = (0, 0)  # (start of the window in virtual ns, interrupts delivered in it)
         self._budget_end: int | None = None
         self._until: str | None = None
-        self._until_screen = b""
+        self._until_screen = b""  # the screen's bytes at the last look for `_until` (runloop.py)
         self._pause_end: int | None = None
         self._input: list[tuple[int, bytes]] = []  # (virtual time, scan codes), in time order
         self._breakpoints: dict[int, int] = {}  # address -> Unicorn hook handle
@@ -302,12 +302,9 @@ class Board(RunLoop, HotPaths, DebugControls):
     def _record_syscall(self, rip: int, number: int, cr3: int, args: tuple[int, ...],
                         time_ns: int | None = None) -> None:
         self.tracer.syscall(rip, number, cr3, args, time_ns)
-        if self._until is not None:  # programs print between system calls: look at the screen now
-            screen = self._ram[0xB8000:0xB8000 + 4000]
-            if screen != self._until_screen:
-                self._until_screen = screen
-                if self._until_seen() and self.stop is None:
-                    self._request_stop(StopKind.UNTIL, f"{self._until!r} appeared on the screen")
+        if self._until is not None and self._until_on_screen() and self.stop is None:
+            # (programs print between system calls: the screen is looked at now)
+            self._request_stop(StopKind.UNTIL, f"{self._until!r} appeared on the screen")
 
     def _machine_event(self, text: str) -> None:
         self.tracer.machine_event(text)

@@ -28,10 +28,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +126,10 @@ def native_library_path() -> Path | None:
     target = _cache_dir() / f"native-{tag}.so"
     if target.exists():
         return target
+    import shutil  # (the build's own modules: a start that finds the library built never needs them)
+    import subprocess
+    import tempfile
+
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         return None

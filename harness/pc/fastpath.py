@@ -157,13 +157,14 @@ def _context_bytes(uc: Uc, length: int) -> bytes:
     return ctypes.string_at(ctypes.cast(context.context, ctypes.c_void_p).value + CTX_DATA, length)
 
 
-def _state_path(native: ctypes.CDLL) -> StatePath | None:
+def _state_path(native: ctypes.CDLL, other: Uc) -> StatePath | None:
     """Look once per process, on a scratch engine with marker values in all sixteen registers; a path counts
-    only if it also leads to the state of a second engine (heap neighbours can fake one engine's layout)."""
+    only if it also leads to the state of a second engine, `other` (heap neighbours can fake one engine's
+    layout): the machine's own, which the path must fit anyway (a third engine would cost every start ~1 ms)."""
     global _PATH
     if _PATH is False:
         _PATH = None
-        uc, other = Uc(UC_ARCH_X86, UC_MODE_64), Uc(UC_ARCH_X86, UC_MODE_64)
+        uc = Uc(UC_ARCH_X86, UC_MODE_64)
         for index, register in enumerate(_GPRS):
             uc.reg_write(register, _marker(index))
         needle = _context_bytes(uc, 16 * 8)
@@ -266,7 +267,7 @@ class FastPath:
             _STATUS = "unavailable: the native library could not be built (no C compiler?)"
             return None
         _configure_native(native)
-        path = _state_path(native)
+        path = _state_path(native, uc)
         if path is None:
             _STATUS = "unavailable: Unicorn's live CPU state was not found (not Unicorn 2.1.4?)"
             return None

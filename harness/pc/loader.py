@@ -22,9 +22,6 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-
 from .errors import LoaderError
 
 PAGE = 0x1000
@@ -48,6 +45,12 @@ MB_FLAG_MEMORY = 1 << 0
 MB_FLAG_CMDLINE = 1 << 2
 MB_FLAG_MODULES = 1 << 3
 KERNEL_CS = 0x08
+# ELF64 program headers: p_type, p_flags, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz (p_align not needed).
+PHDR_FORMAT = "<IIQQQQQ"
+PHDR_SIZE = 56
+PT_LOAD = 1
+PT_DYNAMIC = 2
+PN_XNUM = 0xFFFF  # "more program headers than fit": the count is in section 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,23 +112,18 @@ def parse_elf(data: bytes, label: str, path: Path | None = None) -> ElfImage:
         kind = {0: "ET_NONE", 1: "a relocatable object (ET_REL)", 3: "a shared object or PIE (ET_DYN)",
                 4: "a core file (ET_CORE)"}.get(e_type, f"ELF type {e_type}")
         raise LoaderError(f"{label}: {kind}, not an executable (ET_EXEC)")
-    try:
-        elf = ELFFile(io.BytesIO(data))
-        e_phoff, e_phentsize, e_phnum = elf["e_phoff"], elf["e_phentsize"], elf["e_phnum"]
-        if e_phnum and (e_phentsize < 56 or e_phoff + e_phentsize * e_phnum > len(data)):
-            raise LoaderError(f"{label}: truncated (program headers end at {e_phoff + e_phentsize * e_phnum:#x}"
-                              f" but the file has {len(data):#x} bytes)")
-        segments = []
-        for i, seg in enumerate(elf.iter_segments()):
-            if seg["p_type"] != "PT_LOAD" or seg["p_memsz"] == 0:
-                continue
-            segments.append(Segment(i, seg["p_vaddr"], seg["p_paddr"], seg["p_offset"], seg["p_filesz"],
-                                    seg["p_memsz"], seg["p_flags"]))
-        entry = elf["e_entry"]
-    except LoaderError:
-        raise
-    except (ELFError, struct.error, ValueError, KeyError, IndexError, OverflowError) as e:
-        raise LoaderError(f"{label}: malformed ELF ({e})") from None
+    entry, e_phoff, e_phentsize, e_phnum = struct.unpack_from("<QQ14xHH", data, 24)
+    if e_phnum and (e_phentsize < PHDR_SIZE or e_phoff + e_phentsize * e_phnum > len(data)):
+        raise LoaderError(f"{label}: truncated (program headers end at {e_phoff + e_phentsize * e_phnum:#x}"
+                          f" but the file has {len(data):#x} bytes)")
+    headers = [struct.unpack_from(PHDR_FORMAT, data, e_phoff + i * e_phentsize)
+               for i in range(e_phnum if e_phnum != PN_XNUM else 0)]
+    if e_phnum == PN_XNUM or any(header[0] == PT_DYNAMIC for header in headers):
+        segments = _segments_by_pyelftools(data, label)
+    else:
+        segments = [Segment(i, vaddr, paddr, offset, filesz, memsz, flags)
+                    for i, (p_type, flags, offset, vaddr, paddr, filesz, memsz) in enumerate(headers)
+                    if p_type == PT_LOAD and memsz != 0]
     if not segments:
         raise LoaderError(f"{label}: no loadable segments")
     for seg in segments:
@@ -138,6 +136,27 @@ def parse_elf(data: bytes, label: str, path: Path | None = None) -> ElfImage:
     if not any(s.executable and s.vaddr <= entry < s.vaddr + s.memsz for s in segments):
         raise LoaderError(f"{label}: entry point {entry:#x} is not inside an executable segment")
     return ElfImage(path, data, entry, tuple(segments))
+
+
+def _segments_by_pyelftools(data: bytes, label: str) -> list[Segment]:
+    """The loadable segments as pyelftools reads them, for the headers that make it read more of the file than
+    the program headers (a PT_DYNAMIC segment: the section table, to find its strings; PN_XNUM: section 0), so
+    that such a file is accepted or refused exactly as pyelftools decides. Imported here: a kernel or program
+    never needs it."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
+    try:
+        elf = ELFFile(io.BytesIO(data))
+        segments = []
+        for i, seg in enumerate(elf.iter_segments()):
+            if seg["p_type"] != "PT_LOAD" or seg["p_memsz"] == 0:
+                continue
+            segments.append(Segment(i, seg["p_vaddr"], seg["p_paddr"], seg["p_offset"], seg["p_filesz"],
+                                    seg["p_memsz"], seg["p_flags"]))
+    except (ELFError, struct.error, ValueError, KeyError, IndexError, OverflowError) as e:
+        raise LoaderError(f"{label}: malformed ELF ({e})") from None
+    return segments
 
 
 def check_kernel_placement(image: ElfImage, ram_size: int) -> None:

@@ -65,6 +65,7 @@ class RunLoop:
                 self._resume_address = self.stop.rip
             self.stop = None  # a requested stop only paused the machine: run on
         self._until = until
+        self._until_screen = self.console.screen_bytes()  # what the look below sees (see _until_on_screen)
         if until is not None and self._until_seen():
             self.stop = Stop(StopKind.UNTIL, f"{until!r} appeared", clock.now_ns(), cpu.rip())
         tick_target = lapic.timer_interrupts_taken + ticks if ticks is not None else None
@@ -161,7 +162,7 @@ class RunLoop:
                 clock.skip_to_ns(wake)
                 continue
             self.run_slice(self._next_deadline(poll))
-            if until is not None and self.stop is None and self._until_seen():
+            if until is not None and self.stop is None and self._until_on_screen():
                 self.stop = Stop(StopKind.UNTIL, f"{until!r} appeared", clock.now_ns(), cpu.rip())
 
     def run_slice(self, deadline: int | None = None) -> None:
@@ -226,6 +227,16 @@ class RunLoop:
     def _until_seen(self) -> bool:
         assert self._until is not None
         return self._until in self.console.text()  # log lines are checked as they arrive, in _log_line
+
+    def _until_on_screen(self) -> bool:
+        """`_until_seen()`, looking only when the screen's bytes changed since the last look of this run: the
+        text is then the same, and the last look found nothing (it would have stopped the run). Comparing
+        4000 bytes costs far less than decoding the screen, which a boot would otherwise do every slice."""
+        screen = self.console.screen_bytes()
+        if screen == self._until_screen:
+            return False
+        self._until_screen = screen
+        return self._until_seen()
 
     def _rearm(self) -> None:
         """A device moved its deadline in the middle of a slice: stop earlier if needed."""

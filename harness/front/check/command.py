@@ -18,11 +18,11 @@ def _check_name(text: str) -> str:
     return text
 
 
-def add_parser(commands: argparse._SubParsersAction, epilog: str) -> None:  # type: ignore[type-arg]
+def add_parser(commands: argparse._SubParsersAction, epilog: str, help_text: str) -> None:  # type: ignore[type-arg]
     width = max(len(check.name) for check in CHECKS) + 2
     listing = "\n".join(f"  {check.name:<{width}}{check.doc.replace('`', '')}" for check in CHECKS)
     check = commands.add_parser(
-        "check", help="run named checks of a kernel's properties (PASS/FAIL/N/A each, for students and graders)",
+        "check", help=help_text,
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=f"checks:\n{listing}\n\n{epilog}",
         description="Boot each KERNEL (a kernel ELF with the programs of its directory, a build directory, or a "
                     "disk image) and run the checks, each from outside the kernel (page tables, the kernel's "

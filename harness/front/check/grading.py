@@ -218,7 +218,7 @@ def grade_all(submissions: list[Submission], checks: list[Check], client: Client
             outcomes = future.result()
         else:
             try:
-                error = future.exception()
+                error = future.exception()  # (waits for the task if it runs again)
             except Exception as e:  # noqa: BLE001 - cancelled (the scheduler lost it): say so for its checks
                 error = e
             if isinstance(error, KilledWorker):
@@ -228,8 +228,13 @@ def grade_all(submissions: list[Submission], checks: list[Check], client: Client
                     pending[retry] = (task, attempt + 1, deaths)
                     queue.add(retry)
                     continue
-            outcomes = killed_outcomes(task, deaths) if isinstance(error, KilledWorker) else \
-                error_outcomes(task, error)
+            if error is None and future.status == "finished":
+                # Its result was lost with a worker that died after computing it (a killer's next task there),
+                # and the scheduler computed it again elsewhere: that is its result.
+                outcomes = future.result()
+            else:
+                outcomes = killed_outcomes(task, deaths) if isinstance(error, KilledWorker) else \
+                    error_outcomes(task, error)
         future.release()
         found[task.submission].extend(outcomes)
         bar.step(f"{task.submission}: {', '.join(task.checks)}")

@@ -12,6 +12,7 @@ The CRTC start-address registers (12/13) are stored but not applied: the screen 
 
 from __future__ import annotations
 
+import codecs
 from typing import Any
 
 from .base import Device
@@ -71,6 +72,7 @@ def _build_cp437_table() -> tuple[str, ...]:
 
 
 CP437 = _build_cp437_table()
+_CP437_DECODING = "".join(CP437)  # the same as a charmap decoding table: one C call decodes the whole screen
 
 
 class CgaConsole(Device):
@@ -146,6 +148,10 @@ class CgaConsole(Device):
     def _buffer(self) -> bytes:
         return bytes(self.ram[self.base : self.base + BUFFER_BYTES])
 
+    def screen_bytes(self) -> bytes:
+        """The 4000 bytes of the screen's cells as they are now (cheap: to see whether the screen changed)."""
+        return self._buffer()
+
     def cells(self) -> list[list[tuple[int, int]]]:
         """The screen as 25 rows of 80 (character byte, attribute byte) pairs."""
         buf = self._buffer()
@@ -157,8 +163,8 @@ class CgaConsole(Device):
 
     def text_lines(self) -> list[str]:
         """The screen as 25 strings of exactly 80 characters, decoded as code page 437 (byte 0 as a space)."""
-        chars = self._buffer()[0::2]
-        return ["".join(CP437[b] for b in chars[row * COLUMNS : (row + 1) * COLUMNS]) for row in range(ROWS)]
+        text = codecs.charmap_decode(self._buffer()[0::2], "strict", _CP437_DECODING)[0]
+        return [text[row * COLUMNS : (row + 1) * COLUMNS] for row in range(ROWS)]
 
     def text(self) -> str:
         """The screen as text: rows without trailing spaces, joined by \\n, trailing empty rows dropped."""
