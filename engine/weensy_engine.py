@@ -35,9 +35,11 @@ LIBRARY_NAME = "libunicorn.so.2"  # the name the binding loads from LIBUNICORN_P
 # (weensy_engine_configure; WEENSY_PATCH_* in engine-api.patch). engine-api.patch has no switch: it is the
 # interface (version string, switches, the clock's counter).
 SERIES = ("engine-api.patch", "instruction-clock.patch", "code-pages.patch", "exit-checks.patch",
-          "code-hooks.patch", "tlb-flush.patch", "page-walk.patch")
+          "code-hooks.patch", "tlb-flush.patch", "page-walk.patch",
+          "io-pc.patch")
 SWITCHES = {"code-pages": 1 << 0, "exit-checks": 1 << 1, "instruction-clock": 1 << 2, "code-hooks": 1 << 3,
-            "tlb-flush": 1 << 4, "page-walk": 1 << 5}
+            "tlb-flush": 1 << 4, "page-walk": 1 << 5,
+            "io-pc": 1 << 6}
 
 # Part of the key: a change here rebuilds the engine.
 CMAKE_OPTIONS = ("-DCMAKE_BUILD_TYPE=Release", "-DUNICORN_ARCH=x86", "-DUNICORN_BUILD_TESTS=OFF",

@@ -247,3 +247,48 @@ def test_the_page_walker_reads_a_page_table_from_the_memory_mapped_now(tmp_path:
     stop = machine.run(max_time_ns=1_000_000_000)
     assert stop.kind is StopKind.HANG, stop.message
     assert struct.unpack_from("<2Q", machine.memory, 0x9000) == (0x11, 0x22)
+
+
+# -- io-pc ----------------------------------------------------------------------------------------------------
+
+# Port writes after flag-setting instructions, in the middle of blocks: what an I/O hook sees of the CPU.
+PORT_WRITES = r"""
+    mov $0x3f8, %dx
+    mov $5, %ecx
+1:  cmp $3, %ecx                  # flags from a compare (lazily kept by the engine) ...
+    mov %cl, %al
+    out %al, $0x80                # ... then a port write: the hook reads RIP and RFLAGS
+    sub $1, %ecx
+    outb %al, %dx
+    jnz 1b
+    cli
+    hlt
+"""
+
+
+def port_hook_views(tmp_path: Path, off: frozenset[str]) -> list[tuple[int, int, int, int]]:
+    from unicorn import UC_HOOK_INSN
+
+    machine = booted(PORT_WRITES, tmp_path, off)
+    uc = machine.uc
+    views: list[tuple[int, int, int, int]] = []
+
+    def out(uc_: object, port: int, size: int, value: int, user_data: object) -> None:
+        views.append((port, value, uc.reg_read(X.UC_X86_REG_RIP), uc.reg_read(X.UC_X86_REG_RFLAGS) & 0x8D5))
+
+    uc.hook_add(UC_HOOK_INSN, out, None, 1, 0, X.UC_X86_INS_OUT)
+    run_engine(machine, 1_000_000)  # (each port access is charged as a thousand instructions)
+    return views
+
+
+def test_an_io_hook_sees_the_io_instructions_address_and_flags(tmp_path: Path) -> None:
+    """With `io-pc` the I/O instruction stores its PC and the state of its flags itself, instead of the hook's
+    caller restoring them from the translated block: a hook sees the same RIP and RFLAGS either way."""
+    stored = port_hook_views(tmp_path, frozenset())
+    restored = port_hook_views(tmp_path, frozenset({"io-pc"}))
+    assert stored == restored
+    assert [(port, value) for port, value, _, _ in stored[:4]] == [(0x80, 5), (0x3F8, 5), (0x80, 4), (0x3F8, 4)]
+    rips = {port: rip for port, _, rip, _ in stored}
+    assert rips[0x80] != rips[0x3F8]  # each at its own instruction
+    carry = [flags & 1 for port, value, _, flags in stored if port == 0x80]
+    assert carry == [0, 0, 0, 1, 1]  # cmp $3 with 5, 4, 3, 2, 1: a borrow below 3
