@@ -11,8 +11,8 @@ from ..pc.paging import PageFault, PhysicalFault, read_cstring
 from ..pc.stop import Stop, StopKind
 from ..pc.symbols import SymbolTable
 from .kernelview import KernelView
+from .pagefault import disassembler
 from .syscalls import SyscallTable
-from .trace import disassembler
 
 
 def format_time(ns: int) -> str:
