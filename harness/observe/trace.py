@@ -228,7 +228,16 @@ class Tracer:
         """Does tracing system call `number` read the caller's memory (a string or buffer argument shown at
         entry, a buffer it wrote shown at its return)? Those must be read before the process runs on."""
         spec = self.syscalls.by_number.get(number)
-        return spec is not None and any(arg.type in ("ptr", "str") for arg in spec.args)
+        if spec is None:
+            return False
+        for i, arg in enumerate(spec.args):
+            following = spec.args[i + 1] if i + 1 < len(spec.args) else None
+            sized = following is not None and following.type == "size"
+            if arg.type == "str":  # shown at entry (`_format_argument`)
+                return True
+            if arg.type == "ptr" and (sized or (arg.ctype == "char*")):
+                return True  # a buffer shown at entry (const) or at the return (`_output_buffer`)
+        return False
 
     def _output_buffer(self, event: Event, cr3: int) -> None:
         """After a read-like call returns n > 0, show what it wrote into the caller's buffer."""

@@ -319,6 +319,8 @@ class EventLog:
 
     def release_unfinished(self, event: Event) -> None:
         """Let a blocked event through now so that it does not hold back everyone else's."""
+        if not self.sinks:
+            return  # nobody to release it to (and no copy to make: `finish` would drop it)
         if event.seq >= self._next_release and event.seq not in self._ready:
             # A copy as it is now: the event itself goes on to be completed (and stays so in the ring).
             self.finish(replace(event, detail={**event.detail, "unfinished": True}))
