@@ -373,16 +373,10 @@ class Tracer:
         if screen == self._screen:
             return
         old, self._screen = self._screen, screen
-        rows = []
-        characters = None  # the whole screen's characters, decoded once (cp437: one character per byte)
-        for row in range(25):
-            start, end = row * 160, row * 160 + 160
-            if screen[start:end] != old[start:end]:
-                if characters is None:
-                    characters = screen[::2].decode("cp437")
-                text = characters[row * 80:row * 80 + 80].replace("\0", " ").rstrip()
-                if text.strip():
-                    rows.append((row, text))
+        characters = screen[::2].decode("cp437").replace("\0", " ")  # cp437: one character per byte
+        rows = [(row, text) for row in range(25)
+                if screen[row * 160:row * 160 + 160] != old[row * 160:row * 160 + 160]
+                and (text := characters[row * 80:row * 80 + 80].rstrip()).strip()]
         if rows:
             self.events.add(Event(self._now(), Kind.CONSOLE, pid=self._last_user_pid,
                                   text="\n".join(text for _, text in rows), detail={"rows": [r for r, _ in rows]}))
