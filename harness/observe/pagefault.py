@@ -10,8 +10,24 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from ..pc.paging import PF_FETCH, PF_PRESENT, PF_USER, PF_WRITE, PageFault, PhysicalFault, read_virtual, walk_steps
+from ..pc.paging import (
+    PF_FETCH,
+    PF_PRESENT,
+    PF_USER,
+    PF_WRITE,
+    PTE_NX,
+    PTE_P,
+    PTE_PS,
+    PTE_U,
+    PTE_W,
+    PageFault,
+    PhysicalFault,
+    WalkStep,
+    read_virtual,
+    walk_steps,
+)
 
+FLAG_BITS = PTE_P | PTE_W | PTE_U | PTE_PS | PTE_NX  # the bits WalkStep.flags shows
 INSTRUCTIONS_KEPT = 4096  # disassembled faulting instructions remembered (then forgotten all at once)
 _disassembler: Any = None  # capstone, loaded on first use: most runs never disassemble anything
 
@@ -32,6 +48,7 @@ class FaultExplainer:
     def __init__(self, memory: memoryview) -> None:
         self.memory = memory
         self._instructions: dict[tuple[int, bytes], str | None] = {}  # (rip, its bytes) -> disassembly
+        self._flag_names: dict[int, str] = {}  # an entry's flag bits -> WalkStep.flags
 
     def explain(self, cr3: int, rip: int, address: int, code: int, where: str) -> dict[str, Any]:
         """The fault at `rip` on `address` with error code `code` under `cr3`, as a trace's detail (`where`:
@@ -65,12 +82,20 @@ class FaultExplainer:
             "mode": "user" if code & PF_USER else "kernel",
             "problem": problem,
             "walk": [{"level": s.level, "index": s.index, "entry_address": s.entry_address, "entry": s.entry,
-                      "flags": s.flags} for s in steps],
+                      "flags": self._flags(s)} for s in steps],
             "stopped": stopped,
             "decided_by": blocking or (steps[-1].level if steps else None),
             "instruction": instruction,
             "where": where,
         }
+
+    def _flags(self, step: WalkStep) -> str:
+        """`step.flags`, remembered by the bits it shows (a handful of combinations in any run)."""
+        bits = step.entry & FLAG_BITS
+        flags = self._flag_names.get(bits)
+        if flags is None:
+            flags = self._flag_names[bits] = step.flags
+        return flags
 
     def instruction(self, rip: int, raw: bytes) -> str | None:
         """The instruction `raw` starts with at `rip`, as capstone shows it (None if it is not one)."""
