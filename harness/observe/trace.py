@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Iterable
+from itertools import compress
+from operator import ne
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,9 +34,12 @@ if TYPE_CHECKING:
 STRING_LIMIT = 32  # characters of a string or buffer shown, like strace -s 32
 CONSOLE_BYTES = 80 * 25 * 2
 CONSOLE_ADDRESS = 0xB8000
+_ROW_CELLS = tuple(slice(row * 160, row * 160 + 160) for row in range(25))  # each row's bytes on the screen
+_ROW_TEXT = tuple(slice(row * 80, row * 80 + 80) for row in range(25))  # each row's characters
 
 
 def _quoted_byte(byte: int) -> str:
+    """One byte as `quote` shows it."""
     if byte == 0x0A:
         return "\\n"
     if byte == 0x09:
@@ -374,9 +379,8 @@ class Tracer:
             return
         old, self._screen = self._screen, screen
         characters = screen[::2].decode("cp437").replace("\0", " ")  # cp437: one character per byte
-        rows = [(row, text) for row in range(25)
-                if screen[row * 160:row * 160 + 160] != old[row * 160:row * 160 + 160]
-                and (text := characters[row * 80:row * 80 + 80].rstrip()).strip()]
+        changed = compress(range(25), map(ne, map(screen.__getitem__, _ROW_CELLS), map(old.__getitem__, _ROW_CELLS)))
+        rows = [(row, text) for row in changed if (text := characters[_ROW_TEXT[row]].rstrip()).strip()]
         if rows:
             self.events.add(Event(self._now(), Kind.CONSOLE, pid=self._last_user_pid,
                                   text="\n".join(text for _, text in rows), detail={"rows": [r for r, _ in rows]}))
