@@ -199,14 +199,18 @@ class KernelView:
         """The pid of the kernel's `current` process, or None if unknown."""
         if self.layout is None or self.current_address is None:
             return None
-        raw = self._read(cr3, self.current_address, 8)
-        if raw is None:
-            return None
-        pointer = struct.unpack("<Q", raw)[0]
+        frame = self._frames.get((cr3, self.current_address & ~0xFFF), -1)
+        if frame >= 0 and self.current_address & 0xFFF <= 0xFF8:  # the usual case, read in place
+            pointer = _U64.unpack_from(self.memory, frame + (self.current_address & 0xFFF))[0]
+        else:
+            raw = self._read(cr3, self.current_address, 8)
+            if raw is None:
+                return None
+            pointer = _U64.unpack(raw)[0]
         if not pointer:
             return None
         raw = self._read(cr3, pointer + self.layout.pid, 4)
-        return struct.unpack("<i", raw)[0] if raw is not None else None
+        return _I32.unpack(raw)[0] if raw is not None else None
 
     def live_names(self, cr3: int) -> dict[int, str | None]:
         """pid -> name of every live slot (as `processes` lists them), with Python work only for live slots:
@@ -215,17 +219,23 @@ class KernelView:
         if (layout is None or self.ptable_address is None or not self.nproc or layout.state is None
                 or layout.size % 4 or layout.state % 4 or layout.pid % 4 or sys.byteorder != "little"):
             return {proc.pid: proc.name for proc in self.processes(cr3)}
-        raw = self._read(cr3, self.ptable_address, layout.size * self.nproc)
-        if raw is None:
-            return {}
+        length = layout.size * self.nproc
+        spans = self._spans(cr3, self.ptable_address, length)
+        table: memoryview | bytes | None
+        if spans is not None and spans[-1][1] - spans[0][0] == length:
+            table = self.memory[spans[0][0]:spans[-1][1]]  # in place: only the words looked at are read
+        else:
+            table = self._read(cr3, self.ptable_address, length)
+            if table is None:
+                return {}
         size, stride, name, name_size = layout.size, layout.size // 4, layout.name, layout.name_size
-        words = memoryview(raw).cast("i")
+        words = memoryview(table).cast("i")
         live = [i for i, state in enumerate(words[layout.state // 4::stride]) if state]
         pids = words[layout.pid // 4::stride]
         if name is None or not name_size:
             return {pids[i]: None for i in live}
-        return {pids[i]: raw[i * size + name:i * size + name + name_size].split(b"\0")[0].decode("latin-1") or None
-                for i in live}
+        return {pids[i]: bytes(table[i * size + name:i * size + name + name_size]).split(b"\0")[0].decode("latin-1")
+                or None for i in live}
 
     def processes(self, cr3: int) -> list[ProcInfo]:
         """Every slot of `ptable` whose state is not 0 (free)."""
