@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Iterable
 from itertools import compress
-from operator import ne
+from operator import itemgetter, ne
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 STRING_LIMIT = 32  # characters of a string or buffer shown, like strace -s 32
 CONSOLE_BYTES = 80 * 25 * 2
 CONSOLE_ADDRESS = 0xB8000
+_RECORD_KIND, _RECORD_PID = itemgetter(0), itemgetter(10)  # of a native record (fastpath.RawSyscall's fields)
 _ROW_CELLS = tuple(slice(row * 160, row * 160 + 160) for row in range(25))  # each row's bytes on the screen
 _ROW_TEXT = tuple(slice(row * 80, row * 80 + 80) for row in range(25))  # each row's characters
 
@@ -179,6 +180,12 @@ class Tracer:
         syscall, returned = self.syscall, self.return_to_user
         pending = self._pending_syscall
         defer = self.full and not self.events.watched
+        records = list(records)
+        if defer and set(map(_RECORD_KIND, records)) == {RECORD_COMPLETE}:  # the usual batch, in C-level passes
+            pids = set(map(_RECORD_PID, records))  # none may have a call open (-1: unknown, `syscall`'s None)
+            if pending.keys().isdisjoint(pids) and (-1 not in pids or None not in pending):
+                self.events.defer(Kind.SYSCALL, records, self._make_complete_call)
+                return
         quiet: list[tuple[int, ...]] = []
         for record in records:
             kind, pid = record[0], record[10]
