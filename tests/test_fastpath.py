@@ -68,6 +68,31 @@ def test_traced_runs_agree_too(boot: BootFn, build_tree: Any, command: str) -> N
     assert all(e[10] is not None for e in seen[True] if e[2] is Kind.SYSCALL), "every system call has its pid"
 
 
+@pytest.mark.parametrize("command", ["yielder", "forkexit"])
+def test_traced_calls_kept_as_records_until_read_are_the_same_events(boot: BootFn, build_tree: Any,
+                                                                      command: str) -> None:
+    """With full tracing and no sink, the native path's calls that came straight back are kept as records and
+    become events only when the ring is read (EventLog.defer): the ring, the counts and the numbering are the
+    same as on Python's reference path, which makes every event at once, also when the ring is read in the
+    middle of the run."""
+    table = SyscallTable.load(build_tree.syscall_table)
+    seen = {}
+    for fast in (True, False):
+        machine, _ = boot(command, config=MachineConfig(fast_paths=fast), ticks=0)
+        machine.enable_tracing(table, build_tree.programs())
+        rings = []
+        for ticks in (2, 4):
+            machine.run(ticks=ticks, max_time_ns=5_000_000_000)
+            if fast:  # the records are there, not yet events (else this test proves nothing)
+                assert machine.events._deferred
+            rings.append([fingerprint(e) + (repr(e.detail),) for e in machine.events.ring])
+        seen[fast] = (rings, dict(machine.events.counts), machine.events.next_seq)
+    assert seen[True] == seen[False]
+    rings, counts, _ = seen[True]
+    assert counts[Kind.SYSCALL] > 100
+    assert all(e[10] is not None for e in rings[-1] if e[2] is Kind.SYSCALL), "every system call has its pid"
+
+
 def test_raw_system_calls_merge_with_python_events_in_order(boot: BootFn) -> None:
     machine, stop = boot("forkexit", config=MachineConfig(fast_paths=True))
     assert stop.kind is StopKind.POWER_OFF

@@ -10,8 +10,8 @@ from ..pc.events import Event, Kind
 from ..pc.paging import PageFault, PhysicalFault, read_cstring
 from ..pc.stop import Stop, StopKind
 from ..pc.symbols import SymbolTable
+from .pagefault import disassembler
 from .syscalls import SyscallTable
-from .trace import disassembler
 
 
 def format_time(ns: int) -> str:

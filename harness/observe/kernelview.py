@@ -11,13 +11,17 @@ from __future__ import annotations
 import functools
 import io
 import struct
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..pc.paging import PageFault, PhysicalFault, read_virtual, translate
+from ..pc.paging import PageFault, PhysicalFault, translate
 from ..pc.symbols import SymbolTable
+
+_I32 = struct.Struct("<i")
+_U64 = struct.Struct("<Q")
 
 
 def read_virtual_frame(memory: memoryview, cr3: int, page: int) -> int:
@@ -148,6 +152,7 @@ class KernelView:
             layout = proc_layout_from_dwarf(kernel_path) if kernel_path is not None else None
             self.layout = layout or CONTRACT_LAYOUT
         self._frames: dict[tuple[int, int], int] = {}  # (cr3, page) -> physical frame, or -1 if unmapped
+        self._translations: dict[tuple[int, int], int | None] = {}  # (cr3, page) -> its frame, None: a fault
         self.nproc = 0
         if ptable is not None and self.layout is not None and self.layout.size:
             self.nproc = ptable.size // self.layout.size
@@ -160,7 +165,8 @@ class KernelView:
         """Kernel memory by virtual address: through `cr3` if it maps it, else identity (VA = PA).
 
         Where the kernel's own data lives does not change while it runs, so the frame of each (page table,
-        page) pair is looked up once and remembered: tracing reads `current` on every system call."""
+        page) pair is looked up once and remembered: tracing reads `current` on every system call and the
+        process table (several pages) at every context switch."""
         page = address & ~0xFFF
         if (address + length - 1) & ~0xFFF == page:
             frame = self._frames.get((cr3, page))
@@ -174,12 +180,43 @@ class KernelView:
                 return None
             start = frame + (address & 0xFFF)
             return self.memory[start:start + length].tobytes()
-        try:
-            return read_virtual(self.memory, cr3, address, length)
-        except (PageFault, PhysicalFault):
-            if address + length <= len(self.memory):
-                return bytes(self.memory[address:address + length])
-            return None
+        spans = self._spans(cr3, address, length)
+        if spans is not None:
+            start, end = spans[0][0], spans[-1][1]
+            if end - start == length:  # physically contiguous (the usual case): one copy
+                return self.memory[start:end].tobytes()
+            return b"".join(self.memory[first:last] for first, last in spans)
+        if address + length <= len(self.memory):
+            return bytes(self.memory[address:address + length])
+        return None
+
+    def _spans(self, cr3: int, address: int, length: int) -> list[tuple[int, int]] | None:
+        """The physical (start, end) of each page's part of a read through `cr3` (as paging.read_virtual reads
+        it), or None where that read would fault; the translation of each page is remembered (see `_read`)."""
+        spans = []
+        size = len(self.memory)
+        translations = self._translations
+        while length > 0:
+            page, offset = address & ~0xFFF, address & 0xFFF
+            key = (cr3, page)
+            frame = translations.get(key, -1)
+            if frame == -1:
+                try:
+                    frame = translate(self.memory, cr3, page)
+                except (PageFault, PhysicalFault):
+                    frame = None
+                translations[key] = frame
+            chunk = min(length, 0x1000 - offset)
+            if frame is None or frame + offset + chunk > size:
+                return None
+            start = frame + offset
+            if spans and spans[-1][1] == start:
+                spans[-1] = (spans[-1][0], start + chunk)
+            else:
+                spans.append((start, start + chunk))
+            address += chunk
+            length -= chunk
+        return spans
 
     def read_kernel(self, cr3: int, address: int, length: int) -> bytes | None:
         """Public form of the cached kernel-memory read (the machine reads interrupt frames with it)."""
@@ -189,14 +226,43 @@ class KernelView:
         """The pid of the kernel's `current` process, or None if unknown."""
         if self.layout is None or self.current_address is None:
             return None
-        raw = self._read(cr3, self.current_address, 8)
-        if raw is None:
-            return None
-        pointer = struct.unpack("<Q", raw)[0]
+        frame = self._frames.get((cr3, self.current_address & ~0xFFF), -1)
+        if frame >= 0 and self.current_address & 0xFFF <= 0xFF8:  # the usual case, read in place
+            pointer = _U64.unpack_from(self.memory, frame + (self.current_address & 0xFFF))[0]
+        else:
+            raw = self._read(cr3, self.current_address, 8)
+            if raw is None:
+                return None
+            pointer = _U64.unpack(raw)[0]
         if not pointer:
             return None
         raw = self._read(cr3, pointer + self.layout.pid, 4)
-        return struct.unpack("<i", raw)[0] if raw is not None else None
+        return _I32.unpack(raw)[0] if raw is not None else None
+
+    def live_names(self, cr3: int) -> dict[int, str | None]:
+        """pid -> name of every live slot (as `processes` lists them), with Python work only for live slots:
+        the tracer looks at every context switch."""
+        layout = self.layout
+        if (layout is None or self.ptable_address is None or not self.nproc or layout.state is None
+                or layout.size % 4 or layout.state % 4 or layout.pid % 4 or sys.byteorder != "little"):
+            return {proc.pid: proc.name for proc in self.processes(cr3)}
+        length = layout.size * self.nproc
+        spans = self._spans(cr3, self.ptable_address, length)
+        table: memoryview | bytes | None
+        if spans is not None and spans[-1][1] - spans[0][0] == length:
+            table = self.memory[spans[0][0]:spans[-1][1]]  # in place: only the words looked at are read
+        else:
+            table = self._read(cr3, self.ptable_address, length)
+            if table is None:
+                return {}
+        size, stride, name, name_size = layout.size, layout.size // 4, layout.name, layout.name_size
+        words = memoryview(table).cast("i")
+        live = [i for i, state in enumerate(words[layout.state // 4::stride]) if state]
+        pids = words[layout.pid // 4::stride]
+        if name is None or not name_size:
+            return {pids[i]: None for i in live}
+        return {pids[i]: bytes(table[i * size + name:i * size + name + name_size]).split(b"\0")[0].decode("latin-1")
+                or None for i in live}
 
     def processes(self, cr3: int) -> list[ProcInfo]:
         """Every slot of `ptable` whose state is not 0 (free)."""
@@ -206,20 +272,25 @@ class KernelView:
         raw = self._read(cr3, self.ptable_address, layout.size * self.nproc)
         if raw is None:
             return []
+        size = layout.size
+        states: list[int | None]
+        if layout.state is not None and size % 4 == 0 and layout.state % 4 == 0 and sys.byteorder == "little":
+            # Every slot's state in one strided read of the table as int32s; only live slots are decoded further.
+            states = memoryview(raw).cast("i")[layout.state // 4::size // 4].tolist()
+        else:
+            states = [_I32.unpack_from(raw, i * size + layout.state)[0] if layout.state is not None else None
+                      for i in range(self.nproc)]
+        live = [i for i, state in enumerate(states) if state != 0]
         out = []
-        for i in range(self.nproc):
-            base = i * layout.size
-            state = struct.unpack_from("<i", raw, base + layout.state)[0] if layout.state is not None else None
-            if state == 0:
-                continue
-            pid = struct.unpack_from("<i", raw, base + layout.pid)[0]
+        for i in live:
+            base = i * size
+            pid = _I32.unpack_from(raw, base + layout.pid)[0]
             name = None
             if layout.name is not None and layout.name_size:
                 name = raw[base + layout.name:base + layout.name + layout.name_size].split(b"\0")[0].decode(
                     "latin-1") or None
-            pagetable = struct.unpack_from("<Q", raw, base + layout.pagetable)[0] \
-                if layout.pagetable is not None else None
-            out.append(ProcInfo(pid, state, name, pagetable))
+            pagetable = _U64.unpack_from(raw, base + layout.pagetable)[0] if layout.pagetable is not None else None
+            out.append(ProcInfo(pid, states[i], name, pagetable))
         return out
 
 

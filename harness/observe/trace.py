@@ -12,16 +12,19 @@ The kernel is never changed.
 from __future__ import annotations
 
 import base64
-import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from itertools import compress
+from operator import itemgetter, ne
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from unicorn.x86_const import UC_X86_REG_CR3
 
 from ..pc.events import Event, Kind
-from ..pc.paging import PF_FETCH, PF_PRESENT, PF_USER, PF_WRITE, PageFault, PhysicalFault, read_virtual, walk_steps
+from ..pc.fastpath import RECORD_COMPLETE, RECORD_RETURN
+from ..pc.paging import PageFault, PhysicalFault, read_virtual
 from ..pc.symbols import SymbolTable
+from .pagefault import FaultExplainer
 from .syscalls import SyscallArg, SyscallTable
 
 if TYPE_CHECKING:
@@ -30,34 +33,31 @@ if TYPE_CHECKING:
 
 STRING_LIMIT = 32  # characters of a string or buffer shown, like strace -s 32
 CONSOLE_BYTES = 80 * 25 * 2
-_disassembler: Any = None  # capstone, loaded on first use: most runs never disassemble anything
+CONSOLE_ADDRESS = 0xB8000
+_RECORD_KIND, _RECORD_PID = itemgetter(0), itemgetter(10)  # of a native record (fastpath.RawSyscall's fields)
+_ROW_CELLS = tuple(slice(row * 160, row * 160 + 160) for row in range(25))  # each row's bytes on the screen
+_ROW_TEXT = tuple(slice(row * 80, row * 80 + 80) for row in range(25))  # each row's characters
 
 
-def disassembler() -> Any:
-    """capstone's x86-64 disassembler (imported on first use)."""
-    global _disassembler
-    if _disassembler is None:
-        from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+def _quoted_byte(byte: int) -> str:
+    """One byte as `quote` shows it."""
+    if byte == 0x0A:
+        return "\\n"
+    if byte == 0x09:
+        return "\\t"
+    if byte in (0x22, 0x5C):
+        return "\\" + chr(byte)
+    if 0x20 <= byte < 0x7F:
+        return chr(byte)
+    return f"\\x{byte:02x}"
 
-        _disassembler = Cs(CS_ARCH_X86, CS_MODE_64)
-    return _disassembler
+
+_QUOTED = tuple(_quoted_byte(byte) for byte in range(256))  # each byte as it shows inside a quoted string
 
 
 def quote(data: bytes, limit: int = STRING_LIMIT) -> str:
     """A C-like quoted string, truncated with "..." after `limit` characters (as strace shows buffers)."""
-    out = []
-    for byte in data[:limit]:
-        if byte == 0x0A:
-            out.append("\\n")
-        elif byte == 0x09:
-            out.append("\\t")
-        elif byte in (0x22, 0x5C):
-            out.append("\\" + chr(byte))
-        elif 0x20 <= byte < 0x7F:
-            out.append(chr(byte))
-        else:
-            out.append(f"\\x{byte:02x}")
-    return '"' + "".join(out) + '"' + ("..." if len(data) > limit else "")
+    return '"' + "".join(map(_QUOTED.__getitem__, data[:limit])) + '"' + ("..." if len(data) > limit else "")
 
 
 def signed(value: int) -> int:
@@ -81,6 +81,9 @@ class Tracer:
         self.seen_pids: set[int] = set()  # every process that ever appeared in the kernel's table
         self._last_user_pid: int | None = None
         self._screen = b""
+        self._make_complete_call = self._complete_call  # one bound method: EventLog.defer compares it
+        self._faults = FaultExplainer(machine.memory)
+        self._console = machine.memory[CONSOLE_ADDRESS:CONSOLE_ADDRESS + CONSOLE_BYTES]  # the screen, live
 
     def enable(self, syscalls: SyscallTable, programs: dict[str, Path], kernel_path: Path | bytes | None) -> None:
         self.full = True
@@ -89,7 +92,7 @@ class Tracer:
         from .kernelview import KernelView  # DWARF reading: imported when tracing starts
 
         self.kernel = KernelView(self.machine.memory, self.machine.symbols, kernel_path)
-        self._screen = bytes(self.machine.memory[0xB8000:0xB8000 + CONSOLE_BYTES])
+        self._screen = bytes(self._console)
 
     # -- helpers -------------------------------------------------------------------------------------------
     def _now(self) -> int:
@@ -147,13 +150,7 @@ class Tracer:
         if seq is None:  # seen as it happens: what the process wrote on the screen before this call comes first
             self.observe_console()
         event.pid = self._pid(cr3) if pid is False else pid  # type: ignore[assignment]
-        spec = self.syscalls.by_number.get(number)
-        if spec is not None:
-            # [name, rendering] pairs (lists: they survive a JSON round trip)
-            shown = [[arg.name, self._format_argument(spec.args, i, args, cr3)] for i, arg in enumerate(spec.args)]
-            event.detail = {"args": shown, "name": spec.name}
-        else:
-            event.detail = {}
+        event.detail = self._syscall_detail(number, args, cr3)
         previous = self._pending_syscall.pop(event.pid, None)
         if previous is not None:  # it never returned (should not happen): close it as unfinished
             self.events.finish(previous)
@@ -162,6 +159,55 @@ class Tracer:
             self.events.add(event, seq=seq)
             return
         self._pending_syscall[event.pid] = self.events.add(event, finished=False, seq=seq)
+
+    def _syscall_detail(self, number: int, args: tuple[int, ...], cr3: int) -> dict[str, Any]:
+        """A system call's name and its arguments as the trace shows them at entry."""
+        spec = self.syscalls.by_number.get(number)
+        if spec is None:
+            return {}
+        # [name, rendering] pairs (lists: they survive a JSON round trip)
+        shown = [[arg.name, self._format_argument(spec.args, i, args, cr3)] for i, arg in enumerate(spec.args)]
+        return {"args": shown, "name": spec.name}
+
+    def native_records(self, records: Iterable[tuple[int, ...]]) -> None:
+        """A batch the native path recorded (fastpath.RawSyscall's fields in order, args spread out): system-call
+        entries, returns to user mode that needed nothing at once, and calls that came straight back.
+
+        A call that came straight back (RECORD_COMPLETE) is finished and, the native path made sure, shows no
+        memory of the caller's: with full tracing and nobody watching events as they happen (no sink, no
+        observer), it is kept as its record (EventLog.defer) and decoded only when somebody reads the ring,
+        into the very event `syscall` would have made now. Most system calls of a traced run are such calls."""
+        syscall, returned = self.syscall, self.return_to_user
+        pending = self._pending_syscall
+        defer = self.full and not self.events.watched
+        records = list(records)
+        if defer and set(map(_RECORD_KIND, records)) == {RECORD_COMPLETE}:  # the usual batch, in C-level passes
+            pids = set(map(_RECORD_PID, records))  # none may have a call open (-1: unknown, `syscall`'s None)
+            if pending.keys().isdisjoint(pids) and (-1 not in pids or None not in pending):
+                self.events.defer(Kind.SYSCALL, records, self._make_complete_call)
+                return
+        quiet: list[tuple[int, ...]] = []
+        for record in records:
+            kind, pid = record[0], record[10]
+            known_pid = pid if pid >= 0 else None  # -1: the native path could not read it
+            if kind == RECORD_COMPLETE:
+                if defer and known_pid not in pending:  # (a call still open for that pid is closed by `syscall`)
+                    quiet.append(record)
+                    continue
+                syscall(record[3], record[5], record[4], record[6:10], record[2], record[1], known_pid,
+                        (record[11], record[12]))
+            elif kind == RECORD_RETURN:  # rip: where the process resumes; number: RAX
+                returned(record[3], record[5], record[4], known_pid, record[2], console=False)
+            else:
+                syscall(record[3], record[5], record[4], record[6:10], record[2], record[1], known_pid)
+        self.events.defer(Kind.SYSCALL, quiet, self._make_complete_call)
+
+    def _complete_call(self, record: tuple[int, ...]) -> Event:
+        """The event of a RECORD_COMPLETE record, as `syscall` makes it (see `native_records`)."""
+        _kind, seq, time_ns, rip, cr3, number, a0, a1, a2, a3, pid, ret, end_ns = record
+        args = (a0, a1, a2, a3)
+        return Event(time_ns, Kind.SYSCALL, rip, cr3, number, None, None, args, "", seq, pid if pid >= 0 else None,
+                     True, ret, end_ns, False, self._syscall_detail(number, args, cr3))
 
     def _format_argument(self, specs: tuple[SyscallArg, ...], index: int, args: tuple[int, ...], cr3: int) -> str:
         arg = specs[index]
@@ -194,7 +240,16 @@ class Tracer:
         """Does tracing system call `number` read the caller's memory (a string or buffer argument shown at
         entry, a buffer it wrote shown at its return)? Those must be read before the process runs on."""
         spec = self.syscalls.by_number.get(number)
-        return spec is not None and any(arg.type in ("ptr", "str") for arg in spec.args)
+        if spec is None:
+            return False
+        for i, arg in enumerate(spec.args):
+            following = spec.args[i + 1] if i + 1 < len(spec.args) else None
+            sized = following is not None and following.type == "size"
+            if arg.type == "str":  # shown at entry (`_format_argument`)
+                return True
+            if arg.type == "ptr" and (sized or (arg.ctype == "char*")):
+                return True  # a buffer shown at entry (const) or at the return (`_output_buffer`)
+        return False
 
     def _output_buffer(self, event: Event, cr3: int) -> None:
         """After a read-like call returns n > 0, show what it wrote into the caller's buffer."""
@@ -234,45 +289,9 @@ class Tracer:
         self.events.add(event)
 
     def explain_page_fault(self, event: Event) -> dict[str, Any]:
-        code = event.error_code or 0
-        address = event.address or 0
-        steps, stopped = walk_steps(self.machine.memory, event.cr3, address)
-        if not code & PF_PRESENT:
-            problem = "page not present"
-        elif code & PF_USER and not all(step.entry & 4 for step in steps):
-            problem = "protection: a level is not user-accessible"
-        elif code & PF_WRITE:
-            problem = "protection: a level is not writable"
-        elif code & PF_FETCH:
-            problem = "protection: the page is not executable"
-        else:
-            problem = "protection"
-        blocking = None
-        for step in steps:
-            missing = (not step.entry & 1) or (code & PF_USER and not step.entry & 4) or \
-                      (code & PF_WRITE and not step.entry & 2)
-            if missing:
-                blocking = step.level
-                break
-        instruction = None
-        raw = None
-        with contextlib.suppress(PageFault, PhysicalFault):
-            raw = read_virtual(self.machine.memory, event.cr3, event.rip, 16)
-        if raw is not None:
-            for insn in disassembler().disasm(raw, event.rip):
-                instruction = f"{insn.mnemonic} {insn.op_str}".strip()
-                break
-        return {
-            "access": "instruction fetch" if code & PF_FETCH else "write" if code & PF_WRITE else "read",
-            "mode": "user" if code & PF_USER else "kernel",
-            "problem": problem,
-            "walk": [{"level": s.level, "index": s.index, "entry_address": s.entry_address, "entry": s.entry,
-                      "flags": s.flags} for s in steps],
-            "stopped": stopped,
-            "decided_by": blocking or (steps[-1].level if steps else None),
-            "instruction": instruction,
-            "where": self.describe(event.pid, event.rip, event.user),
-        }
+        """The page walk of a fault, which level decided it, the instruction and where it is (pagefault.py)."""
+        return self._faults.explain(event.cr3, event.rip, event.address or 0, event.error_code or 0,
+                                    self.describe(event.pid, event.rip, event.user))
 
     # -- returns to user mode (full tracing) -----------------------------------------------------------------------
     def return_to_user(self, rip: int, rax: int, cr3: int, pid: int | None | bool = False,
@@ -321,9 +340,13 @@ class Tracer:
         return self.syscalls.name(call.number) == "exit"
 
     def _scan_processes(self, cr3: int) -> None:
+        """Process creation and exit events for what changed in the kernel's process table since the last look
+        (at every context switch, and at the end)."""
         if self.kernel is None:
             return
-        live = {proc.pid: proc.name for proc in self.kernel.processes(cr3)}
+        live = self.kernel.live_names(cr3)
+        if live.keys() == self._names.keys():
+            return  # the same processes as at the last look
         for pid, name in live.items():
             if pid not in self._names:
                 self._names[pid] = name
@@ -358,17 +381,13 @@ class Tracer:
         kernel entry after it, and comes before that entry in the trace."""
         if not self.full:
             return
-        screen = bytes(self.machine.memory[0xB8000:0xB8000 + CONSOLE_BYTES])
+        screen = bytes(self._console)
         if screen == self._screen:
             return
         old, self._screen = self._screen, screen
-        rows = []
-        for row in range(25):
-            start, end = row * 160, row * 160 + 160
-            if screen[start:end] != old[start:end]:
-                text = screen[start:end:2].decode("cp437").replace("\0", " ").rstrip()
-                if text.strip():
-                    rows.append((row, text))
+        characters = screen[::2].decode("cp437").replace("\0", " ")  # cp437: one character per byte
+        changed = compress(range(25), map(ne, map(screen.__getitem__, _ROW_CELLS), map(old.__getitem__, _ROW_CELLS)))
+        rows = [(row, text) for row in changed if (text := characters[_ROW_TEXT[row]].rstrip()).strip()]
         if rows:
             self.events.add(Event(self._now(), Kind.CONSOLE, pid=self._last_user_pid,
                                   text="\n".join(text for _, text in rows), detail={"rows": [r for r, _ in rows]}))

@@ -126,7 +126,9 @@ class EventLog:
 
     When nobody watches events as they happen (no sink, no observer, no full trace), system-call entries are
     recorded raw by the native fast path (`raw`) and become Event objects only when the ring or the counts are
-    read: the hot path never builds a Python object.
+    read: the hot path never builds a Python object. With full tracing but no sink or observer, the finished
+    events a producer has as plain records (the tracer's system calls that came straight back) are `defer`red
+    the same way: kept as records and made into events, in their place by seq, when the ring is read.
     """
 
     def __init__(self, capacity: int = 4096) -> None:
@@ -145,6 +147,10 @@ class EventLog:
         self.cascade: FaultCascade | None = None  # the latest run of nested kernel-mode exceptions
         self._cascade_open = False  # nothing has happened since that could have ended it
         self._kernel_exception: Event | None = None  # the last kernel-mode exception added
+        # Finished events kept as records until the ring is read (`defer`): the latest `capacity` of them
+        # (older ones would have left the ring anyway) and what turns one into its event.
+        self._deferred: deque[tuple[Any, ...]] = deque(maxlen=capacity)
+        self._make_deferred: Callable[[tuple[Any, ...]], Event] | None = None
 
     def connect_raw(self, raw: RawSyscalls) -> None:
         """Number events together with the native recorder from now on."""
@@ -183,9 +189,16 @@ class EventLog:
         self._raw_seen = max(self._raw_seen, total)
 
     def settle(self) -> None:
-        """Merge the raw records written since the last look into the ring (by seq) and the counts."""
+        """Merge the deferred records and the raw ones written since the last look into the ring (by seq) and
+        the counts."""
         if self.before_add is not None:
             self.before_add()
+        if self._deferred:
+            make = self._make_deferred
+            assert make is not None
+            new = [make(record) for record in self._deferred]
+            self._deferred.clear()
+            self._merge(new)
         raw = self.raw
         if raw is None:
             return
@@ -195,6 +208,26 @@ class EventLog:
         new = raw.events(self._raw_seen, total, self._ring.maxlen or total)
         self._counts[Kind.SYSCALL] += total - self._raw_seen
         self._raw_seen = total
+        self._merge(new)
+
+    def defer(self, kind: Kind, records: list[tuple[Any, ...]], make: Callable[[tuple[Any, ...]], Event]) -> None:
+        """Finished events of `kind`, as records in seq order (each already numbered: `make(record)` gives its
+        event, seq included), that nobody needs to see now: they are counted now and become Event objects only
+        when the ring is read. Only while nobody watches (`watched` is false): sinks and observers need every
+        event as it happens."""
+        if not records:
+            return
+        assert not self.watched, "deferred events would never reach the sinks"
+        if self._make_deferred != make and self._deferred:
+            self.settle()  # records of another producer: made by their own function first
+        self._make_deferred = make
+        self._deferred.extend(records)
+        self._counts[kind] += len(records)
+        if kind is Kind.SYSCALL or kind is Kind.INTERRUPT or kind is Kind.EXCEPTION or kind is Kind.SWITCH:
+            self._cascade_open = False  # as `add` does: the kernel was entered afresh
+
+    def _merge(self, new: list[Event]) -> None:
+        """Put `new` (in seq order) into the ring, which is kept in seq order: the latest `capacity` stay."""
         if not new:
             return
         later: list[Event] = []
@@ -255,7 +288,7 @@ class EventLog:
             self._cascade_open = False  # the kernel was entered afresh or went back to user mode
         for observer in self.observers:
             observer(event)
-        if finished:
+        if finished and self.sinks:
             self.finish(event)
         return event
 
@@ -286,6 +319,8 @@ class EventLog:
 
     def release_unfinished(self, event: Event) -> None:
         """Let a blocked event through now so that it does not hold back everyone else's."""
+        if not self.sinks:
+            return  # nobody to release it to (and no copy to make: `finish` would drop it)
         if event.seq >= self._next_release and event.seq not in self._ready:
             # A copy as it is now: the event itself goes on to be completed (and stays so in the ring).
             self.finish(replace(event, detail={**event.detail, "unfinished": True}))

@@ -12,7 +12,7 @@ Two more hook points are methods the board calls on itself and a subclass may ov
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from .events import Event
@@ -27,6 +27,10 @@ class Recorder(Protocol):
                 seq: int | None = None, pid: int | None | bool = False, returned: tuple[int, int] | None = None,
                 ) -> None:
         """A system call entered (`time_ns`, `seq`, `pid`, `returned` when recorded earlier natively)."""
+
+    def native_records(self, records: Iterable[tuple[int, ...]]) -> None:
+        """A batch of system-call records the native path made (fastpath.RawSyscall's fields, args spread out):
+        entries, returns to user mode and complete calls, in order, as `syscall` and `return_to_user` would."""
 
     def delivery(self, vector: int, error_code: int | None, rip: int, cr2: int, external: bool, from_user: bool,
                  cr3: int) -> None:

@@ -16,8 +16,6 @@ from unicorn import x86_const as X
 
 from .cpu import OFF_OLD_EXCEPTION
 from .fastpath import (
-    RECORD_COMPLETE,
-    RECORD_RETURN,
     WANT_BATCH,
     WANT_EACH,
     WANT_RAW,
@@ -133,15 +131,7 @@ class HotPaths:
             start, stop = state.raw_consumed, state.raw_total
             state.raw_consumed = stop
             events.raw_taken(stop)
-            tracer = self.tracer
-            syscall, returned = tracer.syscall, tracer.return_to_user
-            for kind, seq, time_ns, rip, cr3, number, a0, a1, a2, a3, pid, ret, end_ns in fast.unpack(start, stop):
-                known_pid = pid if pid >= 0 else None  # -1: the native path could not read it
-                if kind == RECORD_RETURN:  # a return the native watch saw needed nothing at once
-                    returned(rip, number, cr3, known_pid, time_ns, console=False)
-                else:  # an entry; RECORD_COMPLETE: it came straight back with nothing else to see
-                    syscall(rip, number, cr3, (a0, a1, a2, a3), time_ns, seq, known_pid,
-                            (ret, end_ns) if kind == RECORD_COMPLETE else None)
+            self.tracer.native_records(fast.unpack(start, stop))
         finally:
             events.before_add = self._pull_syscalls
             self._pulling = False
