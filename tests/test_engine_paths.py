@@ -17,6 +17,7 @@ from unicorn import x86_const as X
 from harness.machine import Machine, MachineConfig
 from harness.pc.cpu import NOT_AN_ADDRESS
 
+from .test_engine import FOUR_INSTRUCTION_LOOP
 from .x86asm import assemble_kernel
 
 
@@ -36,21 +37,11 @@ def run_engine(machine: Machine, instructions: int) -> None:
 
 # -- code-hooks -----------------------------------------------------------------------------------------------
 
-LOOP = r"""
-    xor %eax, %eax
-loop:
-    inc %rax
-    add $3, %rbx
-    lea 1(%rbx), %rcx
-    jmp loop
-"""
-
-
 def hook_calls(tmp_path: Path, off: frozenset[str]) -> list[tuple[str, int]]:
     """Hooks on a loop: a range over the loop, one on every byte of it (most inside instructions, never
     called), two at the same address, an all-address hook; one hook deletes a later one and adds a new one at
     its own address the first time it runs. What is called, in order, for the first 120 calls."""
-    machine = booted(LOOP, tmp_path, off)
+    machine = booted(FOUR_INSTRUCTION_LOOP, tmp_path, off)
     uc = machine.uc
     start = machine.symbols.address_of("loop")
     calls: list[tuple[str, int]] = []
