@@ -47,8 +47,10 @@ static inline uint64_t vclock_due(const struct vclock *c, uint64_t when_ns)
 {
     if (when_ns <= c->skipped_ns)
         return 0;
-    unsigned __int128 due = ((unsigned __int128)(when_ns - c->skipped_ns) * 1000 + c->ps_per_instruction - 1)
-                            / c->ps_per_instruction;
+    uint64_t left = when_ns - c->skipped_ns;
+    if (left < UINT64_MAX / 1000 - c->ps_per_instruction) /* the usual case: no 128-bit division */
+        return (left * 1000 + c->ps_per_instruction - 1) / c->ps_per_instruction;
+    unsigned __int128 due = ((unsigned __int128)left * 1000 + c->ps_per_instruction - 1) / c->ps_per_instruction;
     return due < VCLOCK_NEVER ? (uint64_t)due : VCLOCK_NEVER;
 }
 
