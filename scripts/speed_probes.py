@@ -36,22 +36,24 @@ from harness.pc.symbols import SymbolTable  # noqa: E402
 STORES = 200_000  # 16-bit accesses a round (100 passes over the 2,000 cells of the screen)
 SPINS = 2_000_000
 
+
+
+def _store_passes(cells: str) -> str:
+    """A probe program's C source: 100 passes of 16-bit stores over the 2,000 cells at `cells`."""
+    return f"""
+void process_main() {{
+    volatile uint16_t* c = {cells};
+    for (int pass = 0; pass != 100; ++pass)
+        for (int i = 0; i != 2000; ++i) c[i] = 0x0700 | 'a';
+    sys_exit(0);
+}}"""
+
+
 PROBES: dict[str, tuple[str, int, str]] = {  # program -> (what a round does, rounds, source)
-    "proberam": (f"{STORES:,} 16-bit stores to RAM", 200, """
-static uint16_t cells[2000];
-void process_main() {
-    volatile uint16_t* c = cells;
-    for (int pass = 0; pass != 100; ++pass)
-        for (int i = 0; i != 2000; ++i) c[i] = 0x0700 | 'a';
-    sys_exit(0);
-}"""),
-    "probevgastore": (f"{STORES:,} 16-bit stores to text memory", 20, """
-void process_main() {
-    volatile uint16_t* c = reinterpret_cast<volatile uint16_t*>(0xB8000);
-    for (int pass = 0; pass != 100; ++pass)
-        for (int i = 0; i != 2000; ++i) c[i] = 0x0700 | 'a';
-    sys_exit(0);
-}"""),
+    "proberam": (f"{STORES:,} 16-bit stores to RAM", 200,
+                 "static uint16_t cells[2000];\n" + _store_passes("cells")),
+    "probevgastore": (f"{STORES:,} 16-bit stores to text memory", 20,
+                      _store_passes("reinterpret_cast<volatile uint16_t*>(0xB8000)")),
     "probevgaload": (f"{STORES:,} 16-bit loads from text memory", 20, """
 void process_main() {
     volatile uint16_t* c = reinterpret_cast<volatile uint16_t*>(0xB8000);

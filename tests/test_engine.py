@@ -89,11 +89,16 @@ def test_virtual_time_is_instructions_times_their_cost_plus_time_not_in_instruct
 # tables at 0x10000: 0-2 MiB identity, 2-4 MiB a second mapping of the same 0-2 MiB (an alias), 4-6 MiB a
 # "process" mapping of physical 6 MiB, 6-8 MiB the kernel's own window on physical 6 MiB. What the routine
 # returned each time goes to 0x9000.
-SELF_MODIFYING = r"""
+# The start of each tiny kernel that makes its own page tables: a stack, and at 0x10000 a PML4 -> PDPT -> page
+# directory (at 0x12000) whose first 2 MiB page maps physical 0; the kernel adds its own entries after it.
+PAGE_TABLES_AT_0x10000 = r"""
     mov $0x80000, %rsp
     movq $0x11003, 0x10000
     movq $0x12003, 0x11000
     movq $0x000083, 0x12000       # 0-2 MiB -> physical 0
+"""
+
+SELF_MODIFYING = PAGE_TABLES_AT_0x10000 + r"""
     movq $0x000083, 0x12008       # 2-4 MiB -> physical 0 again
     movq $0x600083, 0x12010       # 4-6 MiB -> physical 6 MiB: the "process"
     movq $0x600083, 0x12018       # 6-8 MiB -> physical 6 MiB: the kernel's window on it

@@ -17,7 +17,7 @@ from unicorn import x86_const as X
 from harness.machine import Machine, MachineConfig
 from harness.pc.cpu import NOT_AN_ADDRESS
 
-from .test_engine import FOUR_INSTRUCTION_LOOP
+from .test_engine import FOUR_INSTRUCTION_LOOP, PAGE_TABLES_AT_0x10000
 from .x86asm import assemble_kernel
 
 
@@ -97,11 +97,7 @@ def test_code_hooks_run_at_their_addresses_in_the_order_they_were_added(tmp_path
 # one-jump blocks, more than the flush keeps track of (the TLB's 128 slots, the jump cache's 256), so that both
 # the cleared-by-slot and the cleared-whole flushes are taken. What the routines returned and the data read add
 # up at 0x9000 and 0x9008.
-TWO_ADDRESS_SPACES = r"""
-    mov $0x80000, %rsp
-    movq $0x11003, 0x10000
-    movq $0x12003, 0x11000
-    movq $0x000083, 0x12000       # A: 0-2 MiB -> physical 0
+TWO_ADDRESS_SPACES = PAGE_TABLES_AT_0x10000 + r"""  # the page directory at 0x12000 is A's
     movq $0x600083, 0x12010       # A: 4-6 MiB -> physical 6 MiB
     movq $0x1000083, 0x12018      # A: 6-8 MiB -> physical 16 MiB
     movq $0x14003, 0x13000
@@ -189,11 +185,7 @@ def test_a_cr3_write_forgets_the_old_address_spaces_pages_and_blocks(tmp_path: P
 
 # Reads the word at virtual 4 MiB (physical 6 MiB through the page directory at 0x12000) into 0x9000, stops at
 # `swap` for the test to replace the page directory's memory, flushes its TLB, and reads it again into 0x9008.
-REMAPPED_PAGE_TABLE = r"""
-    mov $0x80000, %rsp
-    movq $0x11003, 0x10000
-    movq $0x12003, 0x11000
-    movq $0x000083, 0x12000       # 0-2 MiB -> physical 0
+REMAPPED_PAGE_TABLE = PAGE_TABLES_AT_0x10000 + r"""
     movq $0x600083, 0x12010       # 4-6 MiB -> physical 6 MiB
     movq $0x800083, 0x12018       # 6-8 MiB -> physical 8 MiB
     mov $0x10000, %rax

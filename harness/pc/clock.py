@@ -181,6 +181,7 @@ class VirtualClock:
                                            costs.ps_per_instruction, costs.boot_delay_ns, costs.ns_per_syscall,
                                            costs.ns_per_port_io, costs.ns_per_mmio_byte, NEVER)
         self.on_deadlines_changed: Callable[[], None] = lambda: None
+        self.charge = self._make_charge()
 
     @property
     def ps_per_instruction(self) -> int:
@@ -246,29 +247,14 @@ class VirtualClock:
         """The harness did an instruction's work in a hook and moved the PC past it: it counts as one."""
         self._set_clock(self._counter_pointer, self.instructions + 1, self.counter.deadline)
 
-    def charge(self, ns: int) -> None:
-        """An event the real machine pays for happened: advance the clock by `ns`, and bring an armed deadline
-        closer: one armed for a virtual time (`stop_at_ns`) is recomputed from that time, so that charges in the
-        middle of a slice never make it late by their rounding; one armed in instructions only (the next block)
-        never moves later. Same arithmetic as `vclock_charge` (native/vclock.h)."""
-        if ns <= 0:
-            return
-        self.skipped_ns += ns
-        deadline = self.counter.deadline
-        if deadline == NEVER:
-            return
-        if self.state_for_native.deadline_ns != NEVER:
-            moved = self._due(self.state_for_native.deadline_ns)
-        else:
-            moved = max(0, deadline - ns * 1000 // self.costs.ps_per_instruction)
-        if moved < deadline:  # (not _set_deadline: the deadline still stands for `deadline_ns`)
-            self._set_clock(self._counter_pointer, self.instructions, moved)
-
-    def charger(self) -> Callable[[int], None]:
-        """`charge` as a closure over the clock's parts, for a hook that charges on every call (the Python text
-        window, once per access): the attribute and property lookups of `charge` cost as much as its work. Same
-        arithmetic as `charge` (and `vclock_charge`)."""
-        state, counter, budget = self.state_for_native, self.counter, self._budget
+    def _make_charge(self) -> Callable[[int], None]:
+        """`charge(ns)`: an event the real machine pays for happened: advance the clock by `ns`, and bring an armed
+        deadline closer: one armed for a virtual time (`stop_at_ns`) is recomputed from that time, so that charges
+        in the middle of a slice never make it late by their rounding; one armed in instructions only (the next
+        block) never moves later. Same arithmetic as `vclock_charge` (native/vclock.h). A closure over the
+        clock's parts: the Python text window charges at every access, and attribute and property lookups would
+        cost as much as the work."""
+        state, counter, budget, due = self.state_for_native, self.counter, self._budget, self._due
         set_clock, pointer, ps_per_instruction = self._set_clock, self._counter_pointer, self.costs.ps_per_instruction
 
         def charge(ns: int) -> None:
@@ -279,13 +265,8 @@ class VirtualClock:
             if deadline == NEVER:
                 return
             deadline_ns = state.deadline_ns
-            if deadline_ns != NEVER:  # as _due
-                skipped = state.skipped_ns
-                moved = 0 if deadline_ns <= skipped else min(NEVER, -(-(deadline_ns - skipped) * 1000
-                                                                       // ps_per_instruction))
-            else:
-                moved = max(0, deadline - ns * 1000 // ps_per_instruction)
-            if moved < deadline:  # the count is base + budget_set - budget (`instructions`)
+            moved = due(deadline_ns) if deadline_ns != NEVER else max(0, deadline - ns * 1000 // ps_per_instruction)
+            if moved < deadline:  # (not _set_deadline: the deadline still stands for `deadline_ns`)
                 set_clock(pointer, counter.base + counter.budget_set - budget.value, moved)
 
         return charge

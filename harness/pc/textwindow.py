@@ -70,7 +70,7 @@ class TextWindow:
             return
         self.native = False
         window = memory[TEXT_WINDOW:TEXT_WINDOW_END]
-        charge, ns_per_byte = clock.charger(), clock.costs.ns_per_mmio_byte
+        charge, ns_per_byte = clock.charge, clock.costs.ns_per_mmio_byte
 
         # The engine calls these once per access, thousands of times per console scroll: they are given to it
         # directly (not through Unicorn's Python hook wrapper, which costs a third as much again), and an
