@@ -12,7 +12,8 @@ import os
 import sys
 import threading
 
-from .front.cli import main, requested_command
+from .front.cli import main
+from .front.cliparser import requested_command
 
 QUICK_EXIT_COMMANDS = ("boot", "trace", "trace-diff")
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from harness import project
-from harness.front.cli import build_parser
+from harness.front.cliparser import build_parser
 from harness.pc.errors import exit_status_table
 
 from .cli_in_process import run_cli

@@ -16,7 +16,8 @@ import pytest
 
 from harness import project
 from harness.front import bench
-from harness.front.cli import build_parser, main, requested_command
+from harness.front.cli import main
+from harness.front.cliparser import build_parser, requested_command
 from harness.pc.errors import ExitCode
 from harness.pc.loader import LoaderError, parse_elf
 from harness.pc.symbols import SymbolTable
