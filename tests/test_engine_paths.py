@@ -275,3 +275,41 @@ def test_an_io_hook_sees_the_io_instructions_address_and_flags(tmp_path: Path) -
     assert rips[0x80] != rips[0x3F8]  # each at its own instruction
     carry = [flags & 1 for port, value, _, flags in stored if port == 0x80]
     assert carry == [0, 0, 0, 1, 1]  # cmp $3 with 5, 4, 3, 2, 1: a borrow below 3
+
+
+# The kernel stores to 0x30000, stops at `swap` (the test maps a read-only page there in place of the RAM), and
+# stores to it again: that store must meet the new page's permission.
+STORE_TO_A_REMAPPED_PAGE = r"""
+    movq $0x11, 0x30000
+swap:
+    nop
+    movq $0x22, 0x30000
+    cli
+    hlt
+"""
+
+
+@pytest.mark.parametrize("off", [frozenset(), frozenset({"page-walk"})], ids=["remembered", "looked-up"])
+def test_a_store_meets_the_region_mapped_now(tmp_path: Path, off: frozenset[str]) -> None:
+    """Loads and stores off the fast path ask which region holds their page; the answer is kept per page until
+    the memory map changes. Here the page is unmapped and a read-only page mapped in its place between runs:
+    the next store is refused, as on the stock engine, never let through to the old region."""
+    from unicorn import UC_ERR_WRITE_PROT, UC_PROT_ALL, UC_PROT_READ, UcError
+
+    machine = booted(STORE_TO_A_REMAPPED_PAGE, tmp_path, off)
+    uc = machine.uc
+    swap = machine.symbols.address_of("swap")
+    stopper = uc.hook_add(UC_HOOK_CODE, lambda uc_, address, size, data: uc.emu_stop(), None, swap, swap)
+    run_engine(machine, 100_000)
+    assert uc.reg_read(X.UC_X86_REG_RIP) == swap
+    assert struct.unpack_from("<Q", machine.memory, 0x30000)[0] == 0x11
+    uc.hook_del(stopper)
+    uc.mem_unmap(0x30000, 0x1000)
+    for decoy in range(0x50000, 0x58000, 0x2000):  # writable regions made anew first: a forgotten region's
+        uc.mem_unmap(decoy, 0x1000)                  # memory would likely be one of them now
+        uc.mem_map(decoy, 0x1000, UC_PROT_ALL)
+    uc.mem_map(0x30000, 0x1000, UC_PROT_READ)
+    with pytest.raises(UcError) as refused:
+        run_engine(machine, 100_000)
+    assert refused.value.errno == UC_ERR_WRITE_PROT
+    assert uc.mem_read(0x30000, 8) == bytes(8)  # the new page, untouched
