@@ -36,10 +36,10 @@ LIBRARY_NAME = "libunicorn.so.2"  # the name the binding loads from LIBUNICORN_P
 # interface (version string, switches, the clock's counter).
 SERIES = ("engine-api.patch", "instruction-clock.patch", "code-pages.patch", "exit-checks.patch",
           "code-hooks.patch", "tlb-flush.patch", "page-walk.patch",
-          "io-pc.patch", "unroll.patch")
+          "io-pc.patch", "unroll.patch", "reuse.patch")
 SWITCHES = {"code-pages": 1 << 0, "exit-checks": 1 << 1, "instruction-clock": 1 << 2, "code-hooks": 1 << 3,
             "tlb-flush": 1 << 4, "page-walk": 1 << 5,
-            "io-pc": 1 << 6, "unroll": 1 << 7}
+            "io-pc": 1 << 6, "unroll": 1 << 7, "reuse": 1 << 8}
 
 # Part of the key: a change here rebuilds the engine.
 CMAKE_OPTIONS = ("-DCMAKE_BUILD_TYPE=Release", "-DUNICORN_ARCH=x86", "-DUNICORN_BUILD_TESTS=OFF",

@@ -173,6 +173,84 @@ def test_rewritten_code_runs_as_rewritten_under_every_mapping(tmp_path: Path, of
     assert struct.unpack_from("<7I", machine.memory, 0x9000) == (1, 2, 3, 7, 3, 5, 8)
 
 
+# A process's code page is poisoned and written again, as when the kernel frees a child's pages and forks the
+# next: the same bytes, then other bytes, then the same bytes with a code hook added on them meanwhile.
+REWRITTEN_PROCESS_PAGE = PAGE_TABLES_AT_0x10000 + r"""
+    movq $0x600083, 0x12010       # 4-6 MiB -> physical 6 MiB: the "process"
+    mov $0x10000, %rax
+    mov %rax, %cr3
+    lea first(%rip), %rsi
+    call install_and_run
+    mov %eax, 0x9000
+    lea first(%rip), %rsi
+    call install_and_run          # the same bytes again, after the page held others
+    mov %eax, 0x9004
+    lea second(%rip), %rsi
+    call install_and_run          # other bytes at the same address
+    mov %eax, 0x9008
+    lea first(%rip), %rsi
+    call install_and_run
+    mov %eax, 0x900c
+hooked:
+    nop                           # the test adds a code hook on the process's code here
+    lea first(%rip), %rsi
+    call install_and_run          # bytes a block was made from, but with no hook
+    mov %eax, 0x9010
+    cli
+    hlt
+
+install_and_run:                  # poison the process's page, copy 8 bytes from %rsi there, jump to them
+    mov $0x400000, %rdi
+    mov $0xcc, %al
+    mov $64, %ecx
+    rep stosb
+    mov $0x400000, %rdi
+    mov $8, %ecx
+    rep movsb
+    mov $0x400000, %rax
+    jmp *%rax
+
+    .balign 8
+first:
+    mov $1, %eax
+    ret
+    .balign 8
+second:
+    mov $2, %eax
+    ret
+    .balign 8
+"""
+
+
+@pytest.mark.parametrize("off", [frozenset(), frozenset({"reuse"})], ids=["reused", "translated"])
+def test_code_written_again_runs_as_written_and_as_hooked_now(tmp_path: Path, off: frozenset[str]) -> None:
+    """A block whose page was overwritten is used again only for the very bytes it was made from, and only if
+    the hooks are those it was made with: the same bytes run as before, other bytes as written, and a code hook
+    added since is called."""
+    from unicorn import UC_HOOK_CODE
+    from unicorn import x86_const as X
+
+    from harness.pc.cpu import NOT_AN_ADDRESS
+    from harness.pc.loader import read_elf
+
+    machine = Machine(MachineConfig(engine_off=off))
+    machine.boot(read_elf(assemble_kernel(REWRITTEN_PROCESS_PAGE, tmp_path / "kernel"), "kernel"), "", [])
+    uc = machine.uc
+    hooked = machine.symbols.address_of("hooked")
+    stopper = uc.hook_add(UC_HOOK_CODE, lambda uc_, address, size, data: uc.emu_stop(), None, hooked, hooked)
+    machine.clock._set_deadline(machine.clock.instructions + 100_000)
+    uc.emu_start(uc.reg_read(X.UC_X86_REG_RIP), NOT_AN_ADDRESS)
+    assert uc.reg_read(X.UC_X86_REG_RIP) == hooked
+    assert struct.unpack_from("<4I", machine.memory, 0x9000) == (1, 1, 2, 1)
+    uc.hook_del(stopper)
+    calls = []
+    uc.hook_add(UC_HOOK_CODE, lambda uc_, address, size, data: calls.append(address), None, 0x400000, 0x400007)
+    stop = machine.run(max_time_ns=1_000_000_000)
+    assert stop.kind is StopKind.HANG, stop.message
+    assert struct.unpack_from("<I", machine.memory, 0x9010)[0] == 1
+    assert calls == [0x400000, 0x400005]  # mov, ret
+
+
 @pytest.mark.parametrize("patch", PATCHES)
 @pytest.mark.parametrize("until", ["process 2 started: hello", "Hello from WeensyOS process 2!", None],
                          ids=["log-line", "screen-text", "power-off"])
