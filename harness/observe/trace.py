@@ -22,16 +22,15 @@ from unicorn.x86_const import UC_X86_REG_CR3
 
 from ..pc.events import Event, Kind
 from ..pc.fastpath import RECORD_COMPLETE, RECORD_RETURN
-from ..pc.paging import PageFault, PhysicalFault, read_virtual
 from ..pc.symbols import SymbolTable
 from .pagefault import FaultExplainer
-from .syscalls import SyscallArg, SyscallTable
+from .syscalls import SyscallTable
+from .syscallview import SyscallView, signed
 
 if TYPE_CHECKING:
     from ..pc.board import Board
     from .kernelview import KernelView
 
-STRING_LIMIT = 32  # characters of a string or buffer shown, like strace -s 32
 CONSOLE_BYTES = 80 * 25 * 2
 CONSOLE_ADDRESS = 0xB8000
 _RECORD_KIND, _RECORD_PID = itemgetter(0), itemgetter(10)  # of a native record (fastpath.RawSyscall's fields)
@@ -39,33 +38,7 @@ _ROW_CELLS = tuple(slice(row * 160, row * 160 + 160) for row in range(25))  # ea
 _ROW_TEXT = tuple(slice(row * 80, row * 80 + 80) for row in range(25))  # each row's characters
 
 
-def _quoted_byte(byte: int) -> str:
-    """One byte as `quote` shows it."""
-    if byte == 0x0A:
-        return "\\n"
-    if byte == 0x09:
-        return "\\t"
-    if byte in (0x22, 0x5C):
-        return "\\" + chr(byte)
-    if 0x20 <= byte < 0x7F:
-        return chr(byte)
-    return f"\\x{byte:02x}"
-
-
-_QUOTED = tuple(_quoted_byte(byte) for byte in range(256))  # each byte as it shows inside a quoted string
-
-
-def quote(data: bytes, limit: int = STRING_LIMIT) -> str:
-    """A C-like quoted string, truncated with "..." after `limit` characters (as strace shows buffers)."""
-    return '"' + "".join(map(_QUOTED.__getitem__, data[:limit])) + '"' + ("..." if len(data) > limit else "")
-
-
-def signed(value: int) -> int:
-    value &= (1 << 64) - 1
-    return value - (1 << 64) if value >> 63 else value
-
-
-class Tracer:
+class Tracer(SyscallView):
     def __init__(self, machine: Board) -> None:
         self.machine = machine
         self.events = machine.events
@@ -115,23 +88,6 @@ class Tracer:
     def describe(self, pid: int | None, address: int, user: bool) -> str:
         return self.symbols_for(pid, address, user).describe(address)
 
-    def _read(self, cr3: int, address: int, length: int) -> bytes | None:
-        try:
-            return read_virtual(self.machine.memory, cr3, address, length, user=True)
-        except (PageFault, PhysicalFault):
-            return None
-
-    def _read_string(self, cr3: int, address: int) -> bytes | None:
-        out = bytearray()
-        while len(out) <= STRING_LIMIT:
-            chunk = self._read(cr3, address + len(out), 1)
-            if chunk is None:
-                return None if not out else bytes(out)
-            if chunk == b"\0":
-                return bytes(out)
-            out += chunk
-        return bytes(out)
-
     # -- system calls ----------------------------------------------------------------------------------------
     def syscall(self, rip: int, number: int, cr3: int, args: tuple[int, ...], time_ns: int | None = None,
                 seq: int | None = None, pid: int | None | bool = False, returned: tuple[int, int] | None = None,
@@ -159,15 +115,6 @@ class Tracer:
             self.events.add(event, seq=seq)
             return
         self._pending_syscall[event.pid] = self.events.add(event, finished=False, seq=seq)
-
-    def _syscall_detail(self, number: int, args: tuple[int, ...], cr3: int) -> dict[str, Any]:
-        """A system call's name and its arguments as the trace shows them at entry."""
-        spec = self.syscalls.by_number.get(number)
-        if spec is None:
-            return {}
-        # [name, rendering] pairs (lists: they survive a JSON round trip)
-        shown = [[arg.name, self._format_argument(spec.args, i, args, cr3)] for i, arg in enumerate(spec.args)]
-        return {"args": shown, "name": spec.name}
 
     def native_records(self, records: Iterable[tuple[int, ...]]) -> None:
         """A batch the native path recorded (fastpath.RawSyscall's fields in order, args spread out): system-call
@@ -208,68 +155,6 @@ class Tracer:
         args = (a0, a1, a2, a3)
         return Event(time_ns, Kind.SYSCALL, rip, cr3, number, None, None, args, "", seq, pid if pid >= 0 else None,
                      True, ret, end_ns, False, self._syscall_detail(number, args, cr3))
-
-    def _format_argument(self, specs: tuple[SyscallArg, ...], index: int, args: tuple[int, ...], cr3: int) -> str:
-        arg = specs[index]
-        value = args[index] if index < len(args) else 0
-        if arg.type == "str":
-            text = self._read_string(cr3, value)
-            return quote(text) if text is not None else f"{value:#x}"
-        following = specs[index + 1] if index + 1 < len(specs) else None
-        if arg.type == "ptr" and following is not None and following.type == "size" and arg.ctype.startswith("const"):
-            length = args[index + 1] if index + 1 < len(args) else 0
-            data = self._read(cr3, value, min(length, STRING_LIMIT + 1))
-            return quote(data) if data is not None else f"{value:#x}"
-        if arg.type == "ptr":
-            return f"{value:#x}"
-        if arg.type in ("size", "uint"):
-            return str(value) if value < 1 << 32 else f"{value:#x}"  # huge sizes read better in hex
-        return str(signed(value))
-
-    def format_return(self, event: Event) -> str:
-        if event.ret is None:
-            return "?"
-        spec = self.syscalls.by_number.get(event.number)
-        value = signed(event.ret)
-        if spec is not None and spec.returns == "ptr":
-            return f"{event.ret:#x}"
-        error = self.syscalls.errors.get(value)
-        return f"{value} {error}" if error else str(value)
-
-    def reads_user_memory(self, number: int) -> bool:
-        """Does tracing system call `number` read the caller's memory (a string or buffer argument shown at
-        entry, a buffer it wrote shown at its return)? Those must be read before the process runs on."""
-        spec = self.syscalls.by_number.get(number)
-        if spec is None:
-            return False
-        for i, arg in enumerate(spec.args):
-            following = spec.args[i + 1] if i + 1 < len(spec.args) else None
-            sized = following is not None and following.type == "size"
-            if arg.type == "str":  # shown at entry (`_format_argument`)
-                return True
-            if arg.type == "ptr" and (sized or (arg.ctype == "char*")):
-                return True  # a buffer shown at entry (const) or at the return (`_output_buffer`)
-        return False
-
-    def _output_buffer(self, event: Event, cr3: int) -> None:
-        """After a read-like call returns n > 0, show what it wrote into the caller's buffer."""
-        spec = self.syscalls.by_number.get(event.number)
-        if spec is None or not spec.args or event.ret is None or signed(event.ret) < 0:
-            return
-        for i, arg in enumerate(spec.args):
-            if arg.type != "ptr" or arg.ctype.startswith("const") or i >= len(event.args):
-                continue
-            following = spec.args[i + 1] if i + 1 < len(spec.args) else None
-            if following is not None and following.type == "size":
-                data = self._read(cr3, event.args[i], min(signed(event.ret), STRING_LIMIT + 1))
-            elif arg.ctype == "char*":  # an output string, e.g. getsysname's buffer
-                data = self._read_string(cr3, event.args[i])
-            else:
-                continue
-            if data is not None:
-                args = list(event.detail.get("args", []))
-                args[i] = [arg.name, quote(data)]
-                event.detail["args"] = args
 
     # -- exceptions and interrupts -------------------------------------------------------------------------------
     def delivery(self, vector: int, error_code: int | None, rip: int, cr2: int, external: bool, from_user: bool,
