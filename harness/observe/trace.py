@@ -12,6 +12,7 @@ The kernel is never changed.
 from __future__ import annotations
 
 import base64
+import struct
 from collections.abc import Callable, Iterable
 from itertools import compress
 from operator import itemgetter, ne
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from unicorn.x86_const import UC_X86_REG_CR3
 
 from ..pc.events import Event, Kind
-from ..pc.fastpath import RECORD_COMPLETE, RECORD_RETURN
+from ..pc.fastpath import RECORD_COMPLETE, RECORD_CREATED, RECORD_EXITED, RECORD_RETURN, RECORD_SWITCH
 from ..pc.symbols import SymbolTable
 from .pagefault import FaultExplainer
 from .syscalls import SyscallTable
@@ -29,13 +30,25 @@ from .syscallview import SyscallView, signed
 
 if TYPE_CHECKING:
     from ..pc.board import Board
+    from ..pc.fastpath import FastPath
     from .kernelview import KernelView
 
 CONSOLE_BYTES = 80 * 25 * 2
 CONSOLE_ADDRESS = 0xB8000
 _RECORD_KIND, _RECORD_PID = itemgetter(0), itemgetter(10)  # of a native record (fastpath.RawSyscall's fields)
+_NAME_WORDS = struct.Struct("<4Q")  # a RECORD_CREATED's args: the process name's bytes
 _ROW_CELLS = tuple(slice(row * 160, row * 160 + 160) for row in range(25))  # each row's bytes on the screen
 _ROW_TEXT = tuple(slice(row * 80, row * 80 + 80) for row in range(25))  # each row's characters
+
+
+# A change of the process table: (pid, name, seq): name False for a process that left (a new one's name may be
+# None: the kernel keeps none); seq: its event's, when the native path numbered it (else None).
+ProcessChange = tuple[int, str | None | bool, int | None]
+
+
+def _process_name(raw: bytes) -> str | None:
+    """A process name as the kernel stores it (NUL-terminated), as KernelView.live_names reads it."""
+    return raw.split(b"\0")[0].decode("latin-1") or None
 
 
 class Tracer(SyscallView):
@@ -57,6 +70,7 @@ class Tracer(SyscallView):
         self._make_complete_call = self._complete_call  # one bound method: EventLog.defer compares it
         self._faults = FaultExplainer(machine.memory)
         self._console = machine.memory[CONSOLE_ADDRESS:CONSOLE_ADDRESS + CONSOLE_BYTES]  # the screen, live
+        self.native_scan: FastPath | None = None  # the native process-table scan, when the machine has one
 
     def enable(self, syscalls: SyscallTable, programs: dict[str, Path], kernel_path: Path | bytes | None) -> None:
         self.full = True
@@ -134,6 +148,7 @@ class Tracer(SyscallView):
                 self.events.defer(Kind.SYSCALL, records, self._make_complete_call)
                 return
         quiet: list[tuple[int, ...]] = []
+        changes: list[ProcessChange] = []  # a recorded switch's process-table changes, which come before it
         for record in records:
             kind, pid = record[0], record[10]
             known_pid = pid if pid >= 0 else None  # -1: the native path could not read it
@@ -145,6 +160,14 @@ class Tracer(SyscallView):
                         (record[11], record[12]))
             elif kind == RECORD_RETURN:  # rip: where the process resumes; number: RAX
                 returned(record[3], record[5], record[4], known_pid, record[2], console=False)
+            elif kind == RECORD_CREATED:
+                changes.append((pid, _process_name(_NAME_WORDS.pack(*record[6:10])), record[1]))
+            elif kind == RECORD_EXITED:
+                changes.append((pid, False, record[1]))
+            elif kind == RECORD_SWITCH:  # as a return seen at once would apply it, with the table as it was
+                returned(record[3], record[5], record[4], known_pid, record[2], console=False,
+                         switch=(record[1], changes))
+                changes = []
             else:
                 syscall(record[3], record[5], record[4], record[6:10], record[2], record[1], known_pid)
         self.events.defer(Kind.SYSCALL, quiet, self._make_complete_call)
@@ -155,6 +178,15 @@ class Tracer(SyscallView):
         args = (a0, a1, a2, a3)
         return Event(time_ns, Kind.SYSCALL, rip, cr3, number, None, None, args, "", seq, pid if pid >= 0 else None,
                      True, ret, end_ns, False, self._syscall_detail(number, args, cr3))
+
+    def memory_pending_mask(self) -> int:
+        """Bit p: process p (below 64) has a call open whose trace reads its memory at the return (or whose
+        number is beyond the native path's table of such calls): its return must be seen at once."""
+        mask = 0
+        for pid, call in self._pending_syscall.items():
+            if pid is not None and 0 <= pid < 64 and (call.number >= 64 or self.reads_user_memory(call.number)):
+                mask |= 1 << pid
+        return mask
 
     # -- exceptions and interrupts -------------------------------------------------------------------------------
     def delivery(self, vector: int, error_code: int | None, rip: int, cr2: int, external: bool, from_user: bool,
@@ -180,10 +212,12 @@ class Tracer(SyscallView):
 
     # -- returns to user mode (full tracing) -----------------------------------------------------------------------
     def return_to_user(self, rip: int, rax: int, cr3: int, pid: int | None | bool = False,
-                       time_ns: int | None = None, console: bool = True) -> None:
+                       time_ns: int | None = None, console: bool = True,
+                       switch: tuple[int, list[ProcessChange]] | None = None) -> None:
         """The CPU went back to user mode at `rip` (RAX = `rax`): finishes that process's system call or fault.
         `pid` and `time_ns` when the native path already read them (False: read the pid now); `console` False
-        for a return it recorded after checking that the console had not changed."""
+        for a return it recorded after checking that the console had not changed; `switch` for a context switch
+        it recorded: the switch event's seq and the process-table changes it found there (numbered too)."""
         if pid is False:
             pid = self._pid(cr3)
         now = self._now() if time_ns is None else time_ns
@@ -200,9 +234,9 @@ class Tracer(SyscallView):
                 else:
                     waiting.blocked = True
                     self.events.release_unfinished(waiting)
-            self._scan_processes(cr3)
+            self._scan_processes(cr3, now, switch[1] if switch is not None else None)
             self.events.add(Event(now, Kind.SWITCH, rip, cr3, pid=pid, user=True,
-                                  detail={"from": previous, "to": pid}))
+                                  detail={"from": previous, "to": pid}), seq=switch[0] if switch is not None else None)
             self._last_user_pid = pid
         call = self._pending_syscall.pop(pid, None)
         if call is not None:
@@ -224,36 +258,57 @@ class Tracer(SyscallView):
     def _never_returns(self, call: Event) -> bool:
         return self.syscalls.name(call.number) == "exit"
 
-    def _scan_processes(self, cr3: int) -> None:
+    def _scan_processes(self, cr3: int, now: int | None = None, recorded: list[ProcessChange] | None = None,
+                        ) -> None:
         """Process creation and exit events for what changed in the kernel's process table since the last look
-        (at every context switch, and at the end)."""
+        (at every context switch, and at the end). `recorded`: the changes the native path found at a switch
+        it recorded (with their events' seqs), at `now`; else the table is looked at now, by the native scan
+        when the machine has it (it keeps the list of live processes: `_names` follows it), else here."""
         if self.kernel is None:
             return
-        live = self.kernel.live_names(cr3)
-        if live.keys() == self._names.keys():
-            return  # the same processes as at the last look
-        for pid, name in live.items():
-            if pid not in self._names:
+        if recorded is not None:
+            changes = recorded
+        elif self.native_scan is not None:
+            changes = [(pid, _process_name(name) if created else False, None)
+                       for pid, created, name in self.native_scan.scan(cr3)]
+        else:
+            changes = self._table_changes(cr3)
+        if not changes:
+            return
+        if now is None:
+            now = self._now()
+        for pid, name, seq in changes:
+            if name is not False:
                 self._names[pid] = name
                 self.seen_pids.add(pid)
-                self.events.add(Event(self._now(), Kind.PROCESS, pid=pid, text=f"created {name or ''}".strip(),
-                                      detail={"event": "created", "name": name}))
-        for pid in [pid for pid in self._names if pid not in live]:
+                self.events.add(Event(now, Kind.PROCESS, pid=pid, text=f"created {name or ''}".strip(),
+                                      detail={"event": "created", "name": name}), seq=seq)
+                continue
             name = self._names.pop(pid)
             call = self._pending_syscall.pop(pid, None)
             status = self._exit_status.pop(pid, None)
             if call is not None:
                 if self._never_returns(call):
                     status = signed(call.args[0]) if call.args else None
-                self.events.finish(call, self._now())
+                self.events.finish(call, now)
             fault = self._pending_fault.pop(pid, None)
             text = "exited" + (f" with {status}" if status is not None else "")
             if fault is not None:
                 fault.detail["outcome"] = "the kernel killed the process"
                 self.events.finish(fault)
                 text = "killed after a page fault"
-            self.events.add(Event(self._now(), Kind.PROCESS, pid=pid, text=text,
-                                  detail={"event": "exited", "name": name, "status": status}))
+            self.events.add(Event(now, Kind.PROCESS, pid=pid, text=text,
+                                  detail={"event": "exited", "name": name, "status": status}), seq=seq)
+
+    def _table_changes(self, cr3: int) -> list[ProcessChange]:
+        """The changes since the last look, read here (the reference for the native scan): new processes in
+        table order, then gone ones in the order they appeared."""
+        assert self.kernel is not None
+        live = self.kernel.live_names(cr3)
+        if live.keys() == self._names.keys():
+            return []  # the same processes as at the last look
+        created: list[ProcessChange] = [(pid, name, None) for pid, name in live.items() if pid not in self._names]
+        return created + [(pid, False, None) for pid in self._names if pid not in live]
 
     def observe_console(self) -> None:
         """Record what changed on the screen since the last look, as one console event of the rows that now
@@ -266,10 +321,15 @@ class Tracer(SyscallView):
         kernel entry after it, and comes before that entry in the trace."""
         if not self.full:
             return
+        catch_up = self.events.before_add
+        if catch_up is not None:  # what the native path recorded comes first (a switch sets the pid used here)
+            catch_up()
         screen = bytes(self._console)
         if screen == self._screen:
             return
         old, self._screen = self._screen, screen
+        if self.native_scan is not None:
+            self.native_scan.saw_screen(screen)  # its quiet returns and switches compare with what was seen here
         characters = screen[::2].decode("cp437").replace("\0", " ")  # cp437: one character per byte
         changed = compress(range(25), map(ne, map(screen.__getitem__, _ROW_CELLS), map(old.__getitem__, _ROW_CELLS)))
         rows = [(row, text) for row in changed if (text := characters[_ROW_TEXT[row]].rstrip()).strip()]

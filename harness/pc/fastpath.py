@@ -47,6 +47,19 @@ assert _RECORD.size == ctypes.sizeof(RawSyscall)
 RECORD_ENTRY = 0
 RECORD_RETURN = 1  # WANT_BATCH: a return to user nothing needed at once (rip: where it resumes, number: RAX)
 RECORD_COMPLETE = 2  # an entry whose quiet return came next (ret and end_ns filled in)
+# A context switch recorded natively (defer_switches): the process-table changes seen there, each numbered as
+# its event, then the switch (rip: where the process resumes; number: RAX; pid: the process now running).
+RECORD_CREATED = 3  # pid appeared in the table; args: its name's bytes
+RECORD_EXITED = 4  # pid left the table
+RECORD_SWITCH = 5
+MAX_LIVE = 64  # process-table slots the native scan handles
+NAME_BYTES = 32  # a process name's bytes a record carries
+
+
+class ProcChange(ctypes.Structure):
+    """One change of the process table found by the native scan (`struct proc_change`)."""
+
+    _fields_ = [("pid", ctypes.c_int64), ("created", ctypes.c_uint64), ("name", ctypes.c_uint8 * NAME_BYTES)]
 
 
 class UserReturn(ctypes.Structure):
@@ -88,16 +101,21 @@ def _state_type(native: ctypes.CDLL) -> type[ctypes.Structure]:
             ("see_every_return", u32), ("screen_valid", u32), ("last_user_pid", ctypes.c_int64),
             ("memory_calls", u64), ("last_entry_number", u64), ("last_entry_pid", ctypes.c_int64),
             ("rflags_regid", u32),
+            ("ptable_va", u64), ("proc_size", ctypes.c_int64), ("state_offset", ctypes.c_int64),
+            ("name_offset", ctypes.c_int64), ("nproc", u32), ("name_size", u32), ("scan_ready", u32),
+            ("defer_switches", u32), ("memory_pending", u64), ("live_count", u32), ("change_count", u32),
+            ("live_pids", ctypes.c_int32 * MAX_LIVE), ("changes", ProcChange * (2 * MAX_LIVE)),
             ("next_seq", u64), ("syscalls", u64), ("raw_total", u64), ("raw_consumed", u64), ("last", RawSyscall),
             ("returned", UserReturn),
             ("log_length", u64), ("log", ctypes.c_uint8 * log_size), ("screen", ctypes.c_uint8 * 4000),
-            ("ring", RawSyscall * ring_size),
+            ("ring", RawSyscall * ring_size), ("table", ctypes.c_uint8 * native.fastpath_table_bytes()),
         ]
 
     layout = (ctypes.sizeof(FastPathState), FastPathState.ring.offset, FastPathState.log.offset,
-              FastPathState.last.offset, FastPathState.returned.offset)
+              FastPathState.last.offset, FastPathState.returned.offset, FastPathState.changes.offset)
     native_layout = (native.fastpath_size(), native.fastpath_ring_offset(), native.fastpath_log_offset(),
-                     native.fastpath_last_offset(), native.fastpath_returned_offset())
+                     native.fastpath_last_offset(), native.fastpath_returned_offset(),
+                     native.fastpath_changes_offset())
     if layout != native_layout:
         raise RuntimeError(f"fastpath.c and fastpath.py disagree on struct fastpath: {layout} != {native_layout}")
     return FastPathState
@@ -148,8 +166,11 @@ def _configure_native(native: ctypes.CDLL) -> None:
     native.fastpath_env_at.restype = ctypes.c_size_t
     native.fastpath_env_at.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_size_t]
     for name in ("fastpath_size", "fastpath_ring_offset", "fastpath_log_offset", "fastpath_last_offset",
-                 "fastpath_returned_offset", "fastpath_ring_size", "fastpath_log_size"):
+                 "fastpath_returned_offset", "fastpath_ring_size", "fastpath_log_size", "fastpath_changes_offset",
+                 "fastpath_table_bytes"):
         getattr(native, name).restype = ctypes.c_size_t
+    native.fastpath_scan.restype = ctypes.c_int
+    native.fastpath_scan.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
 
 
 def _context_bytes(uc: Uc, length: int) -> bytes:
@@ -333,6 +354,43 @@ class FastPath:
         """Where the kernel keeps `current` and where a proc keeps its pid (from its symbols and DWARF)."""
         self.state.current_va = current_va or 0
         self.state.pid_offset = pid_offset if pid_offset is not None else -1
+
+    def know_process_table(self, address: int | None, slots: int, size: int, pid: int, state: int | None,
+                           name: int | None, name_size: int) -> bool:
+        """Where the kernel's process table is and where a slot keeps its pid, state and name (KernelView's
+        layout): the native path then scans it at context switches (`scan`). False if it cannot scan this
+        table (Python's scan then runs)."""
+        state_ = self.state
+        ready = (address is not None and state is not None and 0 < slots <= MAX_LIVE and size > 0
+                 and size * slots <= len(state_.table) and 0 <= pid <= size - 4 and 0 <= state <= size - 4
+                 and (name is None or not name_size or (name >= 0 and name + name_size <= size
+                                                       and name_size <= NAME_BYTES)))
+        state_.scan_ready = 0
+        if ready:
+            state_.ptable_va, state_.nproc, state_.proc_size = address, slots, size
+            state_.pid_offset, state_.state_offset = pid, state
+            state_.name_offset, state_.name_size = (name, name_size) if name is not None and name_size else (0, 0)
+            state_.live_count = 0
+            state_.scan_ready = 1
+        return ready
+
+    def scan(self, cr3: int) -> list[tuple[int, bool, bytes]]:
+        """The process table's changes since the last scan (made here or at a recorded switch): (pid, created,
+        name bytes), new processes first in table order, then gone ones in the order they appeared."""
+        count = self.native.fastpath_scan(self._state_pointer, cr3)
+        changes = self.state.changes
+        return [(change.pid, bool(change.created), bytes(change.name)) for change in changes[:max(count, 0)]]
+
+    def saw_screen(self, screen: bytes) -> None:
+        """The tracer looked at the console and saw `screen`: what the native path compares it with."""
+        ctypes.memmove(self.state.screen, screen, len(self.state.screen))
+        self.state.screen_valid = 1
+
+    def set_live(self, pids: list[int]) -> None:
+        """The live processes the tracer knows, in the order they appeared (after a snapshot's restore)."""
+        pids = pids[:MAX_LIVE]
+        self.state.live_pids[:len(pids)] = pids
+        self.state.live_count = len(pids)
 
     def unpack(self, start: int, stop: int) -> Iterator[tuple[int, ...]]:
         """Records number `start` to `stop` (of all ever written) as tuples of RawSyscall's fields in order
