@@ -60,12 +60,13 @@ class Machine(Board):
         kernel = self.tracer.kernel
         if self.fast is not None and kernel is not None and kernel.available:
             self.fast.know_kernel(kernel.current_address, kernel.layout.pid if kernel.layout else None)
-        if self.fast is not None and kernel is not None and kernel.layout is not None:
-            layout = kernel.layout
-            if (layout.size % 4 == 0 and layout.pid % 4 == 0 and layout.state is not None and layout.state % 4 == 0
-                    and self.fast.know_process_table(kernel.ptable_address, kernel.nproc, layout.size, layout.pid,
-                                                     layout.state, layout.name, layout.name_size)):
-                self.tracer.native_scan = self.fast  # (KernelView.live_names's own conditions for its reading)
+        if self.fast is not None:
+            layout = kernel.layout if kernel is not None else None
+            scans = (kernel is not None and layout is not None and layout.size % 4 == 0 and layout.pid % 4 == 0
+                     and layout.state is not None and layout.state % 4 == 0  # (KernelView.live_names's own rule)
+                     and self.fast.know_process_table(kernel.ptable_address, kernel.nproc, layout.size, layout.pid,
+                                                      layout.state, layout.name, layout.name_size))
+            self.tracer.use_native(self.fast, scans)
         if self.fast is not None:
             self.fast.state.memory_calls = sum(1 << number for number in range(64)
                                                if self.tracer.reads_user_memory(number))
@@ -132,7 +133,10 @@ class Machine(Board):
         if state.raw_consumed == state.raw_total:  # the tracer has applied every record: its open calls are all
             state.memory_pending = tracer.memory_pending_mask()
         if screen:
-            state.screen_valid = 0
+            if tracer.native is not None and len(tracer._screen) == len(state.screen):
+                self.fast.saw_screen(tracer._screen)  # the native look compares with what the tracer saw
+            else:
+                state.screen_valid = 0
             pid = tracer._last_user_pid
             state.last_user_pid = pid if pid is not None else -1
             if tracer.native_scan is not None:

@@ -14,19 +14,27 @@ from __future__ import annotations
 import base64
 import struct
 from collections.abc import Callable, Iterable
-from itertools import compress
-from operator import itemgetter, ne
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from unicorn.x86_const import UC_X86_REG_CR3
 
-from ..pc.events import Event, Kind
-from ..pc.fastpath import RECORD_COMPLETE, RECORD_CREATED, RECORD_EXITED, RECORD_RETURN, RECORD_SWITCH
+from ..pc.events import NO_DETAIL, Event, Kind
+from ..pc.fastpath import (
+    LOOK_UNKNOWN,
+    RECORD_COMPLETE,
+    RECORD_CREATED,
+    RECORD_EXITED,
+    RECORD_RETURN,
+    RECORD_SWITCH,
+)
 from ..pc.symbols import SymbolTable
 from .pagefault import FaultExplainer
 from .syscalls import SyscallTable
 from .syscallview import SyscallView, signed
+from .traceconsole import BLANK_BYTES, changed_rows_with_text, made_console, rows_with_text
+from .traceprocs import ProcessChange, ProcessTable, process_name
 
 if TYPE_CHECKING:
     from ..pc.board import Board
@@ -37,21 +45,15 @@ CONSOLE_BYTES = 80 * 25 * 2
 CONSOLE_ADDRESS = 0xB8000
 _RECORD_KIND, _RECORD_PID = itemgetter(0), itemgetter(10)  # of a native record (fastpath.RawSyscall's fields)
 _NAME_WORDS = struct.Struct("<4Q")  # a RECORD_CREATED's args: the process name's bytes
-_ROW_CELLS = tuple(slice(row * 160, row * 160 + 160) for row in range(25))  # each row's bytes on the screen
-_ROW_TEXT = tuple(slice(row * 80, row * 80 + 80) for row in range(25))  # each row's characters
 
 
-# A change of the process table: (pid, name, seq): name False for a process that left (a new one's name may be
-# None: the kernel keeps none); seq: its event's, when the native path numbered it (else None).
-ProcessChange = tuple[int, str | None | bool, int | None]
+def _made_event(record: tuple[Any, ...]) -> Event:
+    """The event of a record `Tracer._record` deferred: (time_ns, kind, rip, cr3, text, seq, pid, user, detail)."""
+    time_ns, kind, rip, cr3, text, seq, pid, user, detail = record
+    return Event(time_ns, kind, rip, cr3, -1, None, None, (), text, seq, pid, user, None, None, False, detail)
 
 
-def _process_name(raw: bytes) -> str | None:
-    """A process name as the kernel stores it (NUL-terminated), as KernelView.live_names reads it."""
-    return raw.split(b"\0")[0].decode("latin-1") or None
-
-
-class Tracer(SyscallView):
+class Tracer(SyscallView, ProcessTable):
     def __init__(self, machine: Board) -> None:
         self.machine = machine
         self.events = machine.events
@@ -70,7 +72,9 @@ class Tracer(SyscallView):
         self._make_complete_call = self._complete_call  # one bound method: EventLog.defer compares it
         self._faults = FaultExplainer(machine.memory)
         self._console = machine.memory[CONSOLE_ADDRESS:CONSOLE_ADDRESS + CONSOLE_BYTES]  # the screen, live
-        self.native_scan: FastPath | None = None  # the native process-table scan, when the machine has one
+        self.native: FastPath | None = None  # the machine's native paths, when it has them (`use_native`)
+        self.native_scan: FastPath | None = None  # the same, when they can scan this kernel's process table
+        self._native_look: Callable[[], int] | None = None  # the native look at the screen
 
     def enable(self, syscalls: SyscallTable, programs: dict[str, Path], kernel_path: Path | bytes | None) -> None:
         self.full = True
@@ -81,7 +85,27 @@ class Tracer(SyscallView):
         self.kernel = KernelView(self.machine.memory, self.machine.symbols, kernel_path)
         self._screen = bytes(self._console)
 
+    def use_native(self, native: FastPath, scans: bool) -> None:
+        """Look at the screen through the native path (which then keeps what the tracer saw) and, if `scans`,
+        at the process table too (it keeps the list of live processes, which `_names` follows)."""
+        self.native = native
+        self.native_scan = native if scans else None
+        self._native_look = native.look_at_screen(BLANK_BYTES)
+
     # -- helpers -------------------------------------------------------------------------------------------
+    def _record(self, time_ns: int, kind: Kind, rip: int = 0, cr3: int = 0, text: str = "", pid: int | None = None,
+                user: bool = False, detail: Any = NO_DETAIL, seq: int | None = None) -> None:
+        """A finished event (numbered now, or already: `seq`). With full tracing and nobody watching events as
+        they happen, it is kept as a record and made when the ring is read (EventLog.defer_one): most of a long
+        run's events leave the ring unread."""
+        events = self.events
+        if self.full and not events.watched:
+            if seq is None:
+                seq = events.take_seq()
+            events.defer_one(kind, (time_ns, kind, rip, cr3, text, seq, pid, user, detail), _made_event)
+            return
+        events.add(Event(time_ns, kind, rip, cr3, text=text, pid=pid, user=user, detail=detail), seq=seq)
+
     def _now(self) -> int:
         return self.machine.clock.now_ns()
 
@@ -152,16 +176,19 @@ class Tracer(SyscallView):
         for record in records:
             kind, pid = record[0], record[10]
             known_pid = pid if pid >= 0 else None  # -1: the native path could not read it
+            if kind == RECORD_COMPLETE and defer and known_pid not in pending:
+                quiet.append(record)  # (a call still open for that pid is closed by `syscall`)
+                continue
+            if quiet:  # deferred in seq order: before anything this record makes
+                self.events.defer(Kind.SYSCALL, quiet, self._make_complete_call)
+                quiet = []
             if kind == RECORD_COMPLETE:
-                if defer and known_pid not in pending:  # (a call still open for that pid is closed by `syscall`)
-                    quiet.append(record)
-                    continue
                 syscall(record[3], record[5], record[4], record[6:10], record[2], record[1], known_pid,
                         (record[11], record[12]))
             elif kind == RECORD_RETURN:  # rip: where the process resumes; number: RAX
                 returned(record[3], record[5], record[4], known_pid, record[2], console=False)
             elif kind == RECORD_CREATED:
-                changes.append((pid, _process_name(_NAME_WORDS.pack(*record[6:10])), record[1]))
+                changes.append((pid, process_name(_NAME_WORDS.pack(*record[6:10])), record[1]))
             elif kind == RECORD_EXITED:
                 changes.append((pid, False, record[1]))
             elif kind == RECORD_SWITCH:  # as a return seen at once would apply it, with the table as it was
@@ -235,8 +262,8 @@ class Tracer(SyscallView):
                     waiting.blocked = True
                     self.events.release_unfinished(waiting)
             self._scan_processes(cr3, now, switch[1] if switch is not None else None)
-            self.events.add(Event(now, Kind.SWITCH, rip, cr3, pid=pid, user=True,
-                                  detail={"from": previous, "to": pid}), seq=switch[0] if switch is not None else None)
+            self._record(now, Kind.SWITCH, rip, cr3, pid=pid, user=True, detail={"from": previous, "to": pid},
+                         seq=switch[0] if switch is not None else None)
             self._last_user_pid = pid
         call = self._pending_syscall.pop(pid, None)
         if call is not None:
@@ -258,58 +285,6 @@ class Tracer(SyscallView):
     def _never_returns(self, call: Event) -> bool:
         return self.syscalls.name(call.number) == "exit"
 
-    def _scan_processes(self, cr3: int, now: int | None = None, recorded: list[ProcessChange] | None = None,
-                        ) -> None:
-        """Process creation and exit events for what changed in the kernel's process table since the last look
-        (at every context switch, and at the end). `recorded`: the changes the native path found at a switch
-        it recorded (with their events' seqs), at `now`; else the table is looked at now, by the native scan
-        when the machine has it (it keeps the list of live processes: `_names` follows it), else here."""
-        if self.kernel is None:
-            return
-        if recorded is not None:
-            changes = recorded
-        elif self.native_scan is not None:
-            changes = [(pid, _process_name(name) if created else False, None)
-                       for pid, created, name in self.native_scan.scan(cr3)]
-        else:
-            changes = self._table_changes(cr3)
-        if not changes:
-            return
-        if now is None:
-            now = self._now()
-        for pid, name, seq in changes:
-            if name is not False:
-                self._names[pid] = name
-                self.seen_pids.add(pid)
-                self.events.add(Event(now, Kind.PROCESS, pid=pid, text=f"created {name or ''}".strip(),
-                                      detail={"event": "created", "name": name}), seq=seq)
-                continue
-            name = self._names.pop(pid)
-            call = self._pending_syscall.pop(pid, None)
-            status = self._exit_status.pop(pid, None)
-            if call is not None:
-                if self._never_returns(call):
-                    status = signed(call.args[0]) if call.args else None
-                self.events.finish(call, now)
-            fault = self._pending_fault.pop(pid, None)
-            text = "exited" + (f" with {status}" if status is not None else "")
-            if fault is not None:
-                fault.detail["outcome"] = "the kernel killed the process"
-                self.events.finish(fault)
-                text = "killed after a page fault"
-            self.events.add(Event(now, Kind.PROCESS, pid=pid, text=text,
-                                  detail={"event": "exited", "name": name, "status": status}), seq=seq)
-
-    def _table_changes(self, cr3: int) -> list[ProcessChange]:
-        """The changes since the last look, read here (the reference for the native scan): new processes in
-        table order, then gone ones in the order they appeared."""
-        assert self.kernel is not None
-        live = self.kernel.live_names(cr3)
-        if live.keys() == self._names.keys():
-            return []  # the same processes as at the last look
-        created: list[ProcessChange] = [(pid, name, None) for pid, name in live.items() if pid not in self._names]
-        return created + [(pid, False, None) for pid in self._names if pid not in live]
-
     def observe_console(self) -> None:
         """Record what changed on the screen since the last look, as one console event of the rows that now
         show text (a row that was cleared is not an event).
@@ -324,18 +299,35 @@ class Tracer(SyscallView):
         catch_up = self.events.before_add
         if catch_up is not None:  # what the native path recorded comes first (a switch sets the pid used here)
             catch_up()
+        look = self._native_look
+        if look is not None:  # the native path compares, row by row, with what was seen last (and keeps it)
+            seen = look()
+            if not seen:
+                return
+            if not seen & LOOK_UNKNOWN:
+                self._screen = screen = bytes(self._console)
+                rows = rows_with_text(seen)
+                if rows:
+                    self._console_event(screen, rows)
+                return
         screen = bytes(self._console)
         if screen == self._screen:
             return
         old, self._screen = self._screen, screen
-        if self.native_scan is not None:
-            self.native_scan.saw_screen(screen)  # its quiet returns and switches compare with what was seen here
-        characters = screen[::2].decode("cp437").replace("\0", " ")  # cp437: one character per byte
-        changed = compress(range(25), map(ne, map(screen.__getitem__, _ROW_CELLS), map(old.__getitem__, _ROW_CELLS)))
-        rows = [(row, text) for row in changed if (text := characters[_ROW_TEXT[row]].rstrip()).strip()]
+        if self.native is not None:
+            self.native.saw_screen(screen)  # its quiet returns and switches compare with what was seen here
+        rows = changed_rows_with_text(screen, old)
         if rows:
-            self.events.add(Event(self._now(), Kind.CONSOLE, pid=self._last_user_pid,
-                                  text="\n".join(text for _, text in rows), detail={"rows": [r for r, _ in rows]}))
+            self._console_event(screen, rows)
+
+    def _console_event(self, screen: bytes, rows: list[int]) -> None:
+        """The console event of `rows` of `screen`: its text is made when the event is (deferred, usually)."""
+        events = self.events
+        if not events.watched:
+            events.defer_one(Kind.CONSOLE, (self._now(), events.take_seq(), self._last_user_pid, screen, rows),
+                             made_console)
+            return
+        events.add(made_console((self._now(), -1, self._last_user_pid, screen, rows)))
 
     # -- snapshots (pc/snapshot.py keeps this state with the machine's) ----------------------------------------
     def snapshot_state(self, encode: Callable[[Event], dict[str, Any]]) -> dict[str, Any]:
@@ -363,8 +355,10 @@ class Tracer(SyscallView):
     # -- the rest -------------------------------------------------------------------------------------------------
     def log_line(self, line: str, rip: int, cr3: int) -> None:
         self.observe_console()
-        self.events.add(Event(self._now(), Kind.LOG, rip, cr3, text=line,
-                              pid=self._pid(cr3) if self.full else None))
+        if self.full:
+            self._record(self._now(), Kind.LOG, rip, cr3, text=line, pid=self._pid(cr3))
+            return
+        self.events.add(Event(self._now(), Kind.LOG, rip, cr3, text=line))
 
     def panic(self, message: str, rip: int, cr3: int, backtrace: list[int]) -> None:
         self.observe_console()

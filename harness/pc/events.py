@@ -12,6 +12,8 @@ import heapq
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from itertools import repeat
+from operator import attrgetter
 from typing import Any, Protocol
 
 
@@ -86,6 +88,7 @@ class Event:
         return self.kind is Kind.EXCEPTION and self.number == 14
 
 
+_SEQ = attrgetter("seq")
 CASCADE_KEPT = 4  # first faults of a cascade kept for the diagnosis, whatever the ring has lost since
 
 
@@ -148,9 +151,8 @@ class EventLog:
         self._cascade_open = False  # nothing has happened since that could have ended it
         self._kernel_exception: Event | None = None  # the last kernel-mode exception added
         # Finished events kept as records until the ring is read (`defer`): the latest `capacity` of them
-        # (older ones would have left the ring anyway) and what turns one into its event.
-        self._deferred: deque[tuple[Any, ...]] = deque(maxlen=capacity)
-        self._make_deferred: Callable[[tuple[Any, ...]], Event] | None = None
+        # (older ones would have left the ring anyway), each with what turns it into its event.
+        self._deferred: deque[tuple[Callable[[tuple[Any, ...]], Event], tuple[Any, ...]]] = deque(maxlen=capacity)
 
     def connect_raw(self, raw: RawSyscalls) -> None:
         """Number events together with the native recorder from now on."""
@@ -194,10 +196,9 @@ class EventLog:
         if self.before_add is not None:
             self.before_add()
         if self._deferred:
-            make = self._make_deferred
-            assert make is not None
-            new = [make(record) for record in self._deferred]
+            new = [make(record) for make, record in self._deferred]
             self._deferred.clear()
+            new.sort(key=_SEQ)  # (producers defer in seq order; this keeps the merge right whatever they do)
             self._merge(new)
         raw = self.raw
         if raw is None:
@@ -218,13 +219,32 @@ class EventLog:
         if not records:
             return
         assert not self.watched, "deferred events would never reach the sinks"
-        if self._make_deferred != make and self._deferred:
-            self.settle()  # records of another producer: made by their own function first
-        self._make_deferred = make
-        self._deferred.extend(records)
+        self._deferred.extend(zip(repeat(make), records))
         self._counts[kind] += len(records)
         if kind is Kind.SYSCALL or kind is Kind.INTERRUPT or kind is Kind.EXCEPTION or kind is Kind.SWITCH:
             self._cascade_open = False  # as `add` does: the kernel was entered afresh
+
+    def defer_one(self, kind: Kind, record: tuple[Any, ...], make: Callable[[tuple[Any, ...]], Event]) -> None:
+        """`defer` for one record (numbered with `take_seq`)."""
+        assert not self.watched, "deferred events would never reach the sinks"
+        self._deferred.append((make, record))
+        self._counts[kind] += 1
+        if kind is Kind.SWITCH:
+            self._cascade_open = False  # as `add` does: the CPU went back to user mode
+
+    def take_seq(self) -> int:
+        """The next event number, for an event made later (`defer_one`); as `add` numbers, after what the
+        native path recorded before it has been taken."""
+        if self.before_add is not None:
+            self.before_add()
+        raw = self.raw
+        if raw is not None:
+            seq = raw.next_seq
+            raw.next_seq = seq + 1
+        else:
+            seq = self._next_seq
+            self._next_seq += 1
+        return seq
 
     def _merge(self, new: list[Event]) -> None:
         """Put `new` (in seq order) into the ring, which is kept in seq order: the latest `capacity` stay."""

@@ -187,6 +187,9 @@ struct fastpath {
                                      return goes to Python at once); set here at entry, cleared by Python */
     uint32_t live_count;          /* the tracer's live processes, in the order they appeared (its `_names`) */
     uint32_t change_count;        /* the changes the last scan found */
+    uint32_t tracer_looks;        /* the tracer looks at the console through fastpath_look_screen, which alone
+                                     keeps `screen` (what it last saw) */
+    uint64_t blank_bytes[4];      /* bit b: character byte b shows as blank (the tracer's rule, from Python) */
     int32_t live_pids[MAX_LIVE];
     struct proc_change changes[2 * MAX_LIVE];
     /* --- results ----------------------------------------------------------------------------------------- */
@@ -658,12 +661,48 @@ void fast_watch_hook(void *uc, uint64_t address, uint32_t size, void *opaque)
         }
         return;
     }
-    if (CONSOLE_PA + CONSOLE_BYTES <= f->ram_size) {
+    if (CONSOLE_PA + CONSOLE_BYTES <= f->ram_size && !f->tracer_looks) {
         memcpy(f->screen, f->ram + CONSOLE_PA, CONSOLE_BYTES); /* what the tracer sees now */
         f->screen_valid = 1;
     }
     f->last_user_pid = r->pid;
     f->notify_return(uc, address, size, w);
+}
+
+/* The tracer's look at the console (Tracer.observe_console): 0 if the screen is what it last saw; else
+ * LOOK_CHANGED with bit r set for each row r that changed and bit 32 + r for each row that now shows a character
+ * that is not blank, and the screen is taken as seen. LOOK_UNKNOWN: the tracer compares it itself. */
+#define LOOK_CHANGED (1ull << 63)
+#define LOOK_UNKNOWN (1ull << 62)
+#define ROWS 25
+#define ROW_BYTES 160
+
+uint64_t fastpath_look_screen(struct fastpath *f)
+{
+    if (!f->screen_valid || CONSOLE_PA + CONSOLE_BYTES > f->ram_size) {
+        return LOOK_UNKNOWN;
+    }
+    const uint8_t *live = f->ram + CONSOLE_PA;
+    if (memcmp(live, f->screen, CONSOLE_BYTES) == 0) {
+        return 0;
+    }
+    uint64_t look = LOOK_CHANGED;
+    for (int row = 0; row < ROWS; row++) {
+        const uint8_t *cells = live + row * ROW_BYTES;
+        if (memcmp(cells, f->screen + row * ROW_BYTES, ROW_BYTES) == 0) {
+            continue;
+        }
+        look |= 1ull << row;
+        for (int cell = 0; cell < ROW_BYTES; cell += 2) {
+            uint8_t c = cells[cell];
+            if (!((f->blank_bytes[c >> 6] >> (c & 63)) & 1)) {
+                look |= 1ull << (32 + row);
+                break;
+            }
+        }
+    }
+    memcpy(f->screen, live, CONSOLE_BYTES);
+    return look;
 }
 
 /* --- finding the live CPU state ------------------------------------------------------------------------------
