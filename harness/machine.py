@@ -131,7 +131,7 @@ class Machine(Board):
         state.defer_switches = defer
         state.see_every_return = bool(self.auditor is not None or (tracer._pending_fault and not defer))
         if state.raw_consumed == state.raw_total:  # the tracer has applied every record: its open calls are all
-            state.memory_pending = tracer.memory_pending_mask()
+            state.memory_pending = tracer.memory_pending_mask() if tracer._pending_syscall else 0
         if screen:
             if tracer.native is not None and len(tracer._screen) == len(state.screen):
                 self.fast.saw_screen(tracer._screen)  # the native look compares with what the tracer saw

@@ -102,3 +102,46 @@ def test_events_read_while_records_wait_come_in_order(boot: BootFn, build_tree: 
     ring: list[Event] = list(machine.events.ring)
     assert [e.seq for e in ring] == list(range(ring[0].seq, ring[0].seq + len(ring)))
     assert machine.events.next_seq == ring[-1].seq + 1
+
+
+def test_calls_kept_as_the_rings_bytes_are_the_same_events(boot: BootFn, build_tree: Any) -> None:
+    """A process that makes calls which come straight back fills the native ring with complete calls side by
+    side: those runs are kept as the ring's bytes (Tracer.native_chunk) and made into events when the ring is
+    read, the same events as Python's reference path, also when the ring is read mid-run."""
+    seen = {}
+    for fast in (True, False):
+        machine = traced(boot, build_tree, "yielder", fast)
+        kept = [0]
+        native_chunk = machine.tracer.native_chunk
+
+        def counting(data: bytes, count: int, pid: int) -> bool:
+            taken = native_chunk(data, count, pid)
+            kept[0] += count if taken else 0
+            return taken
+
+        machine.tracer.native_chunk = counting  # type: ignore[method-assign]
+        traces = []
+        for _ in range(2):
+            machine.run(ticks=3, max_time_ns=5_000_000_000)
+            traces.append(whole_trace(machine))
+        seen[fast] = (traces, dict(machine.events.counts), machine.events.next_seq)
+        calls = machine.events.counts[Kind.SYSCALL]
+        assert kept[0] > calls // 2 if fast else kept[0] == 0, (kept[0], calls)
+    assert seen[True] == seen[False]
+    assert seen[True][1][Kind.SYSCALL] > 1000
+
+
+def test_the_ring_keeps_the_latest_events_when_calls_are_kept_as_bytes(boot: BootFn, build_tree: Any) -> None:
+    """With the usual ring (4,096 events), the deferred chunks older than the ring's reach are forgotten as
+    they would have left the ring: the ring is the same as on Python's reference path."""
+    rings = {}
+    for fast in (True, False):
+        machine, _ = boot("yielder", config=MachineConfig(fast_paths=fast), ticks=0)
+        machine.enable_tracing(SyscallTable.load(build_tree.syscall_table), build_tree.programs())
+        machine.run(ticks=10, max_time_ns=5_000_000_000)
+        if fast:
+            deferred = machine.events._deferred_events
+            assert machine.config.event_capacity <= deferred < 3 * machine.config.event_capacity
+        rings[fast] = whole_trace(machine)
+    assert rings[True] == rings[False]
+    assert len(rings[True]) == 4096

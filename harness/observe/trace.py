@@ -28,6 +28,7 @@ from ..pc.fastpath import (
     RECORD_EXITED,
     RECORD_RETURN,
     RECORD_SWITCH,
+    unpack_records,
 )
 from ..pc.symbols import SymbolTable
 from .pagefault import FaultExplainer
@@ -69,12 +70,14 @@ class Tracer(SyscallView, ProcessTable):
         self.seen_pids: set[int] = set()  # every process that ever appeared in the kernel's table
         self._last_user_pid: int | None = None
         self._screen = b""
-        self._make_complete_call = self._complete_call  # one bound method: EventLog.defer compares it
+        self._make_complete_call = self._complete_call  # (bound once: a batch's records share it)
+        self._make_complete_calls = self._complete_calls
         self._faults = FaultExplainer(machine.memory)
         self._console = machine.memory[CONSOLE_ADDRESS:CONSOLE_ADDRESS + CONSOLE_BYTES]  # the screen, live
         self.native: FastPath | None = None  # the machine's native paths, when it has them (`use_native`)
         self.native_scan: FastPath | None = None  # the same, when they can scan this kernel's process table
         self._native_look: Callable[[], int] | None = None  # the native look at the screen
+        self._native_pid: Callable[[int], int | None] | None = None  # the native read of current->pid
 
     def enable(self, syscalls: SyscallTable, programs: dict[str, Path], kernel_path: Path | bytes | None) -> None:
         self.full = True
@@ -90,6 +93,9 @@ class Tracer(SyscallView, ProcessTable):
         at the process table too (it keeps the list of live processes, which `_names` follows)."""
         self.native = native
         self.native_scan = native if scans else None
+        self._faults.native = native
+        if self.kernel is not None and self.kernel.available:  # (else the native path knows no `current`)
+            self._native_pid = native.current_pid
         self._native_look = native.look_at_screen(BLANK_BYTES)
 
     # -- helpers -------------------------------------------------------------------------------------------
@@ -99,7 +105,7 @@ class Tracer(SyscallView, ProcessTable):
         they happen, it is kept as a record and made when the ring is read (EventLog.defer_one): most of a long
         run's events leave the ring unread."""
         events = self.events
-        if self.full and not events.watched:
+        if self.full and not events.sinks and not events.observers:  # (EventLog.watched, inline: a hot path)
             if seq is None:
                 seq = events.take_seq()
             events.defer_one(kind, (time_ns, kind, rip, cr3, text, seq, pid, user, detail), _made_event)
@@ -110,6 +116,9 @@ class Tracer(SyscallView, ProcessTable):
         return self.machine.clock.now_ns()
 
     def _pid(self, cr3: int) -> int | None:
+        read = self._native_pid
+        if read is not None:
+            return read(cr3)  # (the same read, as the native path makes it at a call's entry)
         return self.kernel.current_pid(cr3) if self.kernel is not None else None
 
     def symbols_for(self, pid: int | None, address: int, user: bool) -> SymbolTable:
@@ -198,6 +207,19 @@ class Tracer(SyscallView, ProcessTable):
             else:
                 syscall(record[3], record[5], record[4], record[6:10], record[2], record[1], known_pid)
         self.events.defer(Kind.SYSCALL, quiet, self._make_complete_call)
+
+    def native_chunk(self, data: bytes, count: int, pid: int) -> bool:
+        """A batch of complete calls of one process, as the native ring's bytes: with full tracing, nobody
+        watching and no call of that process open, kept as it is (EventLog.defer_chunk) and made into events
+        only when the ring is read, as `native_records` would defer them one by one."""
+        events = self.events
+        if not self.full or events.sinks or events.observers or (pid if pid >= 0 else None) in self._pending_syscall:
+            return False
+        events.defer_chunk(Kind.SYSCALL, count, data, self._make_complete_calls)
+        return True
+
+    def _complete_calls(self, data: bytes) -> list[Event]:
+        return list(map(self._complete_call, unpack_records(data)))
 
     def _complete_call(self, record: tuple[int, ...]) -> Event:
         """The event of a RECORD_COMPLETE record, as `syscall` makes it (see `native_records`)."""
@@ -323,7 +345,7 @@ class Tracer(SyscallView, ProcessTable):
     def _console_event(self, screen: bytes, rows: list[int]) -> None:
         """The console event of `rows` of `screen`: its text is made when the event is (deferred, usually)."""
         events = self.events
-        if not events.watched:
+        if not events.sinks and not events.observers:
             events.defer_one(Kind.CONSOLE, (self._now(), events.take_seq(), self._last_user_pid, screen, rows),
                              made_console)
             return

@@ -150,9 +150,11 @@ class EventLog:
         self.cascade: FaultCascade | None = None  # the latest run of nested kernel-mode exceptions
         self._cascade_open = False  # nothing has happened since that could have ended it
         self._kernel_exception: Event | None = None  # the last kernel-mode exception added
-        # Finished events kept as records until the ring is read (`defer`): the latest `capacity` of them
-        # (older ones would have left the ring anyway), each with what turns it into its event.
-        self._deferred: deque[tuple[Callable[[tuple[Any, ...]], Event], tuple[Any, ...]]] = deque(maxlen=capacity)
+        # Finished events kept as records until the ring is read (`defer`): (how many events, whether a chunk,
+        # what makes them, the record or chunk), in seq order, for at least the latest `capacity` events (older
+        # ones would have left the ring anyway).
+        self._deferred: deque[tuple[int, bool, Callable[[Any], Any], Any]] = deque()
+        self._deferred_events = 0
 
     def connect_raw(self, raw: RawSyscalls) -> None:
         """Number events together with the native recorder from now on."""
@@ -196,8 +198,14 @@ class EventLog:
         if self.before_add is not None:
             self.before_add()
         if self._deferred:
-            new = [make(record) for make, record in self._deferred]
+            new: list[Event] = []
+            for _count, chunk, make, record in self._deferred:
+                if chunk:
+                    new.extend(make(record))
+                else:
+                    new.append(make(record))
             self._deferred.clear()
+            self._deferred_events = 0
             new.sort(key=_SEQ)  # (producers defer in seq order; this keeps the merge right whatever they do)
             self._merge(new)
         raw = self.raw
@@ -219,18 +227,32 @@ class EventLog:
         if not records:
             return
         assert not self.watched, "deferred events would never reach the sinks"
-        self._deferred.extend(zip(repeat(make), records))
-        self._counts[kind] += len(records)
+        self._deferred.extend(zip(repeat(1), repeat(False), repeat(make), records))
+        self._deferred_kept(kind, len(records))
+
+    def defer_chunk(self, kind: Kind, count: int, chunk: Any, make: Callable[[Any], list[Event]]) -> None:
+        """`defer` for `count` records held as one chunk (`make(chunk)` gives their events, in seq order)."""
+        assert not self.watched, "deferred events would never reach the sinks"
+        self._deferred.append((count, True, make, chunk))
+        self._deferred_kept(kind, count)
+
+    def _deferred_kept(self, kind: Kind, count: int) -> None:
+        """Count `count` events deferred, and forget the deferred records older than the latest `capacity`."""
+        self._counts[kind] += count
+        deferred = self._deferred
+        total = self._deferred_events + count
+        keep = self._ring.maxlen or total
+        while total - deferred[0][0] >= keep:
+            total -= deferred.popleft()[0]
+        self._deferred_events = total
         if kind is Kind.SYSCALL or kind is Kind.INTERRUPT or kind is Kind.EXCEPTION or kind is Kind.SWITCH:
             self._cascade_open = False  # as `add` does: the kernel was entered afresh
 
     def defer_one(self, kind: Kind, record: tuple[Any, ...], make: Callable[[tuple[Any, ...]], Event]) -> None:
         """`defer` for one record (numbered with `take_seq`)."""
-        assert not self.watched, "deferred events would never reach the sinks"
-        self._deferred.append((make, record))
-        self._counts[kind] += 1
-        if kind is Kind.SWITCH:
-            self._cascade_open = False  # as `add` does: the CPU went back to user mode
+        assert not (self.sinks or self.observers), "deferred events would never reach the sinks"
+        self._deferred.append((1, False, make, record))
+        self._deferred_kept(kind, 1)
 
     def take_seq(self) -> int:
         """The next event number, for an event made later (`defer_one`); as `add` numbers, after what the

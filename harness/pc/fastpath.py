@@ -27,6 +27,7 @@ from .devices.ata import AtaTransfer
 from .devices.parallel import LptState
 from .events import Event, Kind
 from .livestate import live_state, state_path
+from .paging import LEVEL_NAMES
 
 
 class RawSyscall(ctypes.Structure):
@@ -59,6 +60,11 @@ class ProcChange(ctypes.Structure):
     """One change of the process table found by the native scan (`struct proc_change`)."""
 
     _fields_ = [("pid", ctypes.c_int64), ("created", ctypes.c_uint64), ("name", ctypes.c_uint8 * NAME_BYTES)]
+
+
+def unpack_records(data: bytes) -> Iterator[tuple[int, ...]]:
+    """Records as `FastPath.raw_bytes` gave them, as tuples of RawSyscall's fields (args spread out)."""
+    return _RECORD.iter_unpack(data)
 
 
 class UserReturn(ctypes.Structure):
@@ -105,7 +111,8 @@ def _state_type(native: ctypes.CDLL) -> type[ctypes.Structure]:
             ("defer_switches", u32), ("memory_pending", u64), ("live_count", u32), ("change_count", u32),
             ("tracer_looks", u32), ("blank_bytes", u64 * 4), ("live_pids", ctypes.c_int32 * MAX_LIVE),
             ("changes", ProcChange * (2 * MAX_LIVE)),
-            ("next_seq", u64), ("syscalls", u64), ("raw_total", u64), ("raw_consumed", u64), ("last", RawSyscall),
+            ("next_seq", u64), ("syscalls", u64), ("raw_total", u64), ("raw_consumed", u64), ("run_start", u64),
+            ("run_end", u64), ("run_pid", ctypes.c_int64), ("last", RawSyscall),
             ("returned", UserReturn),
             ("log_length", u64), ("log", ctypes.c_uint8 * log_size), ("screen", ctypes.c_uint8 * 4000),
             ("ring", RawSyscall * ring_size), ("table", ctypes.c_uint8 * native.fastpath_table_bytes()),
@@ -160,6 +167,13 @@ def _configure_native(native: ctypes.CDLL) -> None:
     native.fastpath_scan.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
     native.fastpath_look_screen.restype = ctypes.c_uint64
     native.fastpath_look_screen.argtypes = [ctypes.c_void_p]
+    native.fastpath_current_pid.restype = ctypes.c_int64
+    native.fastpath_current_pid.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+    native.fastpath_walk.restype = ctypes.c_int
+    native.fastpath_walk.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_void_p]
+    native.fastpath_read.restype = ctypes.c_int
+    native.fastpath_read.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_void_p,
+                                     ctypes.c_uint64]
 
 
 # -- the machine's side --------------------------------------------------------------------------------------
@@ -201,6 +215,7 @@ class FastPath:
         state.rflags_regid = X.UC_X86_REG_RFLAGS
         state.ram, state.ram_size = ram, ram_size
         state.pid_offset = -1
+        self._walk_out = (ctypes.c_uint64 * 9)()
         self._python_hooks = [  # kept alive as long as the engine may call them
             _SYSCALL_HOOK(self._guard(lambda uc, user: callbacks.slow_syscall())),
             _SYSCALL_HOOK(self._guard(lambda uc, user: callbacks.notify_syscall(self.state.last))),
@@ -331,6 +346,28 @@ class FastPath:
         self.state.tracer_looks = 1
         return functools.partial(self.native.fastpath_look_screen, self._state_pointer)
 
+    def current_pid(self, cr3: int) -> int | None:
+        """The kernel's current->pid read through `cr3` (as at a system call's entry); None if unknown."""
+        pid = self.native.fastpath_current_pid(self._state_pointer, cr3)
+        return pid if pid >= 0 else None
+
+    def walk(self, cr3: int, va: int) -> tuple[list[tuple[int, int]], str | None]:
+        """paging.walk_steps's walk: (entry address, entry) of each level visited, and why it stopped."""
+        out = self._walk_out
+        result = self.native.fastpath_walk(self._state_pointer, cr3, va, out)
+        count = result & 7
+        steps = list(zip(out[:count], out[4:4 + count], strict=True))
+        if result & 16:
+            return steps, f"{LEVEL_NAMES[count]} table at {out[8]:#x} lies outside RAM"
+        if result & 8:
+            return steps, f"{LEVEL_NAMES[count - 1]} entry {(va >> (48 - 9 * count)) & 511} is not present"
+        return steps, None
+
+    def read(self, cr3: int, va: int, length: int) -> bytes | None:
+        """paging.read_virtual's bytes (a supervisor read), or None where it would fault."""
+        buffer = ctypes.create_string_buffer(length)
+        return buffer.raw if self.native.fastpath_read(self._state_pointer, cr3, va, buffer, length) else None
+
     def saw_screen(self, screen: bytes) -> None:
         """The tracer looked at the console and saw `screen`: what the native path compares it with."""
         ctypes.memmove(self.state.screen, screen, len(self.state.screen))
@@ -341,6 +378,25 @@ class FastPath:
         pids = pids[:MAX_LIVE]
         self.state.live_pids[:len(pids)] = pids
         self.state.live_count = len(pids)
+
+    def take(self, start: int, stop: int) -> tuple[int, int, int]:
+        """WANT_BATCH: Python takes the records `start` to `stop`; the longest run of complete calls of one
+        process at their end or before the last few: (first, end, pid), first == end if none."""
+        state = self.state
+        state.raw_consumed = stop
+        first, end = max(state.run_start, start), state.run_end
+        return (first, end, state.run_pid) if first < end <= stop else (start, start, -1)
+
+    def raw_bytes(self, start: int, stop: int) -> bytes:
+        """Records `start` to `stop` as they lie in the ring (`unpack_records` reads them)."""
+        ring = self.state.ring
+        size = len(ring)
+        first, last = start % size, stop % size
+        data = memoryview(ring).cast("B")
+        width = ctypes.sizeof(RawSyscall)
+        if first < last or start == stop:
+            return bytes(data[first * width:last * width])
+        return bytes(data[first * width:]) + bytes(data[:last * width])
 
     def unpack(self, start: int, stop: int) -> Iterator[tuple[int, ...]]:
         """Records number `start` to `stop` (of all ever written) as tuples of RawSyscall's fields in order

@@ -197,6 +197,8 @@ struct fastpath {
     uint64_t syscalls;            /* fast entries */
     uint64_t raw_total;           /* raw records ever written (the ring keeps the last RING_SIZE) */
     uint64_t raw_consumed;        /* WANT_BATCH: records Python has taken */
+    uint64_t run_start, run_end;  /* the latest run of complete calls of one process, side by side in the ring */
+    int64_t run_pid;
     struct raw_syscall last;      /* the latest entry, for notify_syscall */
     struct user_return returned;  /* the latest return to user mode, for notify_return */
     uint64_t log_length;
@@ -644,6 +646,14 @@ void fast_watch_hook(void *uc, uint64_t address, uint32_t size, void *opaque)
         struct raw_syscall *entry = &f->ring[(f->raw_total - 1) & (RING_SIZE - 1)];
         if (f->raw_total > f->raw_consumed && entry->kind == RECORD_ENTRY && entry->pid == r->pid) {
             entry->kind = RECORD_COMPLETE; /* the usual case: one record for the whole call */
+            uint64_t at = f->raw_total - 1;
+            if (f->run_end == at && f->run_pid == r->pid && f->run_end > f->run_start) {
+                f->run_end = at + 1;
+            } else {
+                f->run_start = at;
+                f->run_end = at + 1;
+                f->run_pid = r->pid;
+            }
             entry->ret = r->rax;
             entry->end_ns = r->time_ns;
             return;
@@ -703,6 +713,58 @@ uint64_t fastpath_look_screen(struct fastpath *f)
     }
     memcpy(f->screen, live, CONSOLE_BYTES);
     return look;
+}
+
+/* The tracer's reads for a page fault and for the pid of an event it records (Tracer._pid): done here so that
+ * a fault or a log line costs Python no page walk. */
+int64_t fastpath_current_pid(struct fastpath *f, uint64_t cr3) { return current_pid(f, cr3); }
+
+/* The entries a walk of `va` through `cr3` visits (as paging.walk_steps lists them): entry addresses in
+ * out[0..3], entries in out[4..7]; returns the number of steps, plus 8 if the walk stopped at an entry that is
+ * not present, or 16 if the next table lies outside RAM (its address in out[8]). */
+int fastpath_walk(const struct fastpath *f, uint64_t cr3, uint64_t va, uint64_t *out)
+{
+    static const int shifts[4] = {39, 30, 21, 12};
+    uint64_t table = cr3 & 0x000FFFFFFFFFF000ull;
+    for (int level = 0; level < 4; level++) {
+        uint64_t slot = table + 8 * ((va >> shifts[level]) & 0x1FF);
+        if (slot + 8 > f->ram_size) {
+            out[8] = table;
+            return level + 16;
+        }
+        uint64_t entry;
+        memcpy(&entry, f->ram + slot, 8);
+        out[level] = slot;
+        out[4 + level] = entry;
+        if (!(entry & 1)) {
+            return level + 1 + 8;
+        }
+        if ((level == 1 || level == 2) && (entry & 0x80)) {
+            return level + 1;
+        }
+        table = entry & 0x000FFFFFFFFFF000ull;
+    }
+    return 4;
+}
+
+/* `length` bytes at `va` as a supervisor read through `cr3` (page by page, as paging.read_virtual reads); 0 if
+ * the read would fault. */
+int fastpath_read(const struct fastpath *f, uint64_t cr3, uint64_t va, uint8_t *out, uint64_t length)
+{
+    uint64_t done = 0;
+    while (done < length) {
+        uint64_t at = va + done, chunk = 0x1000 - (at & 0xFFF);
+        if (chunk > length - done) {
+            chunk = length - done;
+        }
+        int64_t pa = translate(f, cr3, at);
+        if (pa < 0 || (uint64_t) pa + chunk > f->ram_size) {
+            return 0;
+        }
+        memcpy(out + done, f->ram + pa, chunk);
+        done += chunk;
+    }
+    return 1;
 }
 
 /* --- finding the live CPU state ------------------------------------------------------------------------------
