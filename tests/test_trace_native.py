@@ -16,7 +16,7 @@ import pytest
 
 from harness.machine import Machine, MachineConfig
 from harness.observe.syscalls import SyscallTable
-from harness.pc.events import Event, Kind
+from harness.pc.events import DEFER_SLACK, Event, Kind
 
 from .conftest import BootFn
 from .test_fastpath import fingerprint
@@ -112,9 +112,9 @@ def test_calls_kept_as_the_rings_bytes_are_the_same_events(boot: BootFn, build_t
     for fast in (True, False):
         machine = traced(boot, build_tree, "yielder", fast)
         kept = [0]
-        native_chunk = machine.tracer.native_chunk
 
-        def counting(data: bytes, count: int, pid: int) -> bool:
+        def counting(data: bytes, count: int, pid: int, kept: list[int] = kept,
+                     native_chunk: Any = machine.tracer.native_chunk) -> bool:
             taken = native_chunk(data, count, pid)
             kept[0] += count if taken else 0
             return taken
@@ -141,7 +141,7 @@ def test_the_ring_keeps_the_latest_events_when_calls_are_kept_as_bytes(boot: Boo
         machine.run(ticks=10, max_time_ns=5_000_000_000)
         if fast:
             deferred = machine.events._deferred_events
-            assert machine.config.event_capacity <= deferred < 3 * machine.config.event_capacity
+            assert machine.config.event_capacity <= deferred <= machine.config.event_capacity + DEFER_SLACK + 2048
         rings[fast] = whole_trace(machine)
     assert rings[True] == rings[False]
     assert len(rings[True]) == 4096

@@ -99,15 +99,22 @@ class Tracer(SyscallView, ProcessTable):
         self._native_look = native.look_at_screen(BLANK_BYTES)
 
     # -- helpers -------------------------------------------------------------------------------------------
+    def _catch_up(self) -> None:
+        """Apply what the native path recorded and the tracer has not taken yet (before reading its state)."""
+        catch_up = self.events.before_add
+        if catch_up is not None:
+            catch_up()
+
     def _record(self, time_ns: int, kind: Kind, rip: int = 0, cr3: int = 0, text: str = "", pid: int | None = None,
-                user: bool = False, detail: Any = NO_DETAIL, seq: int | None = None) -> None:
+                user: bool = False, detail: Any = NO_DETAIL, seq: int | None = None, catch_up: bool = True) -> None:
         """A finished event (numbered now, or already: `seq`). With full tracing and nobody watching events as
         they happen, it is kept as a record and made when the ring is read (EventLog.defer_one): most of a long
-        run's events leave the ring unread."""
+        run's events leave the ring unread; then (`catch_up` False) the native path's records may wait too, for
+        an event that needs no tracer state (numbered after them all the same)."""
         events = self.events
         if self.full and not events.sinks and not events.observers:  # (EventLog.watched, inline: a hot path)
             if seq is None:
-                seq = events.take_seq()
+                seq = events.take_seq(catch_up)
             events.defer_one(kind, (time_ns, kind, rip, cr3, text, seq, pid, user, detail), _made_event)
             return
         events.add(Event(time_ns, kind, rip, cr3, text=text, pid=pid, user=user, detail=detail), seq=seq)
@@ -246,6 +253,7 @@ class Tracer(SyscallView, ProcessTable):
         if not self.full:
             self.events.add(event)
             return
+        self._catch_up()  # (the fault's explanation names the process's program: its switch comes first)
         self.observe_console()
         event.pid = self._pid(cr3)
         if event.is_page_fault:
@@ -318,20 +326,17 @@ class Tracer(SyscallView, ProcessTable):
         kernel entry after it, and comes before that entry in the trace."""
         if not self.full:
             return
-        catch_up = self.events.before_add
-        if catch_up is not None:  # what the native path recorded comes first (a switch sets the pid used here)
-            catch_up()
         look = self._native_look
-        if look is not None:  # the native path compares, row by row, with what was seen last (and keeps it)
-            seen = look()
-            if not seen:
-                return
-            if not seen & LOOK_UNKNOWN:
-                self._screen = screen = bytes(self._console)
-                rows = rows_with_text(seen)
-                if rows:
-                    self._console_event(screen, rows)
-                return
+        seen = look() if look is not None else LOOK_UNKNOWN  # compared natively with what was seen last
+        if not seen:
+            return
+        self._catch_up()  # what the native path recorded comes first (a switch sets the pid used here)
+        if look is not None and not seen & LOOK_UNKNOWN:
+            self._screen = screen = bytes(self._console)
+            rows = rows_with_text(seen)
+            if rows:
+                self._console_event(screen, rows)
+            return
         screen = bytes(self._console)
         if screen == self._screen:
             return
@@ -377,12 +382,13 @@ class Tracer(SyscallView, ProcessTable):
     # -- the rest -------------------------------------------------------------------------------------------------
     def log_line(self, line: str, rip: int, cr3: int) -> None:
         self.observe_console()
-        if self.full:
-            self._record(self._now(), Kind.LOG, rip, cr3, text=line, pid=self._pid(cr3))
+        if self.full:  # (no tracer state is read: what the native path recorded before may wait)
+            self._record(self._now(), Kind.LOG, rip, cr3, text=line, pid=self._pid(cr3), catch_up=False)
             return
         self.events.add(Event(self._now(), Kind.LOG, rip, cr3, text=line))
 
     def panic(self, message: str, rip: int, cr3: int, backtrace: list[int]) -> None:
+        self._catch_up()
         self.observe_console()
         for fault in self._pending_fault.values():
             fault.detail["outcome"] = "the kernel panicked"
@@ -399,6 +405,7 @@ class Tracer(SyscallView, ProcessTable):
         """The run ended: record the last screen and process changes, and close what never completed."""
         if not self.full:
             return
+        self._catch_up()
         self.observe_console()
         cr3 = self.machine.cpu.read_register(UC_X86_REG_CR3)
         self._scan_processes(cr3)

@@ -89,6 +89,9 @@ class Event:
 
 
 _SEQ = attrgetter("seq")
+# Deferred records may come out of seq order by up to the native ring's size (EventLog.take_seq): that many
+# more than the ring holds are kept, so that none of the latest `capacity` events is forgotten.
+DEFER_SLACK = 4096
 CASCADE_KEPT = 4  # first faults of a cascade kept for the diagnosis, whatever the ring has lost since
 
 
@@ -151,8 +154,8 @@ class EventLog:
         self._cascade_open = False  # nothing has happened since that could have ended it
         self._kernel_exception: Event | None = None  # the last kernel-mode exception added
         # Finished events kept as records until the ring is read (`defer`): (how many events, whether a chunk,
-        # what makes them, the record or chunk), in seq order, for at least the latest `capacity` events (older
-        # ones would have left the ring anyway).
+        # what makes them, the record or chunk), for at least the latest `capacity` events (older ones would
+        # have left the ring anyway), nearly in seq order (DEFER_SLACK).
         self._deferred: deque[tuple[int, bool, Callable[[Any], Any], Any]] = deque()
         self._deferred_events = 0
 
@@ -241,7 +244,7 @@ class EventLog:
         self._counts[kind] += count
         deferred = self._deferred
         total = self._deferred_events + count
-        keep = self._ring.maxlen or total
+        keep = (self._ring.maxlen or total) + DEFER_SLACK
         while total - deferred[0][0] >= keep:
             total -= deferred.popleft()[0]
         self._deferred_events = total
@@ -254,10 +257,11 @@ class EventLog:
         self._deferred.append((1, False, make, record))
         self._deferred_kept(kind, 1)
 
-    def take_seq(self) -> int:
+    def take_seq(self, catch_up: bool = True) -> int:
         """The next event number, for an event made later (`defer_one`); as `add` numbers, after what the
-        native path recorded before it has been taken."""
-        if self.before_add is not None:
+        native path recorded before it has been taken (unless `catch_up` is False: its records, numbered
+        already, are deferred later, out of order by at most the native ring's size: DEFER_SLACK)."""
+        if catch_up and self.before_add is not None:
             self.before_add()
         raw = self.raw
         if raw is not None:
