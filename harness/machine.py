@@ -68,8 +68,7 @@ class Machine(Board):
                                                       layout.state, layout.name, layout.name_size))
             self.tracer.use_native(self.fast, scans)
         if self.fast is not None:
-            self.fast.state.memory_calls = sum(1 << number for number in range(64)
-                                               if self.tracer.reads_user_memory(number))
+            self.fast.state.memory_calls = self.tracer._memory_calls
         self._sync_tracer_view(screen=True)
 
     # -- the board's hook points (hooks.py) --------------------------------------------------------------------

@@ -78,6 +78,7 @@ class Tracer(SyscallView, ProcessTable):
         self.native_scan: FastPath | None = None  # the same, when they can scan this kernel's process table
         self._native_look: Callable[[], int] | None = None  # the native look at the screen
         self._native_pid: Callable[[int], int | None] | None = None  # the native read of current->pid
+        self._memory_calls = 0
 
     def enable(self, syscalls: SyscallTable, programs: dict[str, Path], kernel_path: Path | bytes | None) -> None:
         self.full = True
@@ -87,6 +88,8 @@ class Tracer(SyscallView, ProcessTable):
 
         self.kernel = KernelView(self.machine.memory, self.machine.symbols, kernel_path)
         self._screen = bytes(self._console)
+        # bit n: tracing call n (below 64) reads the caller's memory (what the native path is told too)
+        self._memory_calls = sum(1 << number for number in range(64) if self.reads_user_memory(number))
 
     def use_native(self, native: FastPath, scans: bool) -> None:
         """Look at the screen through the native path (which then keeps what the tracer saw) and, if `scans`,
@@ -238,9 +241,11 @@ class Tracer(SyscallView, ProcessTable):
     def memory_pending_mask(self) -> int:
         """Bit p: process p (below 64) has a call open whose trace reads its memory at the return (or whose
         number is beyond the native path's table of such calls): its return must be seen at once."""
+        memory_calls = self._memory_calls
         mask = 0
         for pid, call in self._pending_syscall.items():
-            if pid is not None and 0 <= pid < 64 and (call.number >= 64 or self.reads_user_memory(call.number)):
+            number = call.number
+            if pid is not None and 0 <= pid < 64 and (number >= 64 or memory_calls >> number & 1):
                 mask |= 1 << pid
         return mask
 

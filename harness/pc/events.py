@@ -133,8 +133,10 @@ class EventLog:
     When nobody watches events as they happen (no sink, no observer, no full trace), system-call entries are
     recorded raw by the native fast path (`raw`) and become Event objects only when the ring or the counts are
     read: the hot path never builds a Python object. With full tracing but no sink or observer, the finished
-    events a producer has as plain records (the tracer's system calls that came straight back) are `defer`red
-    the same way: kept as records and made into events, in their place by seq, when the ring is read.
+    events a producer has as plain records (the tracer's system calls that came straight back, a run of them as
+    the native ring's bytes, its switch, process, console and log events) are `defer`red the same way: kept as
+    records and made into events, in their place by seq, when the ring is read; only the latest `capacity`
+    (and DEFER_SLACK more) are kept, as the ring would.
     """
 
     def __init__(self, capacity: int = 4096) -> None:

@@ -8,6 +8,12 @@
  * every line of the kernel's log (so lines, panics and "until" texts are seen where they happen), and for any
  * port this file does not model.
  *
+ * For full tracing it also records what the tracer would otherwise look at in Python: returns to user mode that
+ * need nothing at once, context switches with the process table's changes found there (record_switch,
+ * fastpath_scan), and it answers the tracer's reads: the screen compared with what it last saw
+ * (fastpath_look_screen), current->pid, a page fault's walk and instruction bytes. Python's tracer applies the
+ * records in order when it next needs its state; its own reading stays the reference (fast_paths=False).
+ *
  * The CPU-state offsets come from Python (harness/fastpath.py), which finds and checks them at start-up; this
  * file needs no Unicorn headers. Unicorn API functions are reached through pointers filled in by Python.
  */
