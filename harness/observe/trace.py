@@ -46,6 +46,8 @@ CONSOLE_BYTES = 80 * 25 * 2
 CONSOLE_ADDRESS = 0xB8000
 _RECORD_KIND, _RECORD_PID = itemgetter(0), itemgetter(10)  # of a native record (fastpath.RawSyscall's fields)
 _NAME_WORDS = struct.Struct("<4Q")  # a RECORD_CREATED's args: the process name's bytes
+_KERNEL = object()  # `describe`'s key for the kernel's own symbols
+DESCRIPTIONS_KEPT = 4096  # addresses `describe` remembers (then forgets all at once)
 
 
 def _made_event(record: tuple[Any, ...]) -> Event:
@@ -79,11 +81,13 @@ class Tracer(SyscallView, ProcessTable):
         self._native_look: Callable[[], int] | None = None  # the native look at the screen
         self._native_pid: Callable[[int], int | None] | None = None  # the native read of current->pid
         self._memory_calls = 0
+        self._descriptions: dict[tuple[object, int], str] = {}  # (program or _KERNEL, address) -> `describe`
 
     def enable(self, syscalls: SyscallTable, programs: dict[str, Path], kernel_path: Path | bytes | None) -> None:
         self.full = True
         self.syscalls = syscalls
         self.programs = programs
+        self._descriptions.clear()  # (named with the programs given before)
         from .kernelview import KernelView  # DWARF reading: imported when tracing starts
 
         self.kernel = KernelView(self.machine.memory, self.machine.symbols, kernel_path)
@@ -143,7 +147,16 @@ class Tracer(SyscallView, ProcessTable):
         return self._program_symbols[name]
 
     def describe(self, pid: int | None, address: int, user: bool) -> str:
-        return self.symbols_for(pid, address, user).describe(address)
+        """`address` named by the symbols of the kernel or of the program `pid` runs; remembered by (program,
+        address): a program that faults in a loop faults at the same few instructions."""
+        program = (self._names.get(pid) if pid is not None else None) if user else _KERNEL
+        key = (program, address)
+        text = self._descriptions.get(key)
+        if text is None:
+            if len(self._descriptions) >= DESCRIPTIONS_KEPT:
+                self._descriptions.clear()
+            text = self._descriptions[key] = self.symbols_for(pid, address, user).describe(address)
+        return text
 
     # -- system calls ----------------------------------------------------------------------------------------
     def syscall(self, rip: int, number: int, cr3: int, args: tuple[int, ...], time_ns: int | None = None,
@@ -175,7 +188,9 @@ class Tracer(SyscallView, ProcessTable):
 
     def native_records(self, records: Iterable[tuple[int, ...]]) -> None:
         """A batch the native path recorded (fastpath.RawSyscall's fields in order, args spread out): system-call
-        entries, returns to user mode that needed nothing at once, and calls that came straight back.
+        entries, returns to user mode that needed nothing at once, calls that came straight back, and context
+        switches (each after the process-table changes found there), applied in order as they would have been
+        seen at once.
 
         A call that came straight back (RECORD_COMPLETE) is finished and, the native path made sure, shows no
         memory of the caller's: with full tracing and nobody watching events as they happen (no sink, no
@@ -183,7 +198,8 @@ class Tracer(SyscallView, ProcessTable):
         into the very event `syscall` would have made now. Most system calls of a traced run are such calls."""
         syscall, returned = self.syscall, self.return_to_user
         pending = self._pending_syscall
-        defer = self.full and not self.events.watched
+        events = self.events
+        defer = self.full and not events.sinks and not events.observers  # (EventLog.watched)
         records = list(records)
         if defer and set(map(_RECORD_KIND, records)) == {RECORD_COMPLETE}:  # the usual batch, in C-level passes
             pids = set(map(_RECORD_PID, records))  # none may have a call open (-1: unknown, `syscall`'s None)
