@@ -67,7 +67,6 @@ class Machine(Board):
                      and self.fast.know_process_table(kernel.ptable_address, kernel.nproc, layout.size, layout.pid,
                                                       layout.state, layout.name, layout.name_size))
             self.tracer.use_native(self.fast, scans)
-        if self.fast is not None:
             self.fast.state.memory_calls = self.tracer._memory_calls
         self._sync_tracer_view(screen=True)
 
