@@ -61,8 +61,13 @@ class Machine(Board):
         if self.fast is not None and kernel is not None and kernel.available:
             self.fast.know_kernel(kernel.current_address, kernel.layout.pid if kernel.layout else None)
         if self.fast is not None:
-            self.fast.state.memory_calls = sum(1 << number for number in range(64)
-                                               if self.tracer.reads_user_memory(number))
+            layout = kernel.layout if kernel is not None else None
+            scans = (kernel is not None and layout is not None and layout.size % 4 == 0 and layout.pid % 4 == 0
+                     and layout.state is not None and layout.state % 4 == 0  # (KernelView.live_names's own rule)
+                     and self.fast.know_process_table(kernel.ptable_address, kernel.nproc, layout.size, layout.pid,
+                                                      layout.state, layout.name, layout.name_size))
+            self.tracer.use_native(self.fast, scans)
+            self.fast.state.memory_calls = self.tracer._memory_calls
         self._sync_tracer_view(screen=True)
 
     # -- the board's hook points (hooks.py) --------------------------------------------------------------------
@@ -116,11 +121,24 @@ class Machine(Board):
         if self.fast is None:
             return
         state = self.fast.state
-        state.see_every_return = bool(self.auditor is not None or self.tracer._pending_fault)
+        tracer = self.tracer
+        # With full tracing and nobody watching events as they happen, the native path records context switches
+        # too (the process-table scan included): the tracer applies them, in order, at its next call, and a
+        # fault's outcome with them, so a waiting fault needs no look at every return.
+        defer = tracer.full and tracer.native_scan is not None and not self.events.watched and self.auditor is None
+        state.defer_switches = defer
+        state.see_every_return = bool(self.auditor is not None or (tracer._pending_fault and not defer))
+        if state.raw_consumed == state.raw_total:  # the tracer has applied every record: its open calls are all
+            state.memory_pending = tracer.memory_pending_mask() if tracer._pending_syscall else 0
         if screen:
-            state.screen_valid = 0
-            pid = self.tracer._last_user_pid
+            if tracer.native is not None and len(tracer._screen) == len(state.screen):
+                self.fast.saw_screen(tracer._screen)  # the native look compares with what the tracer saw
+            else:
+                state.screen_valid = 0
+            pid = tracer._last_user_pid
             state.last_user_pid = pid if pid is not None else -1
+            if tracer.native_scan is not None:
+                self.fast.set_live(list(tracer._names))
 
     # -- snapshots (pc/snapshot.py, imported when used: most runs take none) ----------------------------------
     def snapshot(self) -> Snapshot:

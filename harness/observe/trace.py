@@ -12,60 +12,51 @@ The kernel is never changed.
 from __future__ import annotations
 
 import base64
+import struct
 from collections.abc import Callable, Iterable
-from itertools import compress
-from operator import itemgetter, ne
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from unicorn.x86_const import UC_X86_REG_CR3
 
-from ..pc.events import Event, Kind
-from ..pc.fastpath import RECORD_COMPLETE, RECORD_RETURN
-from ..pc.paging import PageFault, PhysicalFault, read_virtual
+from ..pc.events import NO_DETAIL, Event, Kind
+from ..pc.fastpath import (
+    LOOK_UNKNOWN,
+    RECORD_COMPLETE,
+    RECORD_CREATED,
+    RECORD_EXITED,
+    RECORD_RETURN,
+    RECORD_SWITCH,
+    unpack_records,
+)
 from ..pc.symbols import SymbolTable
 from .pagefault import FaultExplainer
-from .syscalls import SyscallArg, SyscallTable
+from .syscalls import SyscallTable
+from .syscallview import SyscallView, signed
+from .traceconsole import BLANK_BYTES, changed_rows_with_text, made_console, rows_with_text
+from .traceprocs import ProcessChange, ProcessTable, process_name
 
 if TYPE_CHECKING:
     from ..pc.board import Board
+    from ..pc.fastpath import FastPath
     from .kernelview import KernelView
 
-STRING_LIMIT = 32  # characters of a string or buffer shown, like strace -s 32
 CONSOLE_BYTES = 80 * 25 * 2
 CONSOLE_ADDRESS = 0xB8000
 _RECORD_KIND, _RECORD_PID = itemgetter(0), itemgetter(10)  # of a native record (fastpath.RawSyscall's fields)
-_ROW_CELLS = tuple(slice(row * 160, row * 160 + 160) for row in range(25))  # each row's bytes on the screen
-_ROW_TEXT = tuple(slice(row * 80, row * 80 + 80) for row in range(25))  # each row's characters
+_NAME_WORDS = struct.Struct("<4Q")  # a RECORD_CREATED's args: the process name's bytes
+_KERNEL = object()  # `describe`'s key for the kernel's own symbols
+DESCRIPTIONS_KEPT = 4096  # addresses `describe` remembers (then forgets all at once)
 
 
-def _quoted_byte(byte: int) -> str:
-    """One byte as `quote` shows it."""
-    if byte == 0x0A:
-        return "\\n"
-    if byte == 0x09:
-        return "\\t"
-    if byte in (0x22, 0x5C):
-        return "\\" + chr(byte)
-    if 0x20 <= byte < 0x7F:
-        return chr(byte)
-    return f"\\x{byte:02x}"
+def _made_event(record: tuple[Any, ...]) -> Event:
+    """The event of a record `Tracer._record` deferred: (time_ns, kind, rip, cr3, text, seq, pid, user, detail)."""
+    time_ns, kind, rip, cr3, text, seq, pid, user, detail = record
+    return Event(time_ns, kind, rip, cr3, -1, None, None, (), text, seq, pid, user, None, None, False, detail)
 
 
-_QUOTED = tuple(_quoted_byte(byte) for byte in range(256))  # each byte as it shows inside a quoted string
-
-
-def quote(data: bytes, limit: int = STRING_LIMIT) -> str:
-    """A C-like quoted string, truncated with "..." after `limit` characters (as strace shows buffers)."""
-    return '"' + "".join(map(_QUOTED.__getitem__, data[:limit])) + '"' + ("..." if len(data) > limit else "")
-
-
-def signed(value: int) -> int:
-    value &= (1 << 64) - 1
-    return value - (1 << 64) if value >> 63 else value
-
-
-class Tracer:
+class Tracer(SyscallView, ProcessTable):
     def __init__(self, machine: Board) -> None:
         self.machine = machine
         self.events = machine.events
@@ -81,24 +72,67 @@ class Tracer:
         self.seen_pids: set[int] = set()  # every process that ever appeared in the kernel's table
         self._last_user_pid: int | None = None
         self._screen = b""
-        self._make_complete_call = self._complete_call  # one bound method: EventLog.defer compares it
+        self._make_complete_call = self._complete_call  # (bound once: a batch's records share it)
+        self._make_complete_calls = self._complete_calls
         self._faults = FaultExplainer(machine.memory)
         self._console = machine.memory[CONSOLE_ADDRESS:CONSOLE_ADDRESS + CONSOLE_BYTES]  # the screen, live
+        self.native: FastPath | None = None  # the machine's native paths, when it has them (`use_native`)
+        self.native_scan: FastPath | None = None  # the same, when they can scan this kernel's process table
+        self._native_look: Callable[[], int] | None = None  # the native look at the screen
+        self._native_pid: Callable[[int], int | None] | None = None  # the native read of current->pid
+        self._memory_calls = 0
+        self._descriptions: dict[tuple[object, int], str] = {}  # (program or _KERNEL, address) -> `describe`
 
     def enable(self, syscalls: SyscallTable, programs: dict[str, Path], kernel_path: Path | bytes | None) -> None:
         self.full = True
         self.syscalls = syscalls
         self.programs = programs
+        self._descriptions.clear()  # (named with the programs given before)
         from .kernelview import KernelView  # DWARF reading: imported when tracing starts
 
         self.kernel = KernelView(self.machine.memory, self.machine.symbols, kernel_path)
         self._screen = bytes(self._console)
+        # bit n: tracing call n (below 64) reads the caller's memory (what the native path is told too)
+        self._memory_calls = sum(1 << number for number in range(64) if self.reads_user_memory(number))
+
+    def use_native(self, native: FastPath, scans: bool) -> None:
+        """Look at the screen through the native path (which then keeps what the tracer saw) and, if `scans`,
+        at the process table too (it keeps the list of live processes, which `_names` follows)."""
+        self.native = native
+        self.native_scan = native if scans else None
+        self._faults.native = native
+        if self.kernel is not None and self.kernel.available:  # (else the native path knows no `current`)
+            self._native_pid = native.current_pid
+        self._native_look = native.look_at_screen(BLANK_BYTES)
 
     # -- helpers -------------------------------------------------------------------------------------------
+    def _catch_up(self) -> None:
+        """Apply what the native path recorded and the tracer has not taken yet (before reading its state)."""
+        catch_up = self.events.before_add
+        if catch_up is not None:
+            catch_up()
+
+    def _record(self, time_ns: int, kind: Kind, rip: int = 0, cr3: int = 0, text: str = "", pid: int | None = None,
+                user: bool = False, detail: Any = NO_DETAIL, seq: int | None = None, catch_up: bool = True) -> None:
+        """A finished event (numbered now, or already: `seq`). With full tracing and nobody watching events as
+        they happen, it is kept as a record and made when the ring is read (EventLog.defer_one): most of a long
+        run's events leave the ring unread; then (`catch_up` False) the native path's records may wait too, for
+        an event that needs no tracer state (numbered after them all the same)."""
+        events = self.events
+        if self.full and not events.sinks and not events.observers:  # (EventLog.watched, inline: a hot path)
+            if seq is None:
+                seq = events.take_seq(catch_up)
+            events.defer_one(kind, (time_ns, kind, rip, cr3, text, seq, pid, user, detail), _made_event)
+            return
+        events.add(Event(time_ns, kind, rip, cr3, text=text, pid=pid, user=user, detail=detail), seq=seq)
+
     def _now(self) -> int:
         return self.machine.clock.now_ns()
 
     def _pid(self, cr3: int) -> int | None:
+        read = self._native_pid
+        if read is not None:
+            return read(cr3)  # (the same read, as the native path makes it at a call's entry)
         return self.kernel.current_pid(cr3) if self.kernel is not None else None
 
     def symbols_for(self, pid: int | None, address: int, user: bool) -> SymbolTable:
@@ -113,24 +147,16 @@ class Tracer:
         return self._program_symbols[name]
 
     def describe(self, pid: int | None, address: int, user: bool) -> str:
-        return self.symbols_for(pid, address, user).describe(address)
-
-    def _read(self, cr3: int, address: int, length: int) -> bytes | None:
-        try:
-            return read_virtual(self.machine.memory, cr3, address, length, user=True)
-        except (PageFault, PhysicalFault):
-            return None
-
-    def _read_string(self, cr3: int, address: int) -> bytes | None:
-        out = bytearray()
-        while len(out) <= STRING_LIMIT:
-            chunk = self._read(cr3, address + len(out), 1)
-            if chunk is None:
-                return None if not out else bytes(out)
-            if chunk == b"\0":
-                return bytes(out)
-            out += chunk
-        return bytes(out)
+        """`address` named by the symbols of the kernel or of the program `pid` runs; remembered by (program,
+        address): a program that faults in a loop faults at the same few instructions."""
+        program = (self._names.get(pid) if pid is not None else None) if user else _KERNEL
+        key = (program, address)
+        text = self._descriptions.get(key)
+        if text is None:
+            if len(self._descriptions) >= DESCRIPTIONS_KEPT:
+                self._descriptions.clear()
+            text = self._descriptions[key] = self.symbols_for(pid, address, user).describe(address)
+        return text
 
     # -- system calls ----------------------------------------------------------------------------------------
     def syscall(self, rip: int, number: int, cr3: int, args: tuple[int, ...], time_ns: int | None = None,
@@ -160,18 +186,11 @@ class Tracer:
             return
         self._pending_syscall[event.pid] = self.events.add(event, finished=False, seq=seq)
 
-    def _syscall_detail(self, number: int, args: tuple[int, ...], cr3: int) -> dict[str, Any]:
-        """A system call's name and its arguments as the trace shows them at entry."""
-        spec = self.syscalls.by_number.get(number)
-        if spec is None:
-            return {}
-        # [name, rendering] pairs (lists: they survive a JSON round trip)
-        shown = [[arg.name, self._format_argument(spec.args, i, args, cr3)] for i, arg in enumerate(spec.args)]
-        return {"args": shown, "name": spec.name}
-
     def native_records(self, records: Iterable[tuple[int, ...]]) -> None:
         """A batch the native path recorded (fastpath.RawSyscall's fields in order, args spread out): system-call
-        entries, returns to user mode that needed nothing at once, and calls that came straight back.
+        entries, returns to user mode that needed nothing at once, calls that came straight back, and context
+        switches (each after the process-table changes found there), applied in order as they would have been
+        seen at once.
 
         A call that came straight back (RECORD_COMPLETE) is finished and, the native path made sure, shows no
         memory of the caller's: with full tracing and nobody watching events as they happen (no sink, no
@@ -179,7 +198,8 @@ class Tracer:
         into the very event `syscall` would have made now. Most system calls of a traced run are such calls."""
         syscall, returned = self.syscall, self.return_to_user
         pending = self._pending_syscall
-        defer = self.full and not self.events.watched
+        events = self.events
+        defer = self.full and not events.sinks and not events.observers  # (EventLog.watched)
         records = list(records)
         if defer and set(map(_RECORD_KIND, records)) == {RECORD_COMPLETE}:  # the usual batch, in C-level passes
             pids = set(map(_RECORD_PID, records))  # none may have a call open (-1: unknown, `syscall`'s None)
@@ -187,20 +207,45 @@ class Tracer:
                 self.events.defer(Kind.SYSCALL, records, self._make_complete_call)
                 return
         quiet: list[tuple[int, ...]] = []
+        changes: list[ProcessChange] = []  # a recorded switch's process-table changes, which come before it
         for record in records:
             kind, pid = record[0], record[10]
             known_pid = pid if pid >= 0 else None  # -1: the native path could not read it
+            if kind == RECORD_COMPLETE and defer and known_pid not in pending:
+                quiet.append(record)  # (a call still open for that pid is closed by `syscall`)
+                continue
+            if quiet:  # deferred in seq order: before anything this record makes
+                self.events.defer(Kind.SYSCALL, quiet, self._make_complete_call)
+                quiet = []
             if kind == RECORD_COMPLETE:
-                if defer and known_pid not in pending:  # (a call still open for that pid is closed by `syscall`)
-                    quiet.append(record)
-                    continue
                 syscall(record[3], record[5], record[4], record[6:10], record[2], record[1], known_pid,
                         (record[11], record[12]))
             elif kind == RECORD_RETURN:  # rip: where the process resumes; number: RAX
                 returned(record[3], record[5], record[4], known_pid, record[2], console=False)
+            elif kind == RECORD_CREATED:
+                changes.append((pid, process_name(_NAME_WORDS.pack(*record[6:10])), record[1]))
+            elif kind == RECORD_EXITED:
+                changes.append((pid, False, record[1]))
+            elif kind == RECORD_SWITCH:  # as a return seen at once would apply it, with the table as it was
+                returned(record[3], record[5], record[4], known_pid, record[2], console=False,
+                         switch=(record[1], changes))
+                changes = []
             else:
                 syscall(record[3], record[5], record[4], record[6:10], record[2], record[1], known_pid)
         self.events.defer(Kind.SYSCALL, quiet, self._make_complete_call)
+
+    def native_chunk(self, data: bytes, count: int, pid: int) -> bool:
+        """A batch of complete calls of one process, as the native ring's bytes: with full tracing, nobody
+        watching and no call of that process open, kept as it is (EventLog.defer_chunk) and made into events
+        only when the ring is read, as `native_records` would defer them one by one."""
+        events = self.events
+        if not self.full or events.sinks or events.observers or (pid if pid >= 0 else None) in self._pending_syscall:
+            return False
+        events.defer_chunk(Kind.SYSCALL, count, data, self._make_complete_calls)
+        return True
+
+    def _complete_calls(self, data: bytes) -> list[Event]:
+        return list(map(self._complete_call, unpack_records(data)))
 
     def _complete_call(self, record: tuple[int, ...]) -> Event:
         """The event of a RECORD_COMPLETE record, as `syscall` makes it (see `native_records`)."""
@@ -209,67 +254,16 @@ class Tracer:
         return Event(time_ns, Kind.SYSCALL, rip, cr3, number, None, None, args, "", seq, pid if pid >= 0 else None,
                      True, ret, end_ns, False, self._syscall_detail(number, args, cr3))
 
-    def _format_argument(self, specs: tuple[SyscallArg, ...], index: int, args: tuple[int, ...], cr3: int) -> str:
-        arg = specs[index]
-        value = args[index] if index < len(args) else 0
-        if arg.type == "str":
-            text = self._read_string(cr3, value)
-            return quote(text) if text is not None else f"{value:#x}"
-        following = specs[index + 1] if index + 1 < len(specs) else None
-        if arg.type == "ptr" and following is not None and following.type == "size" and arg.ctype.startswith("const"):
-            length = args[index + 1] if index + 1 < len(args) else 0
-            data = self._read(cr3, value, min(length, STRING_LIMIT + 1))
-            return quote(data) if data is not None else f"{value:#x}"
-        if arg.type == "ptr":
-            return f"{value:#x}"
-        if arg.type in ("size", "uint"):
-            return str(value) if value < 1 << 32 else f"{value:#x}"  # huge sizes read better in hex
-        return str(signed(value))
-
-    def format_return(self, event: Event) -> str:
-        if event.ret is None:
-            return "?"
-        spec = self.syscalls.by_number.get(event.number)
-        value = signed(event.ret)
-        if spec is not None and spec.returns == "ptr":
-            return f"{event.ret:#x}"
-        error = self.syscalls.errors.get(value)
-        return f"{value} {error}" if error else str(value)
-
-    def reads_user_memory(self, number: int) -> bool:
-        """Does tracing system call `number` read the caller's memory (a string or buffer argument shown at
-        entry, a buffer it wrote shown at its return)? Those must be read before the process runs on."""
-        spec = self.syscalls.by_number.get(number)
-        if spec is None:
-            return False
-        for i, arg in enumerate(spec.args):
-            following = spec.args[i + 1] if i + 1 < len(spec.args) else None
-            sized = following is not None and following.type == "size"
-            if arg.type == "str":  # shown at entry (`_format_argument`)
-                return True
-            if arg.type == "ptr" and (sized or (arg.ctype == "char*")):
-                return True  # a buffer shown at entry (const) or at the return (`_output_buffer`)
-        return False
-
-    def _output_buffer(self, event: Event, cr3: int) -> None:
-        """After a read-like call returns n > 0, show what it wrote into the caller's buffer."""
-        spec = self.syscalls.by_number.get(event.number)
-        if spec is None or not spec.args or event.ret is None or signed(event.ret) < 0:
-            return
-        for i, arg in enumerate(spec.args):
-            if arg.type != "ptr" or arg.ctype.startswith("const") or i >= len(event.args):
-                continue
-            following = spec.args[i + 1] if i + 1 < len(spec.args) else None
-            if following is not None and following.type == "size":
-                data = self._read(cr3, event.args[i], min(signed(event.ret), STRING_LIMIT + 1))
-            elif arg.ctype == "char*":  # an output string, e.g. getsysname's buffer
-                data = self._read_string(cr3, event.args[i])
-            else:
-                continue
-            if data is not None:
-                args = list(event.detail.get("args", []))
-                args[i] = [arg.name, quote(data)]
-                event.detail["args"] = args
+    def memory_pending_mask(self) -> int:
+        """Bit p: process p (below 64) has a call open whose trace reads its memory at the return (or whose
+        number is beyond the native path's table of such calls): its return must be seen at once."""
+        memory_calls = self._memory_calls
+        mask = 0
+        for pid, call in self._pending_syscall.items():
+            number = call.number
+            if pid is not None and 0 <= pid < 64 and (number >= 64 or memory_calls >> number & 1):
+                mask |= 1 << pid
+        return mask
 
     # -- exceptions and interrupts -------------------------------------------------------------------------------
     def delivery(self, vector: int, error_code: int | None, rip: int, cr2: int, external: bool, from_user: bool,
@@ -280,6 +274,7 @@ class Tracer:
         if not self.full:
             self.events.add(event)
             return
+        self._catch_up()  # (the fault's explanation names the process's program: its switch comes first)
         self.observe_console()
         event.pid = self._pid(cr3)
         if event.is_page_fault:
@@ -295,10 +290,12 @@ class Tracer:
 
     # -- returns to user mode (full tracing) -----------------------------------------------------------------------
     def return_to_user(self, rip: int, rax: int, cr3: int, pid: int | None | bool = False,
-                       time_ns: int | None = None, console: bool = True) -> None:
+                       time_ns: int | None = None, console: bool = True,
+                       switch: tuple[int, list[ProcessChange]] | None = None) -> None:
         """The CPU went back to user mode at `rip` (RAX = `rax`): finishes that process's system call or fault.
         `pid` and `time_ns` when the native path already read them (False: read the pid now); `console` False
-        for a return it recorded after checking that the console had not changed."""
+        for a return it recorded after checking that the console had not changed; `switch` for a context switch
+        it recorded: the switch event's seq and the process-table changes it found there (numbered too)."""
         if pid is False:
             pid = self._pid(cr3)
         now = self._now() if time_ns is None else time_ns
@@ -315,9 +312,9 @@ class Tracer:
                 else:
                     waiting.blocked = True
                     self.events.release_unfinished(waiting)
-            self._scan_processes(cr3)
-            self.events.add(Event(now, Kind.SWITCH, rip, cr3, pid=pid, user=True,
-                                  detail={"from": previous, "to": pid}))
+            self._scan_processes(cr3, now, switch[1] if switch is not None else None)
+            self._record(now, Kind.SWITCH, rip, cr3, pid=pid, user=True, detail={"from": previous, "to": pid},
+                         seq=switch[0] if switch is not None else None)
             self._last_user_pid = pid
         call = self._pending_syscall.pop(pid, None)
         if call is not None:
@@ -339,37 +336,6 @@ class Tracer:
     def _never_returns(self, call: Event) -> bool:
         return self.syscalls.name(call.number) == "exit"
 
-    def _scan_processes(self, cr3: int) -> None:
-        """Process creation and exit events for what changed in the kernel's process table since the last look
-        (at every context switch, and at the end)."""
-        if self.kernel is None:
-            return
-        live = self.kernel.live_names(cr3)
-        if live.keys() == self._names.keys():
-            return  # the same processes as at the last look
-        for pid, name in live.items():
-            if pid not in self._names:
-                self._names[pid] = name
-                self.seen_pids.add(pid)
-                self.events.add(Event(self._now(), Kind.PROCESS, pid=pid, text=f"created {name or ''}".strip(),
-                                      detail={"event": "created", "name": name}))
-        for pid in [pid for pid in self._names if pid not in live]:
-            name = self._names.pop(pid)
-            call = self._pending_syscall.pop(pid, None)
-            status = self._exit_status.pop(pid, None)
-            if call is not None:
-                if self._never_returns(call):
-                    status = signed(call.args[0]) if call.args else None
-                self.events.finish(call, self._now())
-            fault = self._pending_fault.pop(pid, None)
-            text = "exited" + (f" with {status}" if status is not None else "")
-            if fault is not None:
-                fault.detail["outcome"] = "the kernel killed the process"
-                self.events.finish(fault)
-                text = "killed after a page fault"
-            self.events.add(Event(self._now(), Kind.PROCESS, pid=pid, text=text,
-                                  detail={"event": "exited", "name": name, "status": status}))
-
     def observe_console(self) -> None:
         """Record what changed on the screen since the last look, as one console event of the rows that now
         show text (a row that was cleared is not an event).
@@ -381,16 +347,35 @@ class Tracer:
         kernel entry after it, and comes before that entry in the trace."""
         if not self.full:
             return
+        look = self._native_look
+        seen = look() if look is not None else LOOK_UNKNOWN  # compared natively with what was seen last
+        if not seen:
+            return
+        self._catch_up()  # what the native path recorded comes first (a switch sets the pid used here)
+        if look is not None and not seen & LOOK_UNKNOWN:
+            self._screen = screen = bytes(self._console)
+            rows = rows_with_text(seen)
+            if rows:
+                self._console_event(screen, rows)
+            return
         screen = bytes(self._console)
         if screen == self._screen:
             return
         old, self._screen = self._screen, screen
-        characters = screen[::2].decode("cp437").replace("\0", " ")  # cp437: one character per byte
-        changed = compress(range(25), map(ne, map(screen.__getitem__, _ROW_CELLS), map(old.__getitem__, _ROW_CELLS)))
-        rows = [(row, text) for row in changed if (text := characters[_ROW_TEXT[row]].rstrip()).strip()]
+        if self.native is not None:
+            self.native.saw_screen(screen)  # its quiet returns and switches compare with what was seen here
+        rows = changed_rows_with_text(screen, old)
         if rows:
-            self.events.add(Event(self._now(), Kind.CONSOLE, pid=self._last_user_pid,
-                                  text="\n".join(text for _, text in rows), detail={"rows": [r for r, _ in rows]}))
+            self._console_event(screen, rows)
+
+    def _console_event(self, screen: bytes, rows: list[int]) -> None:
+        """The console event of `rows` of `screen`: its text is made when the event is (deferred, usually)."""
+        events = self.events
+        if not events.sinks and not events.observers:
+            events.defer_one(Kind.CONSOLE, (self._now(), events.take_seq(), self._last_user_pid, screen, rows),
+                             made_console)
+            return
+        events.add(made_console((self._now(), -1, self._last_user_pid, screen, rows)))
 
     # -- snapshots (pc/snapshot.py keeps this state with the machine's) ----------------------------------------
     def snapshot_state(self, encode: Callable[[Event], dict[str, Any]]) -> dict[str, Any]:
@@ -418,10 +403,13 @@ class Tracer:
     # -- the rest -------------------------------------------------------------------------------------------------
     def log_line(self, line: str, rip: int, cr3: int) -> None:
         self.observe_console()
-        self.events.add(Event(self._now(), Kind.LOG, rip, cr3, text=line,
-                              pid=self._pid(cr3) if self.full else None))
+        if self.full:  # (no tracer state is read: what the native path recorded before may wait)
+            self._record(self._now(), Kind.LOG, rip, cr3, text=line, pid=self._pid(cr3), catch_up=False)
+            return
+        self.events.add(Event(self._now(), Kind.LOG, rip, cr3, text=line))
 
     def panic(self, message: str, rip: int, cr3: int, backtrace: list[int]) -> None:
+        self._catch_up()
         self.observe_console()
         for fault in self._pending_fault.values():
             fault.detail["outcome"] = "the kernel panicked"
@@ -438,6 +426,7 @@ class Tracer:
         """The run ended: record the last screen and process changes, and close what never completed."""
         if not self.full:
             return
+        self._catch_up()
         self.observe_console()
         cr3 = self.machine.cpu.read_register(UC_X86_REG_CR3)
         self._scan_processes(cr3)

@@ -25,7 +25,8 @@ from typing import Any, TextIO
 
 from ..pc.cpu import vector_name
 from ..pc.events import Event, Kind
-from .trace import Tracer, signed
+from .syscallview import signed
+from .trace import Tracer
 
 SCHEMA_VERSION = 1
 FILTERS = ("syscall", "pagefault", "exception", "interrupt", "switch", "process", "console", "log", "panic",

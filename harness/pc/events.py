@@ -12,6 +12,8 @@ import heapq
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from itertools import repeat
+from operator import attrgetter
 from typing import Any, Protocol
 
 
@@ -86,6 +88,10 @@ class Event:
         return self.kind is Kind.EXCEPTION and self.number == 14
 
 
+_SEQ = attrgetter("seq")
+# Deferred records may come out of seq order by up to the native ring's size (EventLog.take_seq): that many
+# more than the ring holds are kept, so that none of the latest `capacity` events is forgotten.
+DEFER_SLACK = 4096
 CASCADE_KEPT = 4  # first faults of a cascade kept for the diagnosis, whatever the ring has lost since
 
 
@@ -127,8 +133,10 @@ class EventLog:
     When nobody watches events as they happen (no sink, no observer, no full trace), system-call entries are
     recorded raw by the native fast path (`raw`) and become Event objects only when the ring or the counts are
     read: the hot path never builds a Python object. With full tracing but no sink or observer, the finished
-    events a producer has as plain records (the tracer's system calls that came straight back) are `defer`red
-    the same way: kept as records and made into events, in their place by seq, when the ring is read.
+    events a producer has as plain records (the tracer's system calls that came straight back, a run of them as
+    the native ring's bytes, its switch, process, console and log events) are `defer`red the same way: kept as
+    records and made into events, in their place by seq, when the ring is read; only the latest `capacity`
+    (and DEFER_SLACK more) are kept, as the ring would.
     """
 
     def __init__(self, capacity: int = 4096) -> None:
@@ -147,10 +155,11 @@ class EventLog:
         self.cascade: FaultCascade | None = None  # the latest run of nested kernel-mode exceptions
         self._cascade_open = False  # nothing has happened since that could have ended it
         self._kernel_exception: Event | None = None  # the last kernel-mode exception added
-        # Finished events kept as records until the ring is read (`defer`): the latest `capacity` of them
-        # (older ones would have left the ring anyway) and what turns one into its event.
-        self._deferred: deque[tuple[Any, ...]] = deque(maxlen=capacity)
-        self._make_deferred: Callable[[tuple[Any, ...]], Event] | None = None
+        # Finished events kept as records until the ring is read (`defer`): (how many events, whether a chunk,
+        # what makes them, the record or chunk), for at least the latest `capacity` events (older ones would
+        # have left the ring anyway), nearly in seq order (DEFER_SLACK).
+        self._deferred: deque[tuple[int, bool, Callable[[Any], Any], Any]] = deque()
+        self._deferred_events = 0
 
     def connect_raw(self, raw: RawSyscalls) -> None:
         """Number events together with the native recorder from now on."""
@@ -194,10 +203,15 @@ class EventLog:
         if self.before_add is not None:
             self.before_add()
         if self._deferred:
-            make = self._make_deferred
-            assert make is not None
-            new = [make(record) for record in self._deferred]
+            new: list[Event] = []
+            for _count, chunk, make, record in self._deferred:
+                if chunk:
+                    new.extend(make(record))
+                else:
+                    new.append(make(record))
             self._deferred.clear()
+            self._deferred_events = 0
+            new.sort(key=_SEQ)  # (producers defer in seq order; this keeps the merge right whatever they do)
             self._merge(new)
         raw = self.raw
         if raw is None:
@@ -218,13 +232,47 @@ class EventLog:
         if not records:
             return
         assert not self.watched, "deferred events would never reach the sinks"
-        if self._make_deferred != make and self._deferred:
-            self.settle()  # records of another producer: made by their own function first
-        self._make_deferred = make
-        self._deferred.extend(records)
-        self._counts[kind] += len(records)
+        self._deferred.extend(zip(repeat(1), repeat(False), repeat(make), records))
+        self._deferred_kept(kind, len(records))
+
+    def defer_chunk(self, kind: Kind, count: int, chunk: Any, make: Callable[[Any], list[Event]]) -> None:
+        """`defer` for `count` records held as one chunk (`make(chunk)` gives their events, in seq order)."""
+        assert not self.watched, "deferred events would never reach the sinks"
+        self._deferred.append((count, True, make, chunk))
+        self._deferred_kept(kind, count)
+
+    def _deferred_kept(self, kind: Kind, count: int) -> None:
+        """Count `count` events deferred, and forget the deferred records older than the latest `capacity`."""
+        self._counts[kind] += count
+        deferred = self._deferred
+        total = self._deferred_events + count
+        keep = (self._ring.maxlen or total) + DEFER_SLACK
+        while total - deferred[0][0] >= keep:
+            total -= deferred.popleft()[0]
+        self._deferred_events = total
         if kind is Kind.SYSCALL or kind is Kind.INTERRUPT or kind is Kind.EXCEPTION or kind is Kind.SWITCH:
             self._cascade_open = False  # as `add` does: the kernel was entered afresh
+
+    def defer_one(self, kind: Kind, record: tuple[Any, ...], make: Callable[[tuple[Any, ...]], Event]) -> None:
+        """`defer` for one record (numbered with `take_seq`)."""
+        assert not (self.sinks or self.observers), "deferred events would never reach the sinks"
+        self._deferred.append((1, False, make, record))
+        self._deferred_kept(kind, 1)
+
+    def take_seq(self, catch_up: bool = True) -> int:
+        """The next event number, for an event made later (`defer_one`); as `add` numbers, after what the
+        native path recorded before it has been taken (unless `catch_up` is False: its records, numbered
+        already, are deferred later, out of order by at most the native ring's size: DEFER_SLACK)."""
+        if catch_up and self.before_add is not None:
+            self.before_add()
+        raw = self.raw
+        if raw is not None:
+            seq = raw.next_seq
+            raw.next_seq = seq + 1
+        else:
+            seq = self._next_seq
+            self._next_seq += 1
+        return seq
 
     def _merge(self, new: list[Event]) -> None:
         """Put `new` (in seq order) into the ring, which is kept in seq order: the latest `capacity` stay."""

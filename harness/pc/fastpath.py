@@ -1,35 +1,33 @@
-"""The native hot paths (native/fastpath.c): system-call entry, the log port, the keyboard poll, IF watches.
+"""The native hot paths (native/fastpath.c): system-call entry, the log port, the keyboard poll, IF watches,
+and for full tracing the records of calls, returns and context switches (with the process table's changes) and
+the look at the screen.
 
-Python's versions of these (cpu.Cpu.hook_syscall, the port hooks, the interrupt-window hooks in machine.py) stay
-the reference: `MachineConfig(fast_paths=False)` runs them, and the tests check that both give the same run,
-event for event. The native versions need the address of Unicorn's live CPU state, which the API does not
-give: `find_live_state` looks for it once per process on a scratch engine and checks it on every machine's
-engine by writing a register through the API. If anything does not match, the machine falls back to Python.
+Python's versions of these (cpu.Cpu.hook_syscall, the port hooks, the interrupt-window hooks in machine.py, the
+tracer's own reading of the process table and the screen) stay the reference: `MachineConfig(fast_paths=False)`
+runs them, and the tests check that both give the same run, event for event. The native versions need the
+address of Unicorn's live CPU state, which the API does not give (livestate.py finds it). If anything does not
+match, the machine falls back to Python.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from unicorn import UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INSN, UC_MODE_64, Uc
+from unicorn import UC_HOOK_CODE, UC_HOOK_INSN, Uc
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
 from . import clock as clock_module
-from .cpu import CTX_DATA, OFF_OLD_EXCEPTION, OFF_REGS, BlobLayout, blob_layout
+from .cpu import BlobLayout, blob_layout
 from .devices.ata import AtaTransfer
 from .devices.parallel import LptState
 from .events import Event, Kind
-
-_GPRS = (X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RBX, X.UC_X86_REG_RSP,
-         X.UC_X86_REG_RBP, X.UC_X86_REG_RSI, X.UC_X86_REG_RDI, X.UC_X86_REG_R8, X.UC_X86_REG_R9,
-         X.UC_X86_REG_R10, X.UC_X86_REG_R11, X.UC_X86_REG_R12, X.UC_X86_REG_R13, X.UC_X86_REG_R14,
-         X.UC_X86_REG_R15)
-_SEARCH_SPAN = 1 << 18  # how far past each pointer of the engine the state may sit (it is ~40 KiB in)
-_STATE_BYTES = OFF_OLD_EXCEPTION + 8  # the part of CPUX86State the harness touches
+from .livestate import live_state, state_path
+from .paging import LEVEL_NAMES
 
 
 class RawSyscall(ctypes.Structure):
@@ -47,6 +45,26 @@ assert _RECORD.size == ctypes.sizeof(RawSyscall)
 RECORD_ENTRY = 0
 RECORD_RETURN = 1  # WANT_BATCH: a return to user nothing needed at once (rip: where it resumes, number: RAX)
 RECORD_COMPLETE = 2  # an entry whose quiet return came next (ret and end_ns filled in)
+# A context switch recorded natively (defer_switches): the process-table changes seen there, each numbered as
+# its event, then the switch (rip: where the process resumes; number: RAX; pid: the process now running).
+RECORD_CREATED = 3  # pid appeared in the table; args: its name's bytes
+RECORD_EXITED = 4  # pid left the table
+RECORD_SWITCH = 5
+LOOK_CHANGED = 1 << 63  # fastpath_look_screen: the screen changed (rows in bits 0-24, rows with text from bit 32)
+LOOK_UNKNOWN = 1 << 62  # fastpath_look_screen: the native path cannot tell
+MAX_LIVE = 64  # process-table slots the native scan handles
+NAME_BYTES = 32  # a process name's bytes a record carries
+
+
+class ProcChange(ctypes.Structure):
+    """One change of the process table found by the native scan (`struct proc_change`)."""
+
+    _fields_ = [("pid", ctypes.c_int64), ("created", ctypes.c_uint64), ("name", ctypes.c_uint8 * NAME_BYTES)]
+
+
+def unpack_records(data: bytes) -> Iterator[tuple[int, ...]]:
+    """Records as `FastPath.raw_bytes` gave them, as tuples of RawSyscall's fields (args spread out)."""
+    return _RECORD.iter_unpack(data)
 
 
 class UserReturn(ctypes.Structure):
@@ -88,16 +106,23 @@ def _state_type(native: ctypes.CDLL) -> type[ctypes.Structure]:
             ("see_every_return", u32), ("screen_valid", u32), ("last_user_pid", ctypes.c_int64),
             ("memory_calls", u64), ("last_entry_number", u64), ("last_entry_pid", ctypes.c_int64),
             ("rflags_regid", u32),
-            ("next_seq", u64), ("syscalls", u64), ("raw_total", u64), ("raw_consumed", u64), ("last", RawSyscall),
+            ("ptable_va", u64), ("proc_size", ctypes.c_int64), ("state_offset", ctypes.c_int64),
+            ("name_offset", ctypes.c_int64), ("nproc", u32), ("name_size", u32), ("scan_ready", u32),
+            ("defer_switches", u32), ("memory_pending", u64), ("live_count", u32), ("change_count", u32),
+            ("tracer_looks", u32), ("blank_bytes", u64 * 4), ("live_pids", ctypes.c_int32 * MAX_LIVE),
+            ("changes", ProcChange * (2 * MAX_LIVE)),
+            ("next_seq", u64), ("syscalls", u64), ("raw_total", u64), ("raw_consumed", u64), ("run_start", u64),
+            ("run_end", u64), ("run_pid", ctypes.c_int64), ("last", RawSyscall),
             ("returned", UserReturn),
             ("log_length", u64), ("log", ctypes.c_uint8 * log_size), ("screen", ctypes.c_uint8 * 4000),
-            ("ring", RawSyscall * ring_size),
+            ("ring", RawSyscall * ring_size), ("table", ctypes.c_uint8 * native.fastpath_table_bytes()),
         ]
 
     layout = (ctypes.sizeof(FastPathState), FastPathState.ring.offset, FastPathState.log.offset,
-              FastPathState.last.offset, FastPathState.returned.offset)
+              FastPathState.last.offset, FastPathState.returned.offset, FastPathState.changes.offset)
     native_layout = (native.fastpath_size(), native.fastpath_ring_offset(), native.fastpath_log_offset(),
-                     native.fastpath_last_offset(), native.fastpath_returned_offset())
+                     native.fastpath_last_offset(), native.fastpath_returned_offset(),
+                     native.fastpath_changes_offset())
     if layout != native_layout:
         raise RuntimeError(f"fastpath.c and fastpath.py disagree on struct fastpath: {layout} != {native_layout}")
     return FastPathState
@@ -117,27 +142,14 @@ WATCH_RETURN = 0  # iretq / sysretq
 WATCH_IF = 1  # sti / popfq
 
 
-# -- finding Unicorn's live CPU state ------------------------------------------------------------------------
+# -- the native library -------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class StatePath:
-    """Where the live CPUX86State is: `uc_offset` bytes into the engine sits a pointer, `env_offset` past it."""
-
-    uc_offset: int
-    env_offset: int
-
-
-_PATH: StatePath | None | bool = False  # False: not looked for yet
 _STATUS = "not tried yet"
 
 
 def status() -> str:
     """Whether the last machine made got the native hot paths, and if not why (for reports and benchmarks)."""
     return _STATUS
-
-
-def _marker(index: int) -> int:
-    return 0x5AFE_0000_0000_0000 | (index << 36) | 0x0C0F_FEE0 + index
 
 
 def _configure_native(native: ctypes.CDLL) -> None:
@@ -148,56 +160,20 @@ def _configure_native(native: ctypes.CDLL) -> None:
     native.fastpath_env_at.restype = ctypes.c_size_t
     native.fastpath_env_at.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_size_t]
     for name in ("fastpath_size", "fastpath_ring_offset", "fastpath_log_offset", "fastpath_last_offset",
-                 "fastpath_returned_offset", "fastpath_ring_size", "fastpath_log_size"):
+                 "fastpath_returned_offset", "fastpath_ring_size", "fastpath_log_size", "fastpath_changes_offset",
+                 "fastpath_table_bytes"):
         getattr(native, name).restype = ctypes.c_size_t
-
-
-def _context_bytes(uc: Uc, length: int) -> bytes:
-    context = uc.context_save()  # kept alive while its bytes are copied out
-    return ctypes.string_at(ctypes.cast(context.context, ctypes.c_void_p).value + CTX_DATA, length)
-
-
-def _state_path(native: ctypes.CDLL, other: Uc) -> StatePath | None:
-    """Look once per process, on a scratch engine with marker values in all sixteen registers; a path counts
-    only if it also leads to the state of a second engine, `other` (heap neighbours can fake one engine's
-    layout): the machine's own, which the path must fit anyway (a third engine would cost every start ~1 ms)."""
-    global _PATH
-    if _PATH is False:
-        _PATH = None
-        uc = Uc(UC_ARCH_X86, UC_MODE_64)
-        for index, register in enumerate(_GPRS):
-            uc.reg_write(register, _marker(index))
-        needle = _context_bytes(uc, 16 * 8)
-        reg_write = ctypes.cast(uclib.uc_reg_write, ctypes.c_void_p)
-        start = 0
-        uc_offset, env_offset = ctypes.c_size_t(), ctypes.c_size_t()
-        while native.fastpath_find_env(uc._uch, start, needle, len(needle), _SEARCH_SPAN, reg_write,
-                                       X.UC_X86_REG_RBX, 3, ctypes.byref(uc_offset), ctypes.byref(env_offset)):
-            path = StatePath(uc_offset.value, env_offset.value)
-            if live_state(native, uc, path) is not None and live_state(native, other, path) is not None:
-                _PATH = path
-                break
-            start = path.uc_offset + 8
-    return _PATH  # type: ignore[return-value]
-
-
-def live_state(native: ctypes.CDLL, uc: Uc, path: StatePath) -> int | None:
-    """The address of `uc`'s live CPU state if `path` leads to it: same bytes as a context save, and a register
-    written through the API shows up there."""
-    rbx = uc.reg_read(X.UC_X86_REG_RBX)  # also makes Unicorn create the CPU, which it does on first use
-    env = native.fastpath_env_at(uc._uch, path.uc_offset, path.env_offset, _STATE_BYTES)
-    if not env:
-        return None
-    if ctypes.string_at(env, 256) != _context_bytes(uc, 256):
-        return None
-    try:
-        for probe in (0x0123_4567_89AB_CDEF, 0xFEDC_BA98_7654_3210):
-            uc.reg_write(X.UC_X86_REG_RBX, probe)
-            if ctypes.c_uint64.from_address(env + OFF_REGS + 3 * 8).value != probe:
-                return None
-    finally:
-        uc.reg_write(X.UC_X86_REG_RBX, rbx)
-    return env
+    native.fastpath_scan.restype = ctypes.c_int
+    native.fastpath_scan.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+    native.fastpath_look_screen.restype = ctypes.c_uint64
+    native.fastpath_look_screen.argtypes = [ctypes.c_void_p]
+    native.fastpath_current_pid.restype = ctypes.c_int64
+    native.fastpath_current_pid.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+    native.fastpath_walk.restype = ctypes.c_int
+    native.fastpath_walk.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_void_p]
+    native.fastpath_read.restype = ctypes.c_int
+    native.fastpath_read.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_void_p,
+                                     ctypes.c_uint64]
 
 
 # -- the machine's side --------------------------------------------------------------------------------------
@@ -239,6 +215,7 @@ class FastPath:
         state.rflags_regid = X.UC_X86_REG_RFLAGS
         state.ram, state.ram_size = ram, ram_size
         state.pid_offset = -1
+        self._walk_out = (ctypes.c_uint64 * 9)()
         self._python_hooks = [  # kept alive as long as the engine may call them
             _SYSCALL_HOOK(self._guard(lambda uc, user: callbacks.slow_syscall())),
             _SYSCALL_HOOK(self._guard(lambda uc, user: callbacks.notify_syscall(self.state.last))),
@@ -267,7 +244,7 @@ class FastPath:
             _STATUS = "unavailable: the native library could not be built (no C compiler?)"
             return None
         _configure_native(native)
-        path = _state_path(native, uc)
+        path = state_path(native, uc)
         if path is None:
             _STATUS = "unavailable: Unicorn's live CPU state was not found (not Unicorn 2.1.4?)"
             return None
@@ -333,6 +310,93 @@ class FastPath:
         """Where the kernel keeps `current` and where a proc keeps its pid (from its symbols and DWARF)."""
         self.state.current_va = current_va or 0
         self.state.pid_offset = pid_offset if pid_offset is not None else -1
+
+    def know_process_table(self, address: int | None, slots: int, size: int, pid: int, state: int | None,
+                           name: int | None, name_size: int) -> bool:
+        """Where the kernel's process table is and where a slot keeps its pid, state and name (KernelView's
+        layout): the native path then scans it at context switches (`scan`). False if it cannot scan this
+        table (Python's scan then runs)."""
+        state_ = self.state
+        ready = (address is not None and state is not None and 0 < slots <= MAX_LIVE and size > 0
+                 and size * slots <= len(state_.table) and 0 <= pid <= size - 4 and 0 <= state <= size - 4
+                 and (name is None or not name_size or (name >= 0 and name + name_size <= size
+                                                       and name_size <= NAME_BYTES)))
+        state_.scan_ready = 0
+        if ready:
+            state_.ptable_va, state_.nproc, state_.proc_size = address, slots, size
+            state_.pid_offset, state_.state_offset = pid, state
+            state_.name_offset, state_.name_size = (name, name_size) if name is not None and name_size else (0, 0)
+            state_.live_count = 0
+            state_.scan_ready = 1
+        return ready
+
+    def scan(self, cr3: int) -> list[tuple[int, bool, bytes]]:
+        """The process table's changes since the last scan (made here or at a recorded switch): (pid, created,
+        name bytes), new processes first in table order, then gone ones in the order they appeared."""
+        count = self.native.fastpath_scan(self._state_pointer, cr3)
+        changes = self.state.changes
+        return [(change.pid, bool(change.created), bytes(change.name)) for change in changes[:max(count, 0)]]
+
+    def look_at_screen(self, blank: bytes) -> Callable[[], int]:
+        """From now on the tracer looks at the console through the function returned (fastpath_look_screen: 0
+        if the screen is what it last saw, else LOOK_CHANGED with the rows that changed and, from bit 32, those
+        that show a character outside `blank`; LOOK_UNKNOWN: compare it yourself, then `saw_screen`)."""
+        mask = sum(1 << byte for byte in blank)
+        self.state.blank_bytes[:] = [(mask >> (64 * word)) & ((1 << 64) - 1) for word in range(4)]
+        self.state.tracer_looks = 1
+        return functools.partial(self.native.fastpath_look_screen, self._state_pointer)
+
+    def current_pid(self, cr3: int) -> int | None:
+        """The kernel's current->pid read through `cr3` (as at a system call's entry); None if unknown."""
+        pid = self.native.fastpath_current_pid(self._state_pointer, cr3)
+        return pid if pid >= 0 else None
+
+    def walk(self, cr3: int, va: int) -> tuple[list[tuple[int, int]], str | None]:
+        """paging.walk_steps's walk: (entry address, entry) of each level visited, and why it stopped."""
+        out = self._walk_out
+        result = self.native.fastpath_walk(self._state_pointer, cr3, va, out)
+        count = result & 7
+        steps = list(zip(out[:count], out[4:4 + count], strict=True))
+        if result & 16:
+            return steps, f"{LEVEL_NAMES[count]} table at {out[8]:#x} lies outside RAM"
+        if result & 8:
+            return steps, f"{LEVEL_NAMES[count - 1]} entry {(va >> (48 - 9 * count)) & 511} is not present"
+        return steps, None
+
+    def read(self, cr3: int, va: int, length: int) -> bytes | None:
+        """paging.read_virtual's bytes (a supervisor read), or None where it would fault."""
+        buffer = ctypes.create_string_buffer(length)
+        return buffer.raw if self.native.fastpath_read(self._state_pointer, cr3, va, buffer, length) else None
+
+    def saw_screen(self, screen: bytes) -> None:
+        """The tracer looked at the console and saw `screen`: what the native path compares it with."""
+        ctypes.memmove(self.state.screen, screen, len(self.state.screen))
+        self.state.screen_valid = 1
+
+    def set_live(self, pids: list[int]) -> None:
+        """The live processes the tracer knows, in the order they appeared (after a snapshot's restore)."""
+        pids = pids[:MAX_LIVE]
+        self.state.live_pids[:len(pids)] = pids
+        self.state.live_count = len(pids)
+
+    def take(self, start: int, stop: int) -> tuple[int, int, int]:
+        """WANT_BATCH: Python takes the records `start` to `stop`; the longest run of complete calls of one
+        process at their end or before the last few: (first, end, pid), first == end if none."""
+        state = self.state
+        state.raw_consumed = stop
+        first, end = max(state.run_start, start), state.run_end
+        return (first, end, state.run_pid) if first < end <= stop else (start, start, -1)
+
+    def raw_bytes(self, start: int, stop: int) -> bytes:
+        """Records `start` to `stop` as they lie in the ring (`unpack_records` reads them)."""
+        ring = self.state.ring
+        size = len(ring)
+        first, last = start % size, stop % size
+        data = memoryview(ring).cast("B")
+        width = ctypes.sizeof(RawSyscall)
+        if first < last or start == stop:
+            return bytes(data[first * width:last * width])
+        return bytes(data[first * width:]) + bytes(data[:last * width])
 
     def unpack(self, start: int, stop: int) -> Iterator[tuple[int, ...]]:
         """Records number `start` to `stop` (of all ever written) as tuples of RawSyscall's fields in order

@@ -32,6 +32,11 @@ class Recorder(Protocol):
         """A batch of system-call records the native path made (fastpath.RawSyscall's fields, args spread out):
         entries, returns to user mode and complete calls, in order, as `syscall` and `return_to_user` would."""
 
+    def native_chunk(self, data: bytes, count: int, pid: int) -> bool:
+        """A batch of `count` complete calls of one process (`pid`, -1: unknown) as the native ring's bytes
+        (fastpath.unpack_records reads them): True if the recorder keeps it so, False to have it handed over
+        with `native_records`."""
+
     def delivery(self, vector: int, error_code: int | None, rip: int, cr2: int, external: bool, from_user: bool,
                  cr3: int) -> None:
         """An exception or interrupt was delivered through the guest's IDT."""

@@ -27,6 +27,8 @@ from .fastpath import (
     UserReturn,
 )
 
+CHUNK_WORTH = 64  # complete calls of one process side by side worth keeping as the ring's bytes
+
 
 class HotPaths:
     """Python hooks and native callbacks for the same work; `fast` is None when the Python versions run.
@@ -69,7 +71,7 @@ class HotPaths:
             want = WANT_RAW
         if want != state.want_syscalls:
             self.events.settle()  # what the old mode recorded first, in its own way
-            state.raw_consumed = state.raw_total
+            fast.take(state.raw_consumed, state.raw_total)
             self.events.raw_taken(state.raw_total)
             state.want_syscalls = want
         state.want_returns = self._wants_returns()
@@ -129,9 +131,19 @@ class HotPaths:
         events.before_add = None  # the events added below are the ones it would pull
         try:
             start, stop = state.raw_consumed, state.raw_total
-            state.raw_consumed = stop
+            first, end, pid = fast.take(start, stop)
             events.raw_taken(stop)
-            self.tracer.native_records(fast.unpack(start, stop))
+            tracer = self.tracer
+            if end - first < CHUNK_WORTH:
+                tracer.native_records(fast.unpack(start, stop))
+                return
+            # The usual batch: a process making calls that come straight back, between the return of a call
+            # taken before and the entry of one not back yet. The run is kept as the ring's bytes if the tracer
+            # can (no record made into a tuple), the rest handed over record by record, in order.
+            tracer.native_records(fast.unpack(start, first))
+            if not tracer.native_chunk(fast.raw_bytes(first, end), end - first, pid):
+                tracer.native_records(fast.unpack(first, end))
+            tracer.native_records(fast.unpack(end, stop))
         finally:
             events.before_add = self._pull_syscalls
             self._pulling = False

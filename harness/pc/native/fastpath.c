@@ -8,6 +8,12 @@
  * every line of the kernel's log (so lines, panics and "until" texts are seen where they happen), and for any
  * port this file does not model.
  *
+ * For full tracing it also records what the tracer would otherwise look at in Python: returns to user mode that
+ * need nothing at once, context switches with the process table's changes found there (record_switch,
+ * fastpath_scan), and it answers the tracer's reads: the screen compared with what it last saw
+ * (fastpath_look_screen), current->pid, a page fault's walk and instruction bytes. Python's tracer applies the
+ * records in order when it next needs its state; its own reading stays the reference (fast_paths=False).
+ *
  * The CPU-state offsets come from Python (harness/fastpath.py), which finds and checks them at start-up; this
  * file needs no Unicorn headers. Unicorn API functions are reached through pointers filled in by Python.
  */
@@ -102,6 +108,22 @@ struct raw_syscall {
 #define RECORD_ENTRY 0
 #define RECORD_RETURN 1   /* rip: where the process resumes; number: RAX */
 #define RECORD_COMPLETE 2 /* an entry whose quiet return came next: ret and end_ns filled in */
+/* A context switch nothing needed at once (defer_switches): the process-table changes seen there come first,
+ * each numbered like an event, then the switch itself. Python applies them in order at its next call. */
+#define RECORD_CREATED 3  /* pid: a process that appeared in the table; args: its name's bytes */
+#define RECORD_EXITED 4   /* pid: a process that left the table */
+#define RECORD_SWITCH 5   /* rip: where the process resumes; number: RAX; pid: the process now running */
+
+#define MAX_LIVE 64       /* process-table slots the native scan handles (more: Python scans) */
+#define NAME_BYTES 32     /* a process name's bytes a record carries (args) */
+#define TABLE_BYTES 32768 /* the largest process table the native scan copies */
+
+/* One change of the process table since the last look (`scan_processes`). */
+struct proc_change {
+    int64_t pid;
+    uint64_t created; /* 1: appeared (name filled in), 0: left */
+    uint8_t name[NAME_BYTES];
+};
 
 #define CONSOLE_PA 0xB8000
 #define CONSOLE_BYTES 4000
@@ -160,17 +182,36 @@ struct fastpath {
     uint64_t last_entry_number;   /* the latest system call entered, and by whom */
     int64_t last_entry_pid;
     uint32_t rflags_regid;        /* Unicorn's register id of RFLAGS (from unicorn.x86_const) */
+    /* The kernel's process table (`ptable`, from its symbols and DWARF), for the scans made here. */
+    uint64_t ptable_va;
+    int64_t proc_size, state_offset, name_offset;
+    uint32_t nproc, name_size;
+    uint32_t scan_ready;          /* the fields above describe a table this file can scan */
+    uint32_t defer_switches;      /* full tracing, nobody watching events as they happen: a context switch
+                                     that needs nothing else at once is recorded (RECORD_SWITCH) */
+    uint64_t memory_pending;      /* bit p: process p may have a call open whose trace reads its memory (its
+                                     return goes to Python at once); set here at entry, cleared by Python */
+    uint32_t live_count;          /* the tracer's live processes, in the order they appeared (its `_names`) */
+    uint32_t change_count;        /* the changes the last scan found */
+    uint32_t tracer_looks;        /* the tracer looks at the console through fastpath_look_screen, which alone
+                                     keeps `screen` (what it last saw) */
+    uint64_t blank_bytes[4];      /* bit b: character byte b shows as blank (the tracer's rule, from Python) */
+    int32_t live_pids[MAX_LIVE];
+    struct proc_change changes[2 * MAX_LIVE];
     /* --- results ----------------------------------------------------------------------------------------- */
     uint64_t next_seq;            /* shared with Python's EventLog: one numbering for all events */
     uint64_t syscalls;            /* fast entries */
     uint64_t raw_total;           /* raw records ever written (the ring keeps the last RING_SIZE) */
     uint64_t raw_consumed;        /* WANT_BATCH: records Python has taken */
+    uint64_t run_start, run_end;  /* the latest run of complete calls of one process, side by side in the ring */
+    int64_t run_pid;
     struct raw_syscall last;      /* the latest entry, for notify_syscall */
     struct user_return returned;  /* the latest return to user mode, for notify_return */
     uint64_t log_length;
     uint8_t log[LOG_BUFFER];
     uint8_t screen[CONSOLE_BYTES];
     struct raw_syscall ring[RING_SIZE];
+    uint8_t table[TABLE_BYTES];   /* scratch: the process table as the last scan read it */
 };
 
 /* One watched kernel instruction: `iretq`/`sysretq` (kind 0) or `sti`/`popfq` (kind 1) at a known address. */
@@ -186,6 +227,8 @@ size_t fastpath_log_offset(void) { return offsetof(struct fastpath, log); }
 size_t fastpath_last_offset(void) { return offsetof(struct fastpath, last); }
 size_t fastpath_returned_offset(void) { return offsetof(struct fastpath, returned); }
 size_t fastpath_ring_size(void) { return RING_SIZE; }
+size_t fastpath_changes_offset(void) { return offsetof(struct fastpath, changes); }
+size_t fastpath_table_bytes(void) { return TABLE_BYTES; }
 size_t fastpath_log_size(void) { return LOG_BUFFER; }
 
 #define ENV64(f, off) (*(uint64_t *) ((f)->env + (off)))
@@ -310,6 +353,10 @@ void fast_syscall_hook(void *uc, void *opaque)
     r->pid = f->want_syscalls == WANT_RAW ? -1 : current_pid(f, r->cr3);
     f->last_entry_number = r->number;
     f->last_entry_pid = r->pid;
+    if (f->want_syscalls == WANT_BATCH && r->pid >= 0 && r->pid < 64
+        && (r->number >= 64 || ((f->memory_calls >> r->number) & 1))) {
+        f->memory_pending |= 1ull << r->pid;
+    }
     if (f->want_syscalls == WANT_EACH) {
         f->notify_syscall(uc, opaque); /* Python numbers and keeps this one itself */
         return;
@@ -400,6 +447,147 @@ void fast_rdmsr_hook(void *uc, uint64_t address, uint32_t size, void *opaque)
     }
 }
 
+/* Copy the process table as KernelView.live_names reads it: through `cr3` page by page if it maps all of it,
+ * else by identity (VA = PA); 0 if neither fits in RAM. */
+static int read_table(const struct fastpath *f, uint64_t cr3, uint8_t *out, uint64_t length)
+{
+    uint64_t va = f->ptable_va, done = 0;
+    while (done < length) {
+        uint64_t chunk = 0x1000 - ((va + done) & 0xFFF);
+        if (chunk > length - done) {
+            chunk = length - done;
+        }
+        int64_t pa = translate(f, cr3, (va + done) & ~0xFFFull);
+        if (pa < 0 || (uint64_t) pa + ((va + done) & 0xFFF) + chunk > f->ram_size) {
+            break;
+        }
+        memcpy(out + done, f->ram + pa + ((va + done) & 0xFFF), chunk);
+        done += chunk;
+    }
+    if (done == length) {
+        return 1;
+    }
+    if (va + length > f->ram_size) {
+        return 0;
+    }
+    memcpy(out, f->ram + va, length);
+    return 1;
+}
+
+/* What changed in the kernel's process table since the last look, as Tracer._scan_processes finds it: the
+ * live slots' pids (a pid that shows twice counts once, where it first shows, with its last slot's name); new
+ * ones in table order, then gone ones in the order they appeared. Updates `live_pids`; the changes are in
+ * `changes`. Returns their number, or -1 if this file cannot scan this kernel's table. */
+int fastpath_scan(struct fastpath *f, uint64_t cr3)
+{
+    uint8_t *table = f->table;
+    f->change_count = 0;
+    if (!f->scan_ready) {
+        return -1;
+    }
+    uint64_t length = (uint64_t) f->proc_size * f->nproc;
+    int32_t now[MAX_LIVE];
+    int named[MAX_LIVE]; /* the slot whose name a pid gets (its last) */
+    int count = 0;
+    if (read_table(f, cr3, table, length)) {
+        for (uint32_t slot = 0; slot < f->nproc; slot++) {
+            const uint8_t *proc = table + (uint64_t) slot * f->proc_size;
+            int32_t state, pid;
+            memcpy(&state, proc + f->state_offset, 4);
+            if (!state) {
+                continue;
+            }
+            memcpy(&pid, proc + f->pid_offset, 4);
+            int at = 0;
+            while (at < count && now[at] != pid) {
+                at++;
+            }
+            if (at == count) {
+                now[count++] = pid;
+            }
+            named[at] = (int) slot;
+        }
+    }
+    /* The tracer's list after this look: the processes still live in the order they appeared, then the new
+     * ones in table order (as `_names` ends up); the changes: new ones first, then gone ones. */
+    int32_t after[MAX_LIVE];
+    uint32_t n = 0, kept = 0;
+    for (uint32_t j = 0; j < f->live_count; j++) {
+        int live = 0;
+        for (int i = 0; i < count && !live; i++) {
+            live = now[i] == f->live_pids[j];
+        }
+        if (live) {
+            after[kept++] = f->live_pids[j];
+        }
+    }
+    for (int i = 0; i < count; i++) {
+        int known = 0;
+        for (uint32_t j = 0; j < f->live_count && !known; j++) {
+            known = f->live_pids[j] == now[i];
+        }
+        if (known) {
+            continue;
+        }
+        struct proc_change *c = &f->changes[n++];
+        c->pid = now[i];
+        c->created = 1;
+        memset(c->name, 0, NAME_BYTES);
+        if (f->name_size) {
+            memcpy(c->name, table + (uint64_t) named[i] * f->proc_size + f->name_offset, f->name_size);
+        }
+        after[kept++] = now[i];
+    }
+    for (uint32_t j = 0; j < f->live_count; j++) {
+        int live = 0;
+        for (int i = 0; i < count && !live; i++) {
+            live = now[i] == f->live_pids[j];
+        }
+        if (!live) {
+            struct proc_change *c = &f->changes[n++];
+            c->pid = f->live_pids[j];
+            c->created = 0;
+        }
+    }
+    memcpy(f->live_pids, after, kept * sizeof after[0]);
+    f->live_count = kept;
+    f->change_count = n;
+    return (int) n;
+}
+
+/* A context switch recorded for Python to apply later (defer_switches): the table's changes, then the switch,
+ * each numbered as the event it becomes. */
+static void record_switch(struct fastpath *f, const struct user_return *r)
+{
+    int n = fastpath_scan(f, r->cr3);
+    for (int i = 0; i < n; i++) {
+        const struct proc_change *c = &f->changes[i];
+        struct raw_syscall *q = &f->ring[f->raw_total++ & (RING_SIZE - 1)];
+        q->kind = c->created ? RECORD_CREATED : RECORD_EXITED;
+        q->seq = f->next_seq++;
+        q->time_ns = r->time_ns;
+        q->rip = 0;
+        q->cr3 = r->cr3;
+        q->number = 0;
+        memcpy(q->args, c->name, NAME_BYTES);
+        q->pid = c->pid;
+        q->ret = 0;
+        q->end_ns = 0;
+    }
+    struct raw_syscall *q = &f->ring[f->raw_total++ & (RING_SIZE - 1)];
+    q->kind = RECORD_SWITCH;
+    q->seq = f->next_seq++;
+    q->time_ns = r->time_ns;
+    q->rip = r->rip;
+    q->cr3 = r->cr3;
+    q->number = r->rax;
+    memset(q->args, 0, sizeof q->args);
+    q->pid = r->pid;
+    q->ret = 0;
+    q->end_ns = 0;
+    f->last_user_pid = r->pid;
+}
+
 /* UC_HOOK_CODE on one kernel instruction that can set IF (and, for kind 0, return to user mode). */
 void fast_watch_hook(void *uc, uint64_t address, uint32_t size, void *opaque)
 {
@@ -446,10 +634,32 @@ void fast_watch_hook(void *uc, uint64_t address, uint32_t size, void *opaque)
                 && !((f->memory_calls >> f->last_entry_number) & 1) && f->screen_valid
                 && CONSOLE_PA + CONSOLE_BYTES <= f->ram_size
                 && memcmp(f->ram + CONSOLE_PA, f->screen, CONSOLE_BYTES) == 0;
+    /* A switch to another process: recorded when tracing defers them, the screen is as the tracer saw it and
+     * the process has no call open whose trace reads its memory. */
+    int quiet_switch = !quiet && f->defer_switches && f->want_syscalls == WANT_BATCH && !f->see_every_return
+                       && r->pid != f->last_user_pid && r->pid >= 0 && r->pid < 64
+                       && !((f->memory_pending >> r->pid) & 1) && f->scan_ready && f->screen_valid
+                       && CONSOLE_PA + CONSOLE_BYTES <= f->ram_size
+                       && memcmp(f->ram + CONSOLE_PA, f->screen, CONSOLE_BYTES) == 0;
+    if (quiet_switch) {
+        record_switch(f, r);
+        if (f->raw_total - f->raw_consumed >= RING_SIZE / 2) {
+            f->notify_syscall(uc, f); /* let Python take the ring before it wraps */
+        }
+        return;
+    }
     if (quiet) {
         struct raw_syscall *entry = &f->ring[(f->raw_total - 1) & (RING_SIZE - 1)];
         if (f->raw_total > f->raw_consumed && entry->kind == RECORD_ENTRY && entry->pid == r->pid) {
             entry->kind = RECORD_COMPLETE; /* the usual case: one record for the whole call */
+            uint64_t at = f->raw_total - 1;
+            if (f->run_end == at && f->run_pid == r->pid && f->run_end > f->run_start) {
+                f->run_end = at + 1;
+            } else {
+                f->run_start = at;
+                f->run_end = at + 1;
+                f->run_pid = r->pid;
+            }
             entry->ret = r->rax;
             entry->end_ns = r->time_ns;
             return;
@@ -467,12 +677,100 @@ void fast_watch_hook(void *uc, uint64_t address, uint32_t size, void *opaque)
         }
         return;
     }
-    if (CONSOLE_PA + CONSOLE_BYTES <= f->ram_size) {
+    if (CONSOLE_PA + CONSOLE_BYTES <= f->ram_size && !f->tracer_looks) {
         memcpy(f->screen, f->ram + CONSOLE_PA, CONSOLE_BYTES); /* what the tracer sees now */
         f->screen_valid = 1;
     }
     f->last_user_pid = r->pid;
     f->notify_return(uc, address, size, w);
+}
+
+/* The tracer's look at the console (Tracer.observe_console): 0 if the screen is what it last saw; else
+ * LOOK_CHANGED with bit r set for each row r that changed and bit 32 + r for each row that now shows a character
+ * that is not blank, and the screen is taken as seen. LOOK_UNKNOWN: the tracer compares it itself. */
+#define LOOK_CHANGED (1ull << 63)
+#define LOOK_UNKNOWN (1ull << 62)
+#define ROWS 25
+#define ROW_BYTES 160
+
+uint64_t fastpath_look_screen(struct fastpath *f)
+{
+    if (!f->screen_valid || CONSOLE_PA + CONSOLE_BYTES > f->ram_size) {
+        return LOOK_UNKNOWN;
+    }
+    const uint8_t *live = f->ram + CONSOLE_PA;
+    if (memcmp(live, f->screen, CONSOLE_BYTES) == 0) {
+        return 0;
+    }
+    uint64_t look = LOOK_CHANGED;
+    for (int row = 0; row < ROWS; row++) {
+        const uint8_t *cells = live + row * ROW_BYTES;
+        if (memcmp(cells, f->screen + row * ROW_BYTES, ROW_BYTES) == 0) {
+            continue;
+        }
+        look |= 1ull << row;
+        for (int cell = 0; cell < ROW_BYTES; cell += 2) {
+            uint8_t c = cells[cell];
+            if (!((f->blank_bytes[c >> 6] >> (c & 63)) & 1)) {
+                look |= 1ull << (32 + row);
+                break;
+            }
+        }
+    }
+    memcpy(f->screen, live, CONSOLE_BYTES);
+    return look;
+}
+
+/* The tracer's reads for a page fault and for the pid of an event it records (Tracer._pid): done here so that
+ * a fault or a log line costs Python no page walk. */
+int64_t fastpath_current_pid(struct fastpath *f, uint64_t cr3) { return current_pid(f, cr3); }
+
+/* The entries a walk of `va` through `cr3` visits (as paging.walk_steps lists them): entry addresses in
+ * out[0..3], entries in out[4..7]; returns the number of steps, plus 8 if the walk stopped at an entry that is
+ * not present, or 16 if the next table lies outside RAM (its address in out[8]). */
+int fastpath_walk(const struct fastpath *f, uint64_t cr3, uint64_t va, uint64_t *out)
+{
+    static const int shifts[4] = {39, 30, 21, 12};
+    uint64_t table = cr3 & 0x000FFFFFFFFFF000ull;
+    for (int level = 0; level < 4; level++) {
+        uint64_t slot = table + 8 * ((va >> shifts[level]) & 0x1FF);
+        if (slot + 8 > f->ram_size) {
+            out[8] = table;
+            return level + 16;
+        }
+        uint64_t entry;
+        memcpy(&entry, f->ram + slot, 8);
+        out[level] = slot;
+        out[4 + level] = entry;
+        if (!(entry & 1)) {
+            return level + 1 + 8;
+        }
+        if ((level == 1 || level == 2) && (entry & 0x80)) {
+            return level + 1;
+        }
+        table = entry & 0x000FFFFFFFFFF000ull;
+    }
+    return 4;
+}
+
+/* `length` bytes at `va` as a supervisor read through `cr3` (page by page, as paging.read_virtual reads); 0 if
+ * the read would fault. */
+int fastpath_read(const struct fastpath *f, uint64_t cr3, uint64_t va, uint8_t *out, uint64_t length)
+{
+    uint64_t done = 0;
+    while (done < length) {
+        uint64_t at = va + done, chunk = 0x1000 - (at & 0xFFF);
+        if (chunk > length - done) {
+            chunk = length - done;
+        }
+        int64_t pa = translate(f, cr3, at);
+        if (pa < 0 || (uint64_t) pa + chunk > f->ram_size) {
+            return 0;
+        }
+        memcpy(out + done, f->ram + pa, chunk);
+        done += chunk;
+    }
+    return 1;
 }
 
 /* --- finding the live CPU state ------------------------------------------------------------------------------
