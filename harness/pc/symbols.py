@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import io
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,10 +85,17 @@ def _no_symbol_table(data: bytes) -> bool:
     return True
 
 
-def _read_symbols(data: bytes) -> list[Symbol]:
+# Reading a symbol table (pyelftools, and c++filt in a new process for C++ names) takes 4-25 ms, and every machine,
+# trace and check that names addresses reads its kernel's and programs' tables anew: the symbols found are
+# remembered by the file's contents (a few files at a time), as kernelview remembers DWARF layouts.
+SYMBOLS_CACHE_SIZE = 16
+
+
+@functools.lru_cache(maxsize=SYMBOLS_CACHE_SIZE)
+def _read_symbols(data: bytes) -> tuple[Symbol, ...]:
     """The function and object symbols of an ELF file's contents; none if it has none or cannot be read."""
     if _no_symbol_table(data):
-        return []
+        return ()
     from elftools.common.exceptions import ELFError
     from elftools.construct import ConstructError
     from elftools.elf.elffile import ELFFile
@@ -106,8 +115,8 @@ def _read_symbols(data: bytes) -> list[Symbol]:
                     symbols.append(Symbol(sym.name, sym["st_value"], sym["st_size"]))
     except (OSError, ELFError, ConstructError, ValueError, OverflowError, IndexError, KeyError, TypeError,
             struct.error, RecursionError):
-        return []  # a damaged symbol table (pyelftools raises all of these on crafted files)
-    return demangle(symbols)
+        return ()  # a damaged symbol table (pyelftools raises all of these on crafted files)
+    return tuple(demangle(symbols))
 
 
 class SymbolTable:
@@ -117,7 +126,7 @@ class SymbolTable:
         self._source: bytes | None = None
         self._fill(symbols)
 
-    def _fill(self, symbols: list[Symbol]) -> None:
+    def _fill(self, symbols: Sequence[Symbol]) -> None:
         self._symbols = sorted(symbols, key=lambda s: s.address)
         self._addresses = [s.address for s in self._symbols]
         self._by_name = {s.name: s for s in self._symbols}
