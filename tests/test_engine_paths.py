@@ -35,6 +35,16 @@ def run_engine(machine: Machine, instructions: int) -> None:
     machine.uc.emu_start(machine.uc.reg_read(X.UC_X86_REG_RIP), NOT_AN_ADDRESS)
 
 
+def run_to_label(machine: Machine, label: str) -> None:
+    """Run the engine until the kernel reaches `label` (a code hook there stops it, then goes)."""
+    uc = machine.uc
+    address = machine.symbols.address_of(label)
+    stopper = uc.hook_add(UC_HOOK_CODE, lambda uc_, at, size, data: uc.emu_stop(), None, address, address)
+    run_engine(machine, 100_000)
+    assert uc.reg_read(X.UC_X86_REG_RIP) == address
+    uc.hook_del(stopper)
+
+
 # -- code-hooks -----------------------------------------------------------------------------------------------
 
 def hook_calls(tmp_path: Path, off: frozenset[str]) -> list[tuple[str, int]]:
@@ -217,11 +227,7 @@ def test_the_page_walker_reads_a_page_table_from_the_memory_mapped_now(tmp_path:
 
     machine = booted(REMAPPED_PAGE_TABLE, tmp_path, off)
     uc = machine.uc
-    swap = machine.symbols.address_of("swap")
-    stopper = uc.hook_add(UC_HOOK_CODE, lambda uc_, address, size, data: uc.emu_stop(), None, swap, swap)
-    run_engine(machine, 100_000)
-    assert uc.reg_read(X.UC_X86_REG_RIP) == swap
-    uc.hook_del(stopper)
+    run_to_label(machine, "swap")
     directory = bytearray(machine.memory[0x12000:0x13000])
     struct.pack_into("<Q", directory, 0x10, 0x800083)  # 4-6 MiB -> physical 8 MiB now
     uc.mem_unmap(0x12000, 0x1000)
@@ -298,12 +304,8 @@ def test_a_store_meets_the_region_mapped_now(tmp_path: Path, off: frozenset[str]
 
     machine = booted(STORE_TO_A_REMAPPED_PAGE, tmp_path, off)
     uc = machine.uc
-    swap = machine.symbols.address_of("swap")
-    stopper = uc.hook_add(UC_HOOK_CODE, lambda uc_, address, size, data: uc.emu_stop(), None, swap, swap)
-    run_engine(machine, 100_000)
-    assert uc.reg_read(X.UC_X86_REG_RIP) == swap
+    run_to_label(machine, "swap")
     assert struct.unpack_from("<Q", machine.memory, 0x30000)[0] == 0x11
-    uc.hook_del(stopper)
     uc.mem_unmap(0x30000, 0x1000)
     for decoy in range(0x50000, 0x58000, 0x2000):  # writable regions made anew first: a forgotten region's
         uc.mem_unmap(decoy, 0x1000)                  # memory would likely be one of them now

@@ -353,15 +353,7 @@ class EventLog:
 
     def _resolution(self, entry: Event, resolved_ns: int | None) -> Event:
         """The record that resolves an entry released as unfinished: numbered now, in its place in time."""
-        if self.before_add is not None:
-            self.before_add()
-        raw = self.raw
-        if raw is not None:
-            seq = raw.next_seq
-            raw.next_seq = seq + 1
-        else:
-            seq = self._next_seq
-            self._next_seq += 1
+        seq = self.take_seq()
         when = entry.end_ns if entry.end_ns is not None else resolved_ns if resolved_ns is not None else entry.time_ns
         return replace(entry, seq=seq, detail={**entry.detail, "resumes": entry.seq, "resolved_ns": when})
 
