@@ -30,7 +30,6 @@ from ...observe.audit import (
     Leaf,
     LeafCache,
     Violation,
-    user_mappings,
 )
 from ...observe.kernelview import ProcInfo
 
@@ -118,12 +117,8 @@ class Watcher(IsolationAuditor):
         self._watch_entry()
         owners = self.pages.owners() if self.pages.available else None
         live = [proc for proc in self.kernel.processes(cr3) if proc.pagetable]
-        mappings: dict[int, list[Leaf]] = {}
-        table_pages: set[int] = set()
-        for proc in live:
-            leaves, tables = user_mappings(self.machine.memory, proc.pagetable, self._leaf_cache)
-            mappings[proc.pid] = leaves
-            table_pages |= tables
+        walks, table_pages = self._walk_live(live)  # the auditor's: a table walked again only when it changed
+        mappings: dict[int, list[Leaf]] = {pid: walk.leaves for pid, walk in walks}
         writable_by: dict[int, int] = {}
         for pid, leaves in mappings.items():
             for leaf in leaves:
