@@ -24,6 +24,38 @@ pytest_plugins = ["pytester"]
 sys.dont_write_bytecode = False
 
 
+# -- the order of the session: the costliest modules first -----------------------------------------------------------
+# A module that takes long declares it: `pytestmark = pytest.mark.cost(SECONDS)`, about the CPU seconds its tests
+# take together. The modules run in that order, costliest first, each module's tests in their own order (so a
+# module-scoped fixture is made once), and the others after them as collected. With xdist (`-n 2`), each worker
+# takes a whole module at a time and comes back for the next when it is done: the long modules are taken first
+# and the short ones fill in at the end, so the workers finish together (collection order, alphabetical, could
+# leave one worker with a 15 s module while the other had nothing left). The order changes no result.
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cost(seconds): about the CPU seconds a module's tests take (the run's order)")
+
+
+def module_cost(item: pytest.Item) -> float:
+    marker = item.get_closest_marker("cost")
+    return float(marker.args[0]) if marker is not None else 0.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: -module_cost(item))  # stable: a module's tests stay together, in their order
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """xdist's default distribution (`load`: tests dealt out in chunks of the collection) becomes one module at a
+    time, in collection order (xdist's `loadscope` without its reordering by module size)."""
+    if config.getvalue("dist") != "load":
+        return None  # a distribution asked for by name
+    from xdist.scheduler import LoadScopeScheduling
+
+    config.option.loadscopereorder = False  # (read by LoadScopeScheduling.schedule: keep the collection's order)
+    return LoadScopeScheduling(config, log)
+
+
 @pytest.fixture(scope="session")
 def build_tree(weensy_build: project.BuildTree) -> project.BuildTree:
     """The guest, built once (the harness's pytest plugin does it: see harness/pytest_plugin.py)."""

@@ -26,6 +26,8 @@ from .conftest import BootFn
 from .test_fastpath import fingerprint
 from .x86asm import assemble_kernel
 
+pytestmark = pytest.mark.cost(4)  # CPU seconds, roughly: the session starts the costly modules first
+
 PATCHES = sorted(engine.switches())
 
 

@@ -22,6 +22,8 @@ from harness.pc.events import Event, Kind
 
 from .conftest import BootFn
 
+pytestmark = pytest.mark.cost(15)  # CPU seconds, roughly: the session starts the costly modules first
+
 
 def fingerprint(event: Event) -> tuple[Any, ...]:
     return (event.seq, event.time_ns, event.kind, event.rip, event.cr3, event.number, event.error_code,

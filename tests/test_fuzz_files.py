@@ -27,6 +27,8 @@ from harness.pc.errors import HarnessError
 from . import campaign
 from .mutators import mutate_bytes, mutate_json
 
+pytestmark = pytest.mark.cost(2.5)  # CPU seconds, roughly: the session starts the costly modules first
+
 CASES = int(os.environ.get("WEENSY_FUZZ_CASES", "60"))
 DISK_CASES = max(CASES // 12, 5)  # a disk boot runs real-mode code: much slower per case
 FUZZ = settings(max_examples=CASES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
