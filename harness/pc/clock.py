@@ -278,7 +278,9 @@ class VirtualClock:
             elif deadline_ns <= skipped:  # _due(deadline_ns)
                 moved = 0
             else:
-                moved = min(NEVER, -(-(deadline_ns - skipped) * 1000 // ps_per_instruction))
+                moved = -(-(deadline_ns - skipped) * 1000 // ps_per_instruction)
+                if moved > NEVER:
+                    moved = NEVER
             if moved < deadline:  # (not _set_deadline: the deadline still stands for `deadline_ns`)
                 set_clock(clock_address, counter.base + counter.budget_set - budget.value, moved)
 

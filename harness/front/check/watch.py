@@ -143,7 +143,7 @@ class Watcher(IsolationAuditor):
                 seen.first_exited = seen.children
         self._live = {proc.pid for proc in live}
         if len(live) == 1 and live[0].pid == self._first and self.pages.available:
-            free = sum(1 for owner in owners or [] if owner == 0)
+            free = (owners or []).count(0)
             held = self._held(mappings[live[0].pid], table_pages, owners)
             seen.free_samples.append(FreeSample(seen.children, free, live[0].pid, held))
         return None
@@ -161,7 +161,7 @@ class Watcher(IsolationAuditor):
             return
         if any(proc.pagetable for proc in self.kernel.processes(self.machine.cpu.cr3.value)):
             return
-        free = sum(1 for owner in self.pages.owners() if owner == 0)
+        free = self.pages.owners().count(0)
         self.seen.end = FreeSample(self.seen.children, free, 0)
 
     def _note_leaks(self, gone: set[int], owners: list[int] | None) -> None:
