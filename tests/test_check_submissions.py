@@ -107,7 +107,7 @@ def dask_cluster(tmp_path: Path) -> Iterator[str]:
 
         for name in ("a", "b"):
             processes.append(subprocess.Popen(
-                [dask, "worker", "--scheduler-file", str(scheduler_file),
+                [dask, "worker", "--scheduler-file", str(scheduler_file), "--no-nanny",  # (nothing to restart)
                  "--nworkers", "1", "--nthreads", "1", "--no-dashboard", "--name", name,
                  "--local-directory", str(tmp_path / name)],
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))

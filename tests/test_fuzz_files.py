@@ -68,8 +68,13 @@ def test_mutated_syscall_tables_load_or_fail_cleanly(inputs: campaign.Inputs, se
 
 def test_the_mutators_reach_past_the_parsers(inputs: campaign.Inputs) -> None:
     """Not every mutated snapshot is refused at the door: some get past JSON and zlib into the field checks,
-    some are accepted and run (otherwise the fuzz tests above would only exercise the parsers)."""
-    outcomes = {clean("snapshot", inputs, seed) for seed in range(60)}
+    some are accepted and run (otherwise the fuzz tests above would only exercise the parsers). The seeds are
+    tried in order until both outcomes have been seen, 60 at most (the sixth does it today)."""
+    outcomes: set[str] = set()
+    for seed in range(60):
+        outcomes.add(clean("snapshot", inputs, seed))
+        if outcomes >= {"ok", "clear-error"}:
+            break
     assert outcomes >= {"ok", "clear-error"}
     rng = random.Random(5)
     assert mutate_bytes(rng, b"abcdef" * 10) != b"abcdef" * 10
