@@ -84,6 +84,11 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def variant_builds(build_tree: project.BuildTree, tmp_path_factory: pytest.TempPathFactory) -> VariantBuilds:
-    """The broken variants of our kernel (tests/kernel_variants.py), each built on first use: name -> directory."""
-    return VariantBuilds(build_tree, tmp_path_factory.mktemp)
+def variant_builds(build_tree: project.BuildTree, tmp_path_factory: pytest.TempPathFactory,
+                   request: pytest.FixtureRequest) -> VariantBuilds:
+    """The broken variants of our kernel (tests/kernel_variants.py), each built on first use: name -> directory
+    (kept in pytest's cache for later sessions while their sources are the same; without the cache, this
+    session's temporary directory)."""
+    cache = request.config.cache if hasattr(request.config, "cache") else None
+    keep = cache.mkdir("weensy-variants") if cache is not None else None
+    return VariantBuilds(build_tree, tmp_path_factory.mktemp, keep)
