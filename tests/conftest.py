@@ -25,14 +25,15 @@ sys.dont_write_bytecode = False
 
 
 # -- the order of the session: the costliest modules first -----------------------------------------------------------
-# A module that takes long declares it: `pytestmark = pytest.mark.cost(SECONDS)`, about the CPU seconds its tests
-# take together. The modules run in that order, costliest first, each module's tests in their own order (so a
-# module-scoped fixture is made once), and the others after them as collected. With xdist (`-n 2`), each worker
-# takes a whole module at a time and comes back for the next when it is done: the long modules are taken first
-# and the short ones fill in at the end, so the workers finish together (collection order, alphabetical, could
-# leave one worker with a 15 s module while the other had nothing left). The order changes no result.
+# A module that takes long declares it: `pytestmark = pytest.mark.cost(SECONDS)`, about the seconds its tests take
+# together on one idle core (their subprocesses and waits included). The modules run in that order, costliest
+# first, each module's tests in their own order (so a module-scoped fixture is made once), and the others after
+# them as collected. With xdist (`-n 2`), each worker takes a whole module at a time and comes back for the next
+# when it is done: the long modules are taken first and the short ones fill in at the end, so the workers finish
+# together (chunks of the alphabetical collection could leave one worker with a long module while the other had
+# nothing left). The order changes no result.
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "cost(seconds): about the CPU seconds a module's tests take (the run's order)")
+    config.addinivalue_line("markers", "cost(seconds): about the seconds a module's tests take (the run's order)")
 
 
 def module_cost(item: pytest.Item) -> float:

@@ -31,7 +31,7 @@ from harness.pc.errors import ExitCode
 
 from .kernel_variants import VARIANTS, Variant, VariantBuilds
 
-pytestmark = pytest.mark.cost(7)  # CPU seconds, roughly: the session starts the costly modules first
+pytestmark = pytest.mark.cost(5)  # seconds, roughly: the session starts the costly modules first
 
 
 def check_all(runs: Runs) -> dict[str, Verdict]:

@@ -33,7 +33,7 @@ from harness.pc.errors import ExitCode
 from .kernel_variants import VariantBuilds
 from .test_readme_examples import README, matches
 
-pytestmark = pytest.mark.cost(7)  # CPU seconds, roughly: the session starts the costly modules first
+pytestmark = pytest.mark.cost(6)  # seconds, roughly: the session starts the costly modules first
 
 ONLY = ["no-crash", "kernel-isolation", "exit-frees"]  # two boots per submission: the crash and memory runs
 ONLY_ARGS = [word for name in ONLY for word in ("--only", name)]

@@ -21,7 +21,7 @@ from harness.front.cliargs import MAX_MEMORY_MIB
 
 from .cli_in_process import run_cli
 
-pytestmark = pytest.mark.cost(1)  # CPU seconds, roughly: the session starts the costly modules first
+pytestmark = pytest.mark.cost(1)  # seconds, roughly: the session starts the costly modules first
 
 
 def harness(tree: project.BuildTree, *args: str) -> subprocess.CompletedProcess[str]:

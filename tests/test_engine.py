@@ -26,7 +26,7 @@ from .conftest import BootFn
 from .test_fastpath import fingerprint
 from .x86asm import assemble_kernel
 
-pytestmark = pytest.mark.cost(4)  # CPU seconds, roughly: the session starts the costly modules first
+pytestmark = pytest.mark.cost(3)  # seconds, roughly: the session starts the costly modules first
 
 PATCHES = sorted(engine.switches())
 

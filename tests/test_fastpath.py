@@ -22,7 +22,7 @@ from harness.pc.events import Event, Kind
 
 from .conftest import BootFn
 
-pytestmark = pytest.mark.cost(15)  # CPU seconds, roughly: the session starts the costly modules first
+pytestmark = pytest.mark.cost(9)  # seconds, roughly: the session starts the costly modules first
 
 
 def fingerprint(event: Event) -> tuple[Any, ...]:

@@ -27,7 +27,7 @@ from harness.pc.errors import HarnessError
 from . import campaign
 from .mutators import mutate_bytes, mutate_json
 
-pytestmark = pytest.mark.cost(2.5)  # CPU seconds, roughly: the session starts the costly modules first
+pytestmark = pytest.mark.cost(3.5)  # seconds, roughly: the session starts the costly modules first
 
 CASES = int(os.environ.get("WEENSY_FUZZ_CASES", "60"))
 DISK_CASES = max(CASES // 12, 5)  # a disk boot runs real-mode code: much slower per case

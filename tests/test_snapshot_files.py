@@ -26,7 +26,7 @@ from harness.pc.errors import HarnessError
 
 from . import campaign
 
-pytestmark = pytest.mark.cost(3.5)  # CPU seconds, roughly: the session starts the costly modules first
+pytestmark = pytest.mark.cost(3)  # seconds, roughly: the session starts the costly modules first
 
 COMMAND = "spinner hello"
 BREAKPOINT_POINTERS = (cpustate.OFF_DR + 64, cpustate.OFF_DR + 96)  # Unicorn's CPUBreakpoint *[4], after dr[8]
