@@ -22,7 +22,7 @@ from harness.pc.wallguard import WallGuard
 
 from .x86asm import assemble
 
-pytestmark = pytest.mark.cost(3.5)  # seconds, roughly: the session starts the costly modules first
+pytestmark = pytest.mark.cost(1.5)  # seconds, roughly: the session starts the costly modules first
 
 GDT, TSS, IDT, PML4 = 0x8000, 0x8800, 0x9000, 0x10000
 HANDLERS = 0x50000  # handler for vector v at HANDLERS + 16 * v
