@@ -116,24 +116,30 @@ def oversized(root: Path) -> list[str]:
     return out
 
 
-def test_no_import_circle() -> None:
-    assert circles(import_graph(PACKAGE)) == []
+@pytest.fixture(scope="module")
+def package_graph() -> dict[str, set[str]]:
+    """The package's import graph, read once for the tests that judge it (each read parses every module)."""
+    return import_graph(PACKAGE)
 
 
-def test_imports_only_go_down_the_layers() -> None:
-    assert upward_imports(import_graph(PACKAGE)) == []
+def test_no_import_circle(package_graph: dict[str, set[str]]) -> None:
+    assert circles(package_graph) == []
 
 
-def test_the_pc_imports_no_observer_and_no_front_end() -> None:
-    graph = import_graph(PACKAGE)
+def test_imports_only_go_down_the_layers(package_graph: dict[str, set[str]]) -> None:
+    assert upward_imports(package_graph) == []
+
+
+def test_the_pc_imports_no_observer_and_no_front_end(package_graph: dict[str, set[str]]) -> None:
+    graph = package_graph
     pc = {name: targets for name, targets in graph.items() if layer(name) == 1}
     assert pc, "the PC layer was not found"
     assert all(layer(target) == 1 for targets in pc.values() for target in targets)
 
 
-def test_devices_import_only_devices() -> None:
+def test_devices_import_only_devices(package_graph: dict[str, set[str]]) -> None:
     """A device model stands alone (one device a file, registers as constants): it never reaches into the board."""
-    graph = import_graph(PACKAGE)
+    graph = package_graph
     devices = [name for name in graph if ".pc.devices" in name]
     assert devices
     assert {target for name in devices for target in graph[name] if ".pc.devices" not in target} == set()

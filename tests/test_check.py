@@ -31,6 +31,8 @@ from harness.pc.errors import ExitCode
 
 from .kernel_variants import VARIANTS, Variant, VariantBuilds
 
+pytestmark = pytest.mark.cost(5)  # seconds, roughly: the session starts the costly modules first
+
 
 def check_all(runs: Runs) -> dict[str, Verdict]:
     return {check.name: check.run(runs) for check in CHECKS}

@@ -33,6 +33,8 @@ from harness.pc.errors import ExitCode
 from .kernel_variants import VariantBuilds
 from .test_readme_examples import README, matches
 
+pytestmark = pytest.mark.cost(6)  # seconds, roughly: the session starts the costly modules first
+
 ONLY = ["no-crash", "kernel-isolation", "exit-frees"]  # two boots per submission: the crash and memory runs
 ONLY_ARGS = [word for name in ONLY for word in ("--only", name)]
 
@@ -105,7 +107,7 @@ def dask_cluster(tmp_path: Path) -> Iterator[str]:
 
         for name in ("a", "b"):
             processes.append(subprocess.Popen(
-                [dask, "worker", "--scheduler-file", str(scheduler_file),
+                [dask, "worker", "--scheduler-file", str(scheduler_file), "--no-nanny",  # (nothing to restart)
                  "--nworkers", "1", "--nthreads", "1", "--no-dashboard", "--name", name,
                  "--local-directory", str(tmp_path / name)],
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))

@@ -21,6 +21,8 @@ from harness.front.cliargs import MAX_MEMORY_MIB
 
 from .cli_in_process import run_cli
 
+pytestmark = pytest.mark.cost(1)  # seconds, roughly: the session starts the costly modules first
+
 
 def harness(tree: project.BuildTree, *args: str) -> subprocess.CompletedProcess[str]:
     return run_cli(*args, "--no-build", "--build-dir", str(tree.directory))

@@ -26,6 +26,8 @@ from harness.pc.symbols import SymbolTable
 from .cli_in_process import run_cli
 from .test_disk_image import needs_qemu
 
+pytestmark = pytest.mark.cost(2)  # seconds, roughly: the session starts the costly modules first
+
 SOURCE = project.PACKAGE_ROOT / "weensyos-src"
 TEXT_PAGE = (0xB8000, 0x1000)  # the screen, then (in the same page) the kernel's and programs' cursor position
 TICKS_MIRROR = 0xFF0  # offset in that page of the kernel's copy of its tick count

@@ -22,6 +22,8 @@ from harness.api import boot_machine
 from harness.front.qemu import boot_image, qemu_available
 from harness.machine import Machine, MachineConfig, StopKind
 
+pytestmark = pytest.mark.cost(2)  # seconds, roughly: the session starts the costly modules first
+
 SOURCE = project.PACKAGE_ROOT / "weensyos-src"
 SECTOR = 512
 DIRECTORY = struct.Struct("<8sII256s")

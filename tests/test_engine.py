@@ -26,6 +26,8 @@ from .conftest import BootFn
 from .test_fastpath import fingerprint
 from .x86asm import assemble_kernel
 
+pytestmark = pytest.mark.cost(3)  # seconds, roughly: the session starts the costly modules first
+
 PATCHES = sorted(engine.switches())
 
 
@@ -60,10 +62,17 @@ def traced_run(build_tree: Any, command: str, off: frozenset[str]) -> tuple[Any,
             machine.console.cells(), [fingerprint(e) for e in machine.events.ring], dict(machine.events.counts))
 
 
+@pytest.fixture(scope="module")
+def runs_with_every_patch(build_tree: Any) -> dict[str, tuple[Any, ...]]:
+    """command -> its traced run with every patch on, made once for all the patches compared with it."""
+    return {command: traced_run(build_tree, command, frozenset()) for command in ("forkexit", "pipe", "friends")}
+
+
 @pytest.mark.parametrize("patch", PATCHES)
 @pytest.mark.parametrize("command", ["forkexit", "pipe", "friends"])
-def test_switching_a_patch_off_changes_no_run(build_tree: Any, patch: str, command: str) -> None:
-    with_all = traced_run(build_tree, command, frozenset())
+def test_switching_a_patch_off_changes_no_run(build_tree: Any, runs_with_every_patch: dict[str, tuple[Any, ...]],
+                                              patch: str, command: str) -> None:
+    with_all = runs_with_every_patch[command]
     without = traced_run(build_tree, command, frozenset({patch}))
     assert with_all[3] > 1_000_000  # instructions: the run did real work
     assert without == with_all

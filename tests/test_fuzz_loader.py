@@ -24,6 +24,8 @@ from harness.pc.loader import Module, parse_elf, prepare_boot
 
 from .elfmaker import make_elf
 
+pytestmark = pytest.mark.cost(1.5)  # seconds, roughly: the session starts the costly modules first
+
 RAM = 16 << 20
 # Cases per test. CI runs a short form; `WEENSY_FUZZ_CASES=5000 pytest tests/test_fuzz_loader.py` runs the full
 # campaign (three tests: over 10,000 cases).

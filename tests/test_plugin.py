@@ -11,6 +11,8 @@ from harness.machine import StopKind
 from harness.pc.events import Kind
 from harness.pytest_plugin import WeensyOS
 
+pytestmark = pytest.mark.cost(1)  # seconds, roughly: the session starts the costly modules first
+
 
 def test_boot_run_and_look_at_the_screen_and_log(weensyos: WeensyOS) -> None:
     guest = weensyos.boot("fault hello")

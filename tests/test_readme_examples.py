@@ -29,6 +29,8 @@ from harness.pc.errors import exit_status_table
 
 from .cli_in_process import run_cli
 
+pytestmark = pytest.mark.cost(3)  # seconds, roughly: the session starts the costly modules first
+
 README = project.PACKAGE_ROOT / "README.md"
 HARNESS = ".venv/bin/python -m harness"
 

@@ -23,6 +23,8 @@ from harness.pc.symbols import SymbolTable
 
 from .test_cpu import build_world, run_kernel_code
 
+pytestmark = pytest.mark.cost(4)  # seconds, roughly: the session starts the costly modules first
+
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = json.loads((ROOT / "docs" / "qemu-tick-rates.json").read_text())
 QEMU_MEDIAN = {row["name"]: row["qemu_median"] for row in REFERENCE["rows"]}

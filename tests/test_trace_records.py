@@ -20,6 +20,8 @@ from harness import project
 
 from .cli_in_process import run_cli
 
+pytestmark = pytest.mark.cost(2)  # seconds, roughly: the session starts the costly modules first
+
 PROGRAMS = ["forkexit", "pipe", "fork"]
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from unicorn import UC_HOOK_CODE, Uc
 
 from ..pc.paging import ADDRESS_MASK, PTE_P, PTE_PS, PTE_U, PTE_W
-from .kernelview import KernelView, PageAccounting
+from .kernelview import KernelView, PageAccounting, ProcInfo
 from .regaudit import RegisterAuditor
 
 if TYPE_CHECKING:
@@ -142,8 +142,8 @@ def _walked_bits(memory: memoryview, table: int) -> int:
     return int.from_bytes(memory[table:table + 4096], "little") & _WALKED_BITS
 
 
-def walk_user_mappings(memory: memoryview, top: int) -> Walk:
-    leaves, tables = user_mappings(memory, top)
+def walk_user_mappings(memory: memoryview, top: int, cache: LeafCache | None = None) -> Walk:
+    leaves, tables = user_mappings(memory, top, cache)
     contents = tuple((table, memory[table:table + 4096].tobytes(), _walked_bits(memory, table))
                      for table in sorted(tables) if table + 4096 <= len(memory))
     return Walk(leaves, tables, contents)
@@ -183,6 +183,7 @@ class IsolationAuditor:
         self.registers = RegisterAuditor(machine.cpu)
         self._syscall_entry: int | None = None
         self._walks: dict[int, Walk] = {}  # page-table root -> its last walk (for the live processes only)
+        self._leaf_cache: LeafCache | None = None  # last-level tables as last walked, for walks made again
         self._clean: AuditInput | None = None  # what the last audit saw, if its page rules found nothing
 
     def entered_from_user(self, cr3: int) -> None:
@@ -206,21 +207,9 @@ class IsolationAuditor:
         """Audit every live process now; the first violation, or None."""
         self.audits += 1
         owners = self.pages.owners() if self.pages.available else None
-        memory = self.machine.memory
         writable_by: dict[int, int] = {}
-        table_pages: set[int] = set()
         live = [proc for proc in self.kernel.processes(cr3) if proc.pagetable]
-        walks: dict[int, Walk] = {}
-        current: list[tuple[int, Walk]] = []
-        for proc in live:
-            top = proc.pagetable & ADDRESS_MASK
-            walk = walks.get(top) or self._walks.get(top)
-            if walk is None or not walk.still_valid(memory):
-                walk = walk_user_mappings(memory, top)
-            walks[top] = walk
-            current.append((proc.pid, walk))
-            table_pages |= walk.tables
-        self._walks = walks
+        current, table_pages = self._walk_live(live)
         clean, self._clean = self._clean, None
         if not _same_audit(clean, current, owners):  # else: the same processes, tables and owners, found clean
             for pid, walk in current:
@@ -239,6 +228,24 @@ class IsolationAuditor:
             pid = next((p.pid for p in live if p.pagetable & ~0xFFF == cr3 & ~0xFFF), -1)
             return Violation(REGISTERS_RULE, pid, 0, 0, problem)
         return None
+
+    def _walk_live(self, live: list[ProcInfo]) -> tuple[list[tuple[int, Walk]], set[int]]:
+        """Each live process's pid and walk (its last walk again while its table pages are unchanged), and every
+        table page of them all."""
+        memory = self.machine.memory
+        walks: dict[int, Walk] = {}
+        current: list[tuple[int, Walk]] = []
+        table_pages: set[int] = set()
+        for proc in live:
+            top = proc.pagetable & ADDRESS_MASK
+            walk = walks.get(top) or self._walks.get(top)
+            if walk is None or not walk.still_valid(memory):
+                walk = walk_user_mappings(memory, top, self._leaf_cache)
+            walks[top] = walk
+            current.append((proc.pid, walk))
+            table_pages |= walk.tables
+        self._walks = walks
+        return current, table_pages
 
     def _check_page(self, pid: int, va: int, pa: int, writable: bool, owners: list[int] | None,
                     table_pages: set[int], writable_by: dict[int, int]) -> Violation | None:

@@ -385,10 +385,12 @@ class PageAccounting:
         code = {1: "b", 2: "h", 4: "i", 8: "q"}[size]
         element = self.layout.element_size
         raw = self.memory[self.address:self.address + element * self.layout.count].tobytes()
-        # One record per element, the field between pad bytes: unpacked in C (the auditor asks at every return
-        # to user mode).
+        # Unpacked in C (the auditor and the checks ask at every return to user mode): a one-byte field (ours:
+        # int8_t owner) is every element-th byte, read as signed bytes; a wider one, one record per element.
+        if size == 1:
+            return memoryview(raw[offset::element]).cast("b").tolist()
         record = struct.Struct(f"<{offset}x{code}{element - offset - size}x")
         return [value for (value,) in record.iter_unpack(raw)]
 
     def free_pages(self) -> int:
-        return sum(1 for owner in self.owners() if owner == 0)
+        return self.owners().count(0)

@@ -57,8 +57,11 @@ class Snapshot:
     kernel_sha256: str
 
 
+_EVENT_FIELDS = tuple(f.name for f in fields(Event))  # (dataclasses.fields costs as much as the copy, per event)
+
+
 def _event_to_json(event: Event) -> dict[str, Any]:
-    data = {f.name: getattr(event, f.name) for f in fields(Event)}
+    data = {name: getattr(event, name) for name in _EVENT_FIELDS}
     data["kind"] = event.kind.value
     data["args"] = list(event.args)
     data["detail"] = dict(event.detail)
@@ -66,7 +69,7 @@ def _event_to_json(event: Event) -> dict[str, Any]:
 
 
 def _event_from_json(data: dict[str, Any]) -> Event:
-    values = {f.name: data[f.name] for f in fields(Event) if f.name in data}
+    values = {name: data[name] for name in _EVENT_FIELDS if name in data}
     values["kind"] = Kind(data["kind"])
     values["args"] = tuple(data.get("args", ()))
     return Event(**values)

@@ -54,6 +54,7 @@ class TextWindow:
 
     def __init__(self, uc: Uc, memory: memoryview, ram: int, clock: VirtualClock, native: bool) -> None:
         self.state = state = TextWindowState(ram + TEXT_WINDOW, ctypes.addressof(clock.state_for_native), 0, 0)
+        counted = self._python_counts = [0, 0]  # the Python version's bytes read and written (ctypes fields cost more)
         library = _load_native() if native else None
         if library is not None:
             library.text_window_size.restype = ctypes.c_size_t
@@ -70,7 +71,7 @@ class TextWindow:
             return
         self.native = False
         window = memory[TEXT_WINDOW:TEXT_WINDOW_END]
-        charge, ns_per_byte = clock.charge, clock.costs.ns_per_mmio_byte
+        charge, ns_per_byte, from_bytes = clock.charge, clock.costs.ns_per_mmio_byte, int.from_bytes
 
         # The engine calls these once per access, thousands of times per console scroll: they are given to it
         # directly (not through Unicorn's Python hook wrapper, which costs a third as much again), and an
@@ -82,16 +83,16 @@ class TextWindow:
 
         def read_bytes(handle: int, offset: int, size: int, user_data: int) -> int:
             try:
-                state.bytes_read += size
+                counted[0] += size
                 charge(size * ns_per_byte)
-                return int.from_bytes(window[offset:offset + size], "little")
+                return from_bytes(window[offset:offset + size], "little")
             except BaseException as error:
                 failed(error)
                 return 0
 
         def write_bytes(handle: int, offset: int, size: int, value: int, user_data: int) -> None:
             try:
-                state.bytes_written += size
+                counted[1] += size
                 charge(size * ns_per_byte)
                 window[offset:offset + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
             except BaseException as error:
@@ -106,9 +107,9 @@ class TextWindow:
     @property
     def bytes_read(self) -> int:
         """Bytes the CPU has loaded from the window since this machine was made (for the fit; not in snapshots)."""
-        return self.state.bytes_read
+        return self.state.bytes_read if self.native else self._python_counts[0]
 
     @property
     def bytes_written(self) -> int:
         """Bytes the CPU has stored into the window since this machine was made (for the fit; not in snapshots)."""
-        return self.state.bytes_written
+        return self.state.bytes_written if self.native else self._python_counts[1]

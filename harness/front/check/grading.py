@@ -170,6 +170,22 @@ def _refuse_unreachable(scheduler: str) -> None:
                            f"({e.strerror or e})") from None
 
 
+def _worker_start_settings() -> dict[str, object]:
+    """How the embedded cluster starts its worker processes: forked from a server process that has imported
+    Dask once (multiprocessing's forkserver, where the platform has it), not each a new interpreter that imports
+    it again (spawn): a worker, and each one that replaces a worker a kernel killed, starts for much less CPU
+    (a grading with 6 workers killed: 3.3 s -> 1.7 s of CPU in all). Forked workers inherit the server's environment,
+    as it was when the server started, not the grading process's: the test hook is handed to them explicitly."""
+    import multiprocessing
+
+    settings: dict[str, object] = {}
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        settings["distributed.worker.multiprocessing-method"] = "forkserver"
+    if KILL_HOOK in os.environ:
+        settings["distributed.nanny.environ"] = {KILL_HOOK: os.environ[KILL_HOOK]}
+    return settings
+
+
 @contextlib.contextmanager
 def dask_client(scheduler: str | None, workers: int | None) -> Iterator[Client]:
     """A client of the cluster at `scheduler`, or of an embedded LocalCluster of `workers` processes."""
@@ -186,8 +202,9 @@ def dask_client(scheduler: str | None, workers: int | None) -> Iterator[Client]:
             yield client
         return
     count = workers or os.cpu_count() or 1
-    settings = {"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
-                "distributed.scheduler.worker-saturation": 1.0}  # a worker holds only the task it runs
+    settings: dict[str, object] = {"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
+                                   "distributed.scheduler.worker-saturation": 1.0}  # a worker holds only its task
+    settings.update(_worker_start_settings())
     with dask.config.set(settings), LocalCluster(n_workers=count, threads_per_worker=1, processes=True,
                                                  dashboard_address=None, silence_logs=logging.CRITICAL) as cluster, \
             Client(cluster) as client:

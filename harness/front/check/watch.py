@@ -30,7 +30,6 @@ from ...observe.audit import (
     Leaf,
     LeafCache,
     Violation,
-    user_mappings,
 )
 from ...observe.kernelview import ProcInfo
 
@@ -118,12 +117,8 @@ class Watcher(IsolationAuditor):
         self._watch_entry()
         owners = self.pages.owners() if self.pages.available else None
         live = [proc for proc in self.kernel.processes(cr3) if proc.pagetable]
-        mappings: dict[int, list[Leaf]] = {}
-        table_pages: set[int] = set()
-        for proc in live:
-            leaves, tables = user_mappings(self.machine.memory, proc.pagetable, self._leaf_cache)
-            mappings[proc.pid] = leaves
-            table_pages |= tables
+        walks, table_pages = self._walk_live(live)  # the auditor's: a table walked again only when it changed
+        mappings: dict[int, list[Leaf]] = {pid: walk.leaves for pid, walk in walks}
         writable_by: dict[int, int] = {}
         for pid, leaves in mappings.items():
             for leaf in leaves:
@@ -148,7 +143,7 @@ class Watcher(IsolationAuditor):
                 seen.first_exited = seen.children
         self._live = {proc.pid for proc in live}
         if len(live) == 1 and live[0].pid == self._first and self.pages.available:
-            free = sum(1 for owner in owners or [] if owner == 0)
+            free = (owners or []).count(0)
             held = self._held(mappings[live[0].pid], table_pages, owners)
             seen.free_samples.append(FreeSample(seen.children, free, live[0].pid, held))
         return None
@@ -166,7 +161,7 @@ class Watcher(IsolationAuditor):
             return
         if any(proc.pagetable for proc in self.kernel.processes(self.machine.cpu.cr3.value)):
             return
-        free = sum(1 for owner in self.pages.owners() if owner == 0)
+        free = self.pages.owners().count(0)
         self.seen.end = FreeSample(self.seen.children, free, 0)
 
     def _note_leaks(self, gone: set[int], owners: list[int] | None) -> None:
