@@ -14,12 +14,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from elftools.elf.elffile import ELFFile
 
 from harness import project
 from harness.front.font8x16 import GLYPHS
 
 from .cli_in_process import run_cli
+
+pytestmark = pytest.mark.cost(1.5)  # seconds, roughly: the session starts the costly modules first
 
 
 def arguments(tree: project.BuildTree, *args: str) -> list[str]:

@@ -21,6 +21,8 @@ from harness.pc.events import DEFER_SLACK, Event, Kind
 from .conftest import BootFn
 from .test_fastpath import fingerprint
 
+pytestmark = pytest.mark.cost(2.5)  # seconds, roughly: the session starts the costly modules first
+
 WHOLE_RUN = 1 << 20  # events a ring holds here: every event of these runs
 
 
