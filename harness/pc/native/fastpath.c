@@ -447,24 +447,32 @@ void fast_rdmsr_hook(void *uc, uint64_t address, uint32_t size, void *opaque)
     }
 }
 
+/* `length` bytes at `va` as a supervisor read through `cr3` (page by page, as paging.read_virtual reads); 0 if
+ * the read would fault. */
+int fastpath_read(const struct fastpath *f, uint64_t cr3, uint64_t va, uint8_t *out, uint64_t length)
+{
+    uint64_t done = 0;
+    while (done < length) {
+        uint64_t at = va + done, chunk = 0x1000 - (at & 0xFFF);
+        if (chunk > length - done) {
+            chunk = length - done;
+        }
+        int64_t pa = translate(f, cr3, at);
+        if (pa < 0 || (uint64_t) pa + chunk > f->ram_size) {
+            return 0;
+        }
+        memcpy(out + done, f->ram + pa, chunk);
+        done += chunk;
+    }
+    return 1;
+}
+
 /* Copy the process table as KernelView.live_names reads it: through `cr3` page by page if it maps all of it,
  * else by identity (VA = PA); 0 if neither fits in RAM. */
 static int read_table(const struct fastpath *f, uint64_t cr3, uint8_t *out, uint64_t length)
 {
-    uint64_t va = f->ptable_va, done = 0;
-    while (done < length) {
-        uint64_t chunk = 0x1000 - ((va + done) & 0xFFF);
-        if (chunk > length - done) {
-            chunk = length - done;
-        }
-        int64_t pa = translate(f, cr3, (va + done) & ~0xFFFull);
-        if (pa < 0 || (uint64_t) pa + ((va + done) & 0xFFF) + chunk > f->ram_size) {
-            break;
-        }
-        memcpy(out + done, f->ram + pa + ((va + done) & 0xFFF), chunk);
-        done += chunk;
-    }
-    if (done == length) {
+    uint64_t va = f->ptable_va;
+    if (fastpath_read(f, cr3, va, out, length)) {
         return 1;
     }
     if (va + length > f->ram_size) {
@@ -511,13 +519,14 @@ int fastpath_scan(struct fastpath *f, uint64_t cr3)
     /* The tracer's list after this look: the processes still live in the order they appeared, then the new
      * ones in table order (as `_names` ends up); the changes: new ones first, then gone ones. */
     int32_t after[MAX_LIVE];
+    int still[MAX_LIVE]; /* the tracer's process j is still in the table */
     uint32_t n = 0, kept = 0;
     for (uint32_t j = 0; j < f->live_count; j++) {
-        int live = 0;
-        for (int i = 0; i < count && !live; i++) {
-            live = now[i] == f->live_pids[j];
+        still[j] = 0;
+        for (int i = 0; i < count && !still[j]; i++) {
+            still[j] = now[i] == f->live_pids[j];
         }
-        if (live) {
+        if (still[j]) {
             after[kept++] = f->live_pids[j];
         }
     }
@@ -539,11 +548,7 @@ int fastpath_scan(struct fastpath *f, uint64_t cr3)
         after[kept++] = now[i];
     }
     for (uint32_t j = 0; j < f->live_count; j++) {
-        int live = 0;
-        for (int i = 0; i < count && !live; i++) {
-            live = now[i] == f->live_pids[j];
-        }
-        if (!live) {
+        if (!still[j]) {
             struct proc_change *c = &f->changes[n++];
             c->pid = f->live_pids[j];
             c->created = 0;
@@ -557,34 +562,32 @@ int fastpath_scan(struct fastpath *f, uint64_t cr3)
 
 /* A context switch recorded for Python to apply later (defer_switches): the table's changes, then the switch,
  * each numbered as the event it becomes. */
+/* A new record at the ring's end, its other fields zero. */
+static struct raw_syscall *new_record(struct fastpath *f, uint64_t kind, uint64_t seq, uint64_t time_ns,
+                                      uint64_t rip, uint64_t cr3, uint64_t number, int64_t pid)
+{
+    struct raw_syscall *q = &f->ring[f->raw_total++ & (RING_SIZE - 1)];
+    memset(q, 0, sizeof *q);
+    q->kind = kind;
+    q->seq = seq;
+    q->time_ns = time_ns;
+    q->rip = rip;
+    q->cr3 = cr3;
+    q->number = number;
+    q->pid = pid;
+    return q;
+}
+
 static void record_switch(struct fastpath *f, const struct user_return *r)
 {
     int n = fastpath_scan(f, r->cr3);
     for (int i = 0; i < n; i++) {
         const struct proc_change *c = &f->changes[i];
-        struct raw_syscall *q = &f->ring[f->raw_total++ & (RING_SIZE - 1)];
-        q->kind = c->created ? RECORD_CREATED : RECORD_EXITED;
-        q->seq = f->next_seq++;
-        q->time_ns = r->time_ns;
-        q->rip = 0;
-        q->cr3 = r->cr3;
-        q->number = 0;
+        struct raw_syscall *q = new_record(f, c->created ? RECORD_CREATED : RECORD_EXITED, f->next_seq++,
+                                           r->time_ns, 0, r->cr3, 0, c->pid);
         memcpy(q->args, c->name, NAME_BYTES);
-        q->pid = c->pid;
-        q->ret = 0;
-        q->end_ns = 0;
     }
-    struct raw_syscall *q = &f->ring[f->raw_total++ & (RING_SIZE - 1)];
-    q->kind = RECORD_SWITCH;
-    q->seq = f->next_seq++;
-    q->time_ns = r->time_ns;
-    q->rip = r->rip;
-    q->cr3 = r->cr3;
-    q->number = r->rax;
-    memset(q->args, 0, sizeof q->args);
-    q->pid = r->pid;
-    q->ret = 0;
-    q->end_ns = 0;
+    new_record(f, RECORD_SWITCH, f->next_seq++, r->time_ns, r->rip, r->cr3, r->rax, r->pid);
     f->last_user_pid = r->pid;
 }
 
@@ -664,14 +667,7 @@ void fast_watch_hook(void *uc, uint64_t address, uint32_t size, void *opaque)
             entry->end_ns = r->time_ns;
             return;
         }
-        struct raw_syscall *q = &f->ring[f->raw_total++ & (RING_SIZE - 1)];
-        q->kind = RECORD_RETURN;
-        q->seq = 0;
-        q->time_ns = r->time_ns;
-        q->rip = rip;
-        q->cr3 = cr3;
-        q->number = r->rax;
-        q->pid = r->pid;
+        new_record(f, RECORD_RETURN, 0, r->time_ns, rip, cr3, r->rax, r->pid);
         if (f->raw_total - f->raw_consumed >= RING_SIZE / 2) {
             f->notify_syscall(uc, f); /* let Python take the ring before it wraps */
         }
@@ -753,25 +749,6 @@ int fastpath_walk(const struct fastpath *f, uint64_t cr3, uint64_t va, uint64_t 
     return 4;
 }
 
-/* `length` bytes at `va` as a supervisor read through `cr3` (page by page, as paging.read_virtual reads); 0 if
- * the read would fault. */
-int fastpath_read(const struct fastpath *f, uint64_t cr3, uint64_t va, uint8_t *out, uint64_t length)
-{
-    uint64_t done = 0;
-    while (done < length) {
-        uint64_t at = va + done, chunk = 0x1000 - (at & 0xFFF);
-        if (chunk > length - done) {
-            chunk = length - done;
-        }
-        int64_t pa = translate(f, cr3, at);
-        if (pa < 0 || (uint64_t) pa + chunk > f->ram_size) {
-            return 0;
-        }
-        memcpy(out + done, f->ram + pa, chunk);
-        done += chunk;
-    }
-    return 1;
-}
 
 /* --- finding the live CPU state ------------------------------------------------------------------------------
  * Unicorn's API copies the CPU state out (uc_context_save) but never says where it lives. It lives in the
